@@ -1,0 +1,90 @@
+"""Router configuration: the three orthogonal axes of ROUTING.md as fields of one dataclass.
+
+A router is a score function x a selection rule x a balancing method (plus an expert output
+form). Named presets (`presets.py`) are functions returning one of these; an ablation copies a
+preset and changes one field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal, get_args, get_type_hints
+
+ScoreFunc = Literal["softmax", "sigmoid", "relu", "softplus"]
+Selection = Literal["topk", "threshold"]
+OutputForm = Literal["plain", "magnitude"]
+AuxScope = Literal["micro_batch", "sequence", "global_batch"]
+BiasMode = Literal["none", "loss_free", "dynamic_k"]
+BiasUpdate = Literal["sign", "rms", "linear"]
+DynamicKRule = Literal["eq3", "eq4", "eq5"]
+
+
+@dataclass(kw_only=True)
+class RouterConfig:
+    # --- score function h: scores s = h(z), z = x W_r
+    score_func: ScoreFunc = "softmax"
+    # --- selection rule: top-k of s + b, or every expert with s + b > 0 (dynamic k)
+    selection: Selection = "topk"
+    # renormalise the gates over the selected experts (Mixtral, DeepSeek-V3)
+    route_norm: bool = False
+    # constant multiplier on the gates (DeepSeek-V3's routed scaling factor)
+    route_scale: float = 1.0
+    # --- expert output form: gate x E(x), or score x unit-RMS E(x) (Su part 1)
+    output_form: OutputForm = "plain"
+    # --- auxiliary loss, F/(T k) convention: value 1 when uniform (HF's is k times larger)
+    aux_alpha: float = 0.0
+    # tokens over which F and P are computed (global_batch: F over the whole optimizer step)
+    aux_scope: AuxScope = "micro_batch"
+    # router z-loss coefficient (ST-MoE), combinable with any method; 0 disables it
+    z_loss_beta: float = 0.0
+    # --- bias controller: none, Loss-Free (top-k), or the dynamic-k budget controller
+    bias_mode: BiasMode = "none"
+    # bias update rate u
+    bias_rate: float = 1e-3
+    # Loss-Free update form on e = F - Q: sign (paper), rms (Su), linear (e / Q)
+    bias_update: BiasUpdate = "sign"
+    # subtract the mean of each Loss-Free update so mean(b) stays fixed (torchtitan)
+    bias_center: bool = False
+    # freeze the bias (u = 0) for this last fraction of training (DeepSeek-V3)
+    bias_freeze_frac: float = 0.0
+    # dynamic-k update: Su eq. 3 (target k), eq. 4 (k as a ceiling), eq. 5 (simple)
+    dynamic_k_rule: DynamicKRule = "eq3"
+
+    def __post_init__(self) -> None:
+        validate_router_config(self)
+
+
+def _choices(name: str) -> tuple:
+    return get_args(get_type_hints(RouterConfig)[name])
+
+
+def validate_router_config(cfg: RouterConfig) -> None:
+    """Raise ValueError naming the key, its value and what is allowed."""
+    for f in dataclasses.fields(cfg):
+        allowed = _choices(f.name)
+        value = getattr(cfg, f.name)
+        if allowed and value not in allowed:
+            raise ValueError(f"router.{f.name} = {value!r} is not allowed; choose one of {list(allowed)}")
+    for name in ("aux_alpha", "z_loss_beta", "bias_rate"):
+        if not getattr(cfg, name) >= 0:
+            raise ValueError(f"router.{name} = {getattr(cfg, name)!r} must be a number >= 0")
+    if not 0.0 <= cfg.bias_freeze_frac < 1.0:
+        raise ValueError(f"router.bias_freeze_frac = {cfg.bias_freeze_frac!r} must be in [0, 1)")
+    if (cfg.selection == "threshold") != (cfg.bias_mode == "dynamic_k"):
+        raise ValueError(
+            f"router.selection = {cfg.selection!r} with router.bias_mode = {cfg.bias_mode!r}: threshold "
+            "selection needs the dynamic_k controller to set its budget and dynamic_k needs threshold "
+            "selection; use selection='threshold' with bias_mode='dynamic_k', or selection='topk' "
+            "with bias_mode in ['none', 'loss_free']"
+        )
+    if cfg.output_form == "magnitude" and (cfg.score_func == "softmax" or cfg.route_norm):
+        raise ValueError(
+            "router.output_form = 'magnitude' predicts each expert's output norm from its score, so "
+            "it needs a non-negative, non-softmax score_func (sigmoid, relu, softplus) and "
+            f"route_norm = false; got score_func={cfg.score_func!r}, route_norm={cfg.route_norm!r}"
+        )
+
+
+def router_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(RouterConfig)]

@@ -1,0 +1,74 @@
+"""The named router presets. Each is one registered function; tests and suites pick it up."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from harness.routing.config import RouterConfig
+from harness.routing.registry import register_router
+
+
+@register_router("softmax_topk")
+def softmax_topk() -> RouterConfig:
+    """Softmax top-k, gates renormalised, no balancing: the control arm."""
+    return RouterConfig(score_func="softmax", selection="topk", route_norm=True)
+
+
+@register_router("sigmoid_topk")
+def sigmoid_topk() -> RouterConfig:
+    """Sigmoid top-k, gates renormalised, no balancing: the control for Loss-Free."""
+    return RouterConfig(score_func="sigmoid", selection="topk", route_norm=True)
+
+
+@register_router("softmax_topk_aux")
+def softmax_topk_aux() -> RouterConfig:
+    """Softmax top-k with micro-batch auxiliary loss, alpha 1e-3 (F/k convention)."""
+    return replace(softmax_topk(), aux_alpha=1e-3, aux_scope="micro_batch")
+
+
+@register_router("sigmoid_topk_aux")
+def sigmoid_topk_aux() -> RouterConfig:
+    """Sigmoid top-k with micro-batch auxiliary loss, alpha 1e-3: the Loss-Free paper's baseline."""
+    return replace(sigmoid_topk(), aux_alpha=1e-3, aux_scope="micro_batch")
+
+
+@register_router("sigmoid_magnitude")
+def sigmoid_magnitude() -> RouterConfig:
+    """Sigmoid top-k whose scores set the output norm of unit-RMS experts (Su part 1), no balancing."""
+    return RouterConfig(score_func="sigmoid", selection="topk", output_form="magnitude")
+
+
+@register_router("loss_free")
+def loss_free() -> RouterConfig:
+    """Loss-Free bias (DeepSeek): sigmoid top-k, sign update u = 1e-3, bias used for selection only."""
+    return replace(sigmoid_topk(), bias_mode="loss_free", bias_rate=1e-3, bias_update="sign")
+
+
+@register_router("loss_free_rms")
+def loss_free_rms() -> RouterConfig:
+    """Loss-Free bias with Su's RMS-normalised update (e / RMS(e)), u = 1e-3."""
+    return replace(loss_free(), bias_update="rms")
+
+
+@register_router("loss_free_softmax")
+def loss_free_softmax() -> RouterConfig:
+    """Loss-Free bias on a softmax gate (the paper's softmax ablation), sign update u = 1e-3."""
+    return replace(softmax_topk(), bias_mode="loss_free", bias_rate=1e-3)
+
+
+@register_router("deepseek_v3")
+def deepseek_v3() -> RouterConfig:
+    """DeepSeek-V3-like: Loss-Free sign bias plus a sequence-wise aux loss, alpha 1e-4."""
+    return replace(loss_free(), aux_alpha=1e-4, aux_scope="sequence")
+
+
+@register_router("dynamic_k")
+def dynamic_k() -> RouterConfig:
+    """Dynamic k (Su part 4): sigmoid threshold s + b > 0, eq. 3 controller holds mean k."""
+    return RouterConfig(score_func="sigmoid", selection="threshold", bias_mode="dynamic_k", bias_rate=1e-3)
+
+
+@register_router("dynamic_k_cap")
+def dynamic_k_cap() -> RouterConfig:
+    """Dynamic k with k as a budget ceiling (Su eq. 4)."""
+    return replace(dynamic_k(), dynamic_k_rule="eq4")

@@ -1,0 +1,130 @@
+"""The router module: hidden states in, (selected experts, gates, counts, aux losses) out.
+
+Legend: T = tokens, D = model width, E = routed experts, K = experts per token, A = (token,
+expert) assignments (T K for top-k, variable for threshold selection).
+
+The contract is narrow on purpose: the MoE layer never asks which variant it holds. The
+balancing update is a separate call, made by the driver after `optimizer.step()` with the
+counts of the whole step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.routing import balancing
+from harness.routing.config import RouterConfig
+
+SCORE_FUNCS = {
+    "softmax": lambda z: torch.softmax(z, dim=-1),
+    "sigmoid": torch.sigmoid,
+    "relu": F.relu,
+    "softplus": F.softplus,
+}
+
+
+@dataclass
+class RouterOutput:
+    token_idx_A: torch.Tensor  # [A] long: token of each assignment, token-major order
+    expert_idx_A: torch.Tensor  # [A] long: expert of each assignment
+    gate_A: torch.Tensor  # [A] float32: gate weight (unbiased scores only)
+    counts_E: torch.Tensor  # [E] float32, no grad: assignments per expert in this forward
+    scores_TE: torch.Tensor  # [T, E] float32: s = h(z), before any bias
+    aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)  # already multiplied by coefficients
+
+
+class Router(nn.Module):
+    def __init__(self, dim: int, num_experts: int, top_k: int, cfg: RouterConfig):
+        super().__init__()
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k = {top_k} must be between 1 and num_experts = {num_experts}")
+        self.cfg, self.num_experts, self.top_k = cfg, num_experts, top_k
+        self.gate = nn.Linear(dim, num_experts, bias=False)
+        # NOTE: the expert bias is state, not a parameter: float32, no gradient, only used for
+        # selection, saved in state_dict.
+        self.register_buffer("expert_bias", torch.zeros(num_experts, dtype=torch.float32))
+        # dynamic k starts its bias at a common value that fires about k experts per token
+        self.register_buffer("bias_ready", torch.tensor(cfg.bias_mode != "dynamic_k"))
+        # counts so far in this optimizer step, for the global_batch aux scope (Qwen's buffer)
+        self.register_buffer("step_counts", torch.zeros(num_experts), persistent=False)
+        self._bias_ready_seen = cfg.bias_mode != "dynamic_k"  # host copy: no device sync per forward
+
+    def forward(self, x_TD: torch.Tensor, seq_len: int | None = None) -> RouterOutput:
+        cfg = self.cfg
+        logits_TE = self.gate(x_TD).float()
+        scores_TE = SCORE_FUNCS[cfg.score_func](logits_TE)
+        if not self._bias_ready_seen and not self._check_bias_ready():
+            self._init_threshold_bias(scores_TE)
+        token_idx_A, expert_idx_A, mask_TE = self._select(scores_TE.detach() + self.expert_bias)
+        gate_A = scores_TE[token_idx_A, expert_idx_A]
+        if cfg.route_norm:
+            denom_T = torch.zeros_like(scores_TE[:, 0]).index_add(0, token_idx_A, gate_A)
+            gate_A = gate_A / denom_T[token_idx_A].clamp_min(1e-20)
+        gate_A = gate_A * cfg.route_scale
+        counts_E = mask_TE.sum(dim=0, dtype=torch.float32)
+        aux = self._aux_losses(logits_TE, scores_TE, mask_TE, counts_E, seq_len)
+        return RouterOutput(token_idx_A, expert_idx_A, gate_A, counts_E, scores_TE, aux)
+
+    def _select(self, biased_TE: torch.Tensor):
+        num_tokens = biased_TE.shape[0]
+        if self.cfg.selection == "topk":
+            expert_ids_TK = biased_TE.topk(self.top_k, dim=-1).indices
+            token_idx_A = torch.arange(num_tokens, device=biased_TE.device).repeat_interleave(self.top_k)
+            expert_idx_A = expert_ids_TK.flatten()
+            mask_TE = torch.zeros_like(biased_TE, dtype=torch.bool).scatter_(1, expert_ids_TK, True)
+        else:  # threshold: a variable number per token, possibly none
+            mask_TE = biased_TE > 0
+            token_idx_A, expert_idx_A = mask_TE.nonzero(as_tuple=True)
+        return token_idx_A, expert_idx_A, mask_TE
+
+    def _aux_losses(self, logits_TE, scores_TE, mask_TE, counts_E, seq_len) -> dict[str, torch.Tensor]:
+        cfg, losses = self.cfg, {}
+        if cfg.aux_alpha > 0:
+            probs_TE = scores_TE / scores_TE.sum(dim=-1, keepdim=True).clamp_min(1e-20)
+            if cfg.aux_scope == "sequence":
+                length = seq_len or probs_TE.shape[0]
+                shape = (-1, length, self.num_experts)
+                value = balancing.sequence_aux_loss(probs_TE.view(shape), mask_TE.view(shape))
+            elif cfg.aux_scope == "global_batch" and self.training:
+                self.step_counts += counts_E
+                value = balancing.aux_loss(probs_TE, self.step_counts.clone())
+            else:
+                value = balancing.aux_loss(probs_TE, counts_E)
+            losses["aux_loss"] = cfg.aux_alpha * value
+        if cfg.z_loss_beta > 0:
+            losses["z_loss"] = cfg.z_loss_beta * balancing.z_loss(logits_TE)
+        return losses
+
+    def _check_bias_ready(self) -> bool:
+        self._bias_ready_seen = bool(self.bias_ready)  # a loaded checkpoint may have set it
+        return self._bias_ready_seen
+
+    @torch.no_grad()
+    def _init_threshold_bias(self, scores_TE: torch.Tensor) -> None:
+        self.expert_bias.fill_(balancing.threshold_init_bias(scores_TE, self.top_k))
+        self.bias_ready.fill_(True)
+        self._bias_ready_seen = True
+
+    @torch.no_grad()
+    def balance_update(self, counts_E: torch.Tensor, num_tokens: int, progress: float = 0.0) -> None:
+        """Apply the bias update from one optimizer step's counts (summed over micro-batches).
+
+        `progress` is the fraction of training done; the bias is frozen once it reaches
+        1 - bias_freeze_frac.
+        """
+        cfg = self.cfg
+        self.step_counts.zero_()
+        if cfg.bias_mode == "none" or progress >= 1.0 - cfg.bias_freeze_frac:
+            return
+        counts_E = counts_E.to(self.expert_bias.device, torch.float32)
+        if cfg.bias_mode == "loss_free":
+            new_bias = balancing.loss_free_update(self.expert_bias, counts_E, cfg, cfg.bias_rate)
+        else:
+            new_bias = balancing.dynamic_k_update(
+                self.expert_bias, counts_E, num_tokens, self.top_k, cfg, cfg.bias_rate
+            )
+        self.expert_bias.copy_(new_bias)

@@ -1,0 +1,256 @@
+"""Router behaviour a user would notice, parametrized over every registered preset."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from harness.routing import ROUTERS, Router, RouterConfig, get_router_config, register_router, router_names
+from harness.routing import balancing
+from harness.metrics import maxvio
+
+DIM, NUM_EXPERTS, TOP_K = 16, 8, 2
+TOPK_PRESETS = [n for n in router_names() if get_router_config(n).selection == "topk"]
+THRESHOLD_PRESETS = [n for n in router_names() if get_router_config(n).selection == "threshold"]
+
+
+def make_router(name: str, **overrides) -> Router:
+    torch.manual_seed(0)
+    return Router(DIM, NUM_EXPERTS, TOP_K, get_router_config(name, **overrides))
+
+
+def test_the_design_card_presets_exist():
+    assert {"softmax_topk", "softmax_topk_aux", "sigmoid_magnitude", "loss_free", "dynamic_k"} <= set(ROUTERS)
+
+
+def test_unknown_router_lists_the_registered_names():
+    with pytest.raises(ValueError, match="unknown router 'nope'.*loss_free.*softmax_topk"):
+        get_router_config("nope")
+
+
+def test_duplicate_registration_raises():
+    with pytest.raises(ValueError, match="already registered"):
+        register_router("loss_free")(lambda: RouterConfig())
+
+
+def test_unknown_override_key_names_the_allowed_keys():
+    with pytest.raises(ValueError, match=r"unknown router key\(s\) \['bias_lr'\].*bias_rate"):
+        get_router_config("loss_free", bias_lr=0.1)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(score_func="tanh"), r"router.score_func = 'tanh'.*'softmax', 'sigmoid'"),
+    (dict(bias_update="abs"), r"router.bias_update = 'abs'.*'sign', 'rms', 'linear'"),
+    (dict(selection="threshold"), "threshold selection needs the dynamic_k controller"),
+    (dict(output_form="magnitude", score_func="softmax"), "non-negative, non-softmax"),
+    (dict(bias_rate=-1.0), "router.bias_rate"),
+    (dict(bias_freeze_frac=1.0), "bias_freeze_frac"),
+])
+def test_bad_router_config_names_the_key(bad, match):
+    with pytest.raises(ValueError, match=match):
+        RouterConfig(**bad)
+
+
+def test_k_greater_than_n_is_rejected():
+    with pytest.raises(ValueError, match="top_k = 9 must be between 1 and num_experts = 8"):
+        Router(DIM, 8, 9, RouterConfig())
+
+
+@pytest.mark.parametrize("name", router_names())
+def test_output_shapes_and_counts(name):
+    router = make_router(name)
+    out = router(torch.randn(12, DIM), seq_len=6)
+    num_assign = out.token_idx_A.numel()
+    assert out.expert_idx_A.shape == out.gate_A.shape == (num_assign,)
+    assert out.scores_TE.shape == (12, NUM_EXPERTS)
+    assert out.counts_E.shape == (NUM_EXPERTS,) and out.counts_E.sum().item() == num_assign
+    assert not out.counts_E.requires_grad
+
+
+@pytest.mark.parametrize("name", TOPK_PRESETS)
+def test_topk_selects_exactly_k_distinct_experts(name):
+    out = make_router(name)(torch.randn(64, DIM))
+    experts_TK = out.expert_idx_A.view(64, TOP_K)
+    assert torch.equal(out.token_idx_A.view(64, TOP_K), torch.arange(64)[:, None].expand(64, TOP_K))
+    assert all(len(set(row.tolist())) == TOP_K for row in experts_TK)
+
+
+def expected_gates(cfg: RouterConfig, scores_TE, token_A, expert_A):
+    gate_A = scores_TE[token_A, expert_A]
+    if cfg.route_norm:
+        sums_T = torch.zeros(scores_TE.shape[0]).index_add(0, token_A, gate_A)
+        gate_A = gate_A / sums_T[token_A]
+    return gate_A * cfg.route_scale
+
+
+@pytest.mark.parametrize("name", router_names())
+def test_bias_changes_selection_but_never_the_gates(name):
+    router = make_router(name)
+    x = torch.randn(32, DIM)
+    router(x)  # lets dynamic k initialise its bias
+    router.expert_bias[3] += 50.0  # expert 3 now wins every token's selection
+    out = router(x)
+    scores_TE = out.scores_TE.detach()
+    chosen_by_token = [set(out.expert_idx_A[out.token_idx_A == t].tolist()) for t in range(32)]
+    assert all(3 in chosen for chosen in chosen_by_token)
+    torch.testing.assert_close(out.gate_A.detach(), expected_gates(router.cfg, scores_TE, out.token_idx_A, out.expert_idx_A))
+    # and the scores themselves do not see the bias
+    torch.testing.assert_close(scores_TE, make_router(name)(x).scores_TE.detach())
+
+
+def test_bias_is_float32_state_not_a_parameter():
+    router = make_router("loss_free")
+    assert "expert_bias" in router.state_dict() and router.state_dict()["expert_bias"].dtype == torch.float32
+    assert all("bias" not in name for name, _ in router.named_parameters())
+    router.expert_bias.fill_(0.25)
+    fresh = make_router("loss_free")
+    fresh.load_state_dict(router.state_dict())
+    assert torch.all(fresh.expert_bias == 0.25)
+
+
+COUNTS = torch.tensor([10.0, 30.0, 20.0, 20.0])  # F = [.125, .375, .25, .25], Q = .25
+
+
+@pytest.mark.parametrize("update, expected_step", [
+    ("sign", [-1.0, 1.0, 0.0, 0.0]),
+    # e = [-.125, .125, 0, 0], RMS(e) = .125 / sqrt(2)
+    ("rms", [-(2**0.5), 2**0.5, 0.0, 0.0]),
+    # e / Q = [-.5, .5, 0, 0]
+    ("linear", [-0.5, 0.5, 0.0, 0.0]),
+])
+def test_loss_free_update_forms_on_hand_counts(update, expected_step):
+    cfg = RouterConfig(score_func="sigmoid", bias_mode="loss_free", bias_update=update, bias_rate=0.01)
+    router = Router(DIM, 4, 2, cfg)
+    router.expert_bias.copy_(torch.tensor([0.1, 0.2, 0.3, 0.4]))
+    router.balance_update(COUNTS, num_tokens=40)
+    expected = torch.tensor([0.1, 0.2, 0.3, 0.4]) - 0.01 * torch.tensor(expected_step)
+    torch.testing.assert_close(router.expert_bias, expected)
+
+
+@pytest.mark.parametrize("update", ["sign", "rms", "linear"])
+def test_centring_keeps_the_mean_of_the_bias(update):
+    cfg = RouterConfig(score_func="sigmoid", bias_mode="loss_free", bias_update=update, bias_center=True, bias_rate=0.1)
+    router = Router(DIM, 4, 2, cfg)
+    router.expert_bias.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0]))
+    for counts in ([10.0, 30.0, 25.0, 15.0], [1.0, 0.0, 0.0, 79.0]):
+        router.balance_update(torch.tensor(counts), num_tokens=40)
+        torch.testing.assert_close(router.expert_bias.mean(), torch.tensor(0.05))
+
+
+def test_bias_freezes_for_the_last_fraction_of_training():
+    router = make_router("loss_free", bias_freeze_frac=0.25)
+    counts = torch.tensor([8.0, 0, 0, 0, 0, 0, 0, 0])
+    router.balance_update(counts, num_tokens=4, progress=0.5)
+    moved = router.expert_bias.clone()
+    assert moved[0] < 0
+    router.balance_update(counts, num_tokens=4, progress=0.8)
+    assert torch.equal(router.expert_bias, moved)
+
+
+@pytest.mark.parametrize("rule, expected", [
+    # Ft = [.5, .25, .25, 0], K = 1 < k = 2, F = [.5, .25, .25, 0]: sign(F-Q) = [1, 0, 0, -1], mean 0
+    ("eq3", [-1.0, 0.0, 0.0, 1.0]),
+    ("eq4", [-1.0, 0.0, 0.0, 1.0]),
+    # Ft - kQ = [0, -.25, -.25, -.5]
+    ("eq5", [0.0, 1.0, 1.0, 1.0]),
+])
+def test_dynamic_k_rules_on_hand_counts(rule, expected):
+    cfg = RouterConfig(score_func="sigmoid", selection="threshold", bias_mode="dynamic_k", dynamic_k_rule=rule, bias_rate=1.0)
+    new = balancing.dynamic_k_update(torch.zeros(4), torch.tensor([2.0, 1.0, 1.0, 0.0]), 4, 2, cfg, 1.0)
+    # eq3 adds sign(K - k) = -1 to every expert; eq4 clamps that at 0
+    shift = {"eq3": 1.0, "eq4": 0.0, "eq5": 0.0}[rule]
+    torch.testing.assert_close(new, torch.tensor(expected) + shift)
+
+
+@pytest.mark.parametrize("name", THRESHOLD_PRESETS)
+def test_dynamic_k_controller_holds_k_and_balances(name):
+    torch.manual_seed(0)
+    router = Router(DIM, NUM_EXPERTS, TOP_K, get_router_config(name, bias_rate=0.01))
+    # a fixed, skewed input distribution: a shared offset makes a few experts preferred
+    offset = torch.randn(DIM) * 2.0
+    gen = torch.Generator().manual_seed(1)
+
+    def batch():
+        return torch.randn(256, DIM, generator=gen) + offset
+
+    with torch.no_grad():
+        first = router(batch())
+        start_vio = maxvio(first.counts_E)
+        for _ in range(400):
+            out = router(batch())
+            router.balance_update(out.counts_E, num_tokens=256)
+        ks, vios = [], []
+        for _ in range(20):
+            out = router(batch())
+            ks.append(out.counts_E.sum().item() / 256)
+            vios.append(maxvio(out.counts_E))
+    mean_k = sum(ks) / len(ks)
+    if router.cfg.dynamic_k_rule == "eq4":
+        assert mean_k <= TOP_K * 1.1
+    else:
+        assert abs(mean_k - TOP_K) <= 0.1 * TOP_K
+    assert sum(vios) / len(vios) < start_vio
+
+
+def test_threshold_init_fires_about_k_per_token():
+    router = make_router("dynamic_k")
+    out = router(torch.randn(500, DIM))
+    assert out.counts_E.sum().item() / 500 == pytest.approx(TOP_K, abs=0.01)
+
+
+def test_aux_loss_is_one_when_uniform_and_n_when_collapsed():
+    num_tokens, n, k = 8, 4, 2
+    uniform_probs = torch.full((num_tokens, n), 1 / n)
+    uniform_counts = torch.full((n,), num_tokens * k / n)
+    assert balancing.aux_loss(uniform_probs, uniform_counts).item() == pytest.approx(1.0)
+    collapsed_probs = torch.zeros(num_tokens, n)
+    collapsed_probs[:, 0] = 1.0
+    collapsed_counts = torch.tensor([num_tokens * k, 0.0, 0.0, 0.0])
+    assert balancing.aux_loss(collapsed_probs, collapsed_counts).item() == pytest.approx(n)
+
+
+def test_aux_loss_gradient_flows_through_p_only():
+    probs = torch.softmax(torch.randn(6, 4), -1).requires_grad_()
+    counts = probs.sum(0) * 2  # deliberately differentiable: the loss must still treat F as constant
+    loss = balancing.aux_loss(probs, counts)
+    (grad,) = torch.autograd.grad(loss, probs)
+    frac = (counts / counts.sum()).detach()
+    torch.testing.assert_close(grad, (4 * frac / 6).expand(6, 4))
+
+
+@pytest.mark.parametrize("name", [n for n in router_names() if get_router_config(n).aux_alpha > 0])
+def test_aux_loss_reaches_the_router_weights(name):
+    router = make_router(name)
+    out = router(torch.randn(20, DIM), seq_len=10)
+    out.aux_losses["aux_loss"].backward()
+    assert router.gate.weight.grad is not None and router.gate.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("scope", ["micro_batch", "sequence", "global_batch"])
+def test_aux_scopes_give_one_on_uniform_routing(scope):
+    router = Router(DIM, 4, 1, RouterConfig(aux_alpha=1.0, aux_scope=scope))
+    router.gate.weight.data.zero_()
+    # equal scores make P uniform, so the loss is n * sum_i F_i / n = 1 whatever F is
+    out = router(torch.randn(8, DIM), seq_len=4)
+    assert out.aux_losses["aux_loss"].item() == pytest.approx(1.0)
+
+
+def test_z_loss_matches_its_formula():
+    router = make_router("softmax_topk", z_loss_beta=1e-3)
+    x = torch.randn(10, DIM)
+    out = router(x)
+    expected = 1e-3 * torch.logsumexp(router.gate(x), -1).square().mean()
+    torch.testing.assert_close(out.aux_losses["z_loss"], expected)
+
+
+def test_global_batch_scope_counts_the_whole_step():
+    router = make_router("softmax_topk_aux", aux_scope="global_batch")
+    router.train()
+    a, b = router(torch.randn(10, DIM)), router(torch.randn(10, DIM))
+    torch.testing.assert_close(router.step_counts, a.counts_E + b.counts_E)
+    router.balance_update(a.counts_E + b.counts_E, num_tokens=20)
+    assert router.step_counts.sum() == 0
+
+
+def test_presets_are_copies_that_change_one_field():
+    assert dataclasses.replace(get_router_config("loss_free"), bias_update="rms") == get_router_config("loss_free_rms")
