@@ -1,0 +1,173 @@
+"""One run's configuration, resolved from flat dotted keys.
+
+Keys a suite, a sweep or `--set` may use:
+  router, size, seed, variant            the preset name, model size, seed and label
+  model.<field>, router.<field>, train.<field>, data.<field>
+Every value is type-checked against its field; a bad key or value raises ValueError naming it
+and the allowed keys or values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import torch
+
+from harness._compat import tomllib
+from harness.data import DataConfig
+from harness.model import ModelConfig, model_config
+from harness.routing import RouterConfig, get_router_config
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    # optimizer steps
+    steps: int = 200
+    # sequences per micro-batch
+    batch_size: int = 16
+    # micro-batches per optimizer step (bias updates use their summed counts)
+    grad_accum: int = 1
+    # peak AdamW learning rate
+    lr: float = 3e-3
+    # linear warm-up steps, then cosine decay to min_lr_ratio x lr
+    warmup_steps: int = 20
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    # gradient-norm clip; 0 disables it
+    grad_clip: float = 1.0
+    # evaluate every N steps (and always at the end); 0: only at the end
+    eval_every: int = 50
+    # validation batches per evaluation (a fixed set)
+    eval_batches: int = 8
+    # record a step row every N steps
+    log_every: int = 10
+    # seed of the data order; -1: the run's seed
+    data_seed: int = -1
+    # auto: CUDA when present, else CPU
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto: bf16 autocast on CUDA, float32 on CPU
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    # torch.compile the model
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "eval_batches", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} = {getattr(self, name)!r} must be >= 1")
+        if not self.lr > 0:
+            raise ValueError(f"train.lr = {self.lr!r} must be > 0")
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    variant: str  # label from the suite
+    router: str  # router preset name
+    size: str  # model size preset
+    seed: int  # initialisation (and, by default, data order) seed
+    model: ModelConfig = field(default_factory=ModelConfig)
+    router_cfg: RouterConfig = field(default_factory=RouterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def flat(self) -> dict[str, Any]:
+        """Flat dotted keys -> values: the resolved hyper-parameters, as runs.parquet columns."""
+        out: dict[str, Any] = {"variant": self.variant, "router": self.router, "size": self.size, "seed": self.seed}
+        for prefix, section in (("model", self.model), ("router", self.router_cfg), ("train", self.train), ("data", self.data)):
+            out.update({f"{prefix}.{k}": v for k, v in dataclasses.asdict(section).items()})
+        return out
+
+    @property
+    def run_id(self) -> str:
+        blob = json.dumps(self.flat(), sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+SECTIONS = {"model": ModelConfig, "router": RouterConfig, "train": TrainConfig, "data": DataConfig}
+TOP_LEVEL = {"router": str, "size": str, "seed": int, "variant": str}
+
+
+def allowed_keys() -> list[str]:
+    keys = list(TOP_LEVEL)
+    for prefix, cls in SECTIONS.items():
+        keys += [f"{prefix}.{f.name}" for f in dataclasses.fields(cls)]
+    return keys
+
+
+def parse_value(raw: str) -> Any:
+    """A `--set` value: TOML syntax (1e-3, true, [1, 2], "text"), else the plain string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {pair!r} must look like KEY=VALUE, e.g. --set train.steps=50")
+        out[key.strip()] = parse_value(raw.strip())
+    return out
+
+
+def _field_type(key: str):
+    if key in TOP_LEVEL:
+        return TOP_LEVEL[key]
+    prefix, _, name = key.partition(".")
+    if prefix not in SECTIONS or name not in get_type_hints(SECTIONS[prefix]):
+        raise ValueError(f"unknown key {key!r}; allowed keys: {', '.join(allowed_keys())}")
+    return get_type_hints(SECTIONS[prefix])[name]
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Check `value` against the type of `key`; ints are accepted where floats are expected."""
+    typ = _field_type(key)
+    if get_origin(typ) is Literal:
+        if value not in get_args(typ):
+            raise ValueError(f"{key} = {value!r} is not allowed; choose one of {list(get_args(typ))}")
+        return value
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(typ, True)
+    if not ok:
+        raise ValueError(f"{key} expects a value of type {typ.__name__}, got {value!r}")
+    return float(value) if typ is float else value
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device = 'cuda' but this PyTorch sees no CUDA device; use 'auto' or 'cpu'")
+    return device
+
+
+def resolve(settings: dict[str, Any]) -> RunConfig:
+    """Build a validated RunConfig from flat dotted keys (defaults: softmax_topk, tiny, seed 0)."""
+    values = {key: coerce(key, value) for key, value in settings.items()}
+    sections: dict[str, dict[str, Any]] = {p: {} for p in SECTIONS}
+    for key, value in values.items():
+        if "." in key:
+            prefix, _, name = key.partition(".")
+            sections[prefix][name] = value
+    router = values.get("router", "softmax_topk")
+    train = TrainConfig(**sections["train"])
+    train = dataclasses.replace(train, device=resolve_device(train.device))
+    return RunConfig(
+        variant=values.get("variant", router),
+        router=router,
+        size=values.get("size", "tiny"),
+        seed=values.get("seed", 0),
+        model=model_config(values.get("size", "tiny"), **sections["model"]),
+        router_cfg=get_router_config(router, **sections["router"]),
+        train=train,
+        data=DataConfig(**sections["data"]),
+    )

@@ -1,0 +1,167 @@
+"""Suites: expand a TOML file into runs, execute them, resume, and write the tables.
+
+A suite file:
+
+    name = "smoke"
+    seeds = [0, 1]
+    [base]                      # any run-config key, for every run
+    size = "tiny"
+    "train.steps" = 400         # quote dotted keys ([base.train] tables work too)
+    [[variants]]                # one entry per arm; `label` defaults to the router name
+    router = "loss_free"
+    "router.bias_rate" = 1e-2   # quoted: `router` itself is the preset name
+    [grid]                      # optional: every combination of these values, for every variant
+    "train.lr" = [1e-3, 3e-3]
+
+Outputs, in `OUT/<name>/`: runs.parquet, steps.parquet, loads.parquet, suite.toml (the file as
+given) and suite_resolved.json (every run's resolved config). Runs already complete (status ok
+or diverged, keyed by run_id) are skipped on a rerun; failed ones are retried.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from harness import tables
+from harness._compat import tomllib
+from harness.config import RunConfig, parse_overrides, resolve
+from harness.train import corpus_for, run
+
+SUITE_KEYS = {"name", "description", "seeds", "base", "variants", "grid"}
+SUMMARY_COLUMNS = ["val_loss", "maxvio_global", "maxvio_batch", "mean_k", "tokens_per_s"]
+
+
+@dataclass
+class Suite:
+    name: str
+    runs: list[RunConfig]
+    source: Path
+
+
+def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"steps": 5}} -> {"train.steps": 5}; quoted dotted keys pass through."""
+    out = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(2, "No such file", str(path))
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML: {err}") from err
+
+
+def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) -> Suite:
+    unknown = sorted(set(spec) - SUITE_KEYS)
+    if unknown:
+        raise ValueError(f"{source}: unknown suite key(s) {unknown}; allowed: {sorted(SUITE_KEYS)}")
+    name = spec.get("name") or source.stem
+    seeds = spec.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ValueError(f"{source}: seeds = {seeds!r} must be a non-empty list of integers")
+    variants = spec.get("variants") or [{}]
+    grid = flatten(spec.get("grid", {}))
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{source}: grid key {key!r} must map to a non-empty list, got {values!r}")
+    runs = []
+    for variant in variants:
+        variant = flatten(variant)
+        label = variant.pop("label", variant.get("router", "softmax_topk"))
+        for combo in itertools.product(*grid.values()):
+            point = dict(zip(grid, combo))
+            suffix = ",".join(f"{k}={v}" for k, v in point.items())
+            for seed in seeds:
+                settings = {**flatten(spec.get("base", {})), **variant, **point, **overrides,
+                            "variant": f"{label}[{suffix}]" if suffix else label, "seed": seed}
+                runs.append(resolve(settings))
+    return Suite(name, runs, source)
+
+
+def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Suite:
+    """Read and validate a suite file; every run is resolved (and so checked) before any starts."""
+    suite = expand_suite(read_toml(path), overrides or {}, Path(path))
+    check_data(suite.runs)
+    return suite
+
+
+def check_data(runs: list[RunConfig]) -> None:
+    """Load each distinct corpus once, so a missing file or a too-small vocab fails up front."""
+    for cfg in runs:
+        corpus_for(cfg)
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per variant: the mean of each summary metric over seeds, and the number of runs."""
+    ok = runs[runs["status"] == "ok"]
+    columns = [c for c in SUMMARY_COLUMNS if c in ok]
+    table = ok.groupby("variant", sort=False)[columns].mean()
+    table.insert(0, "runs", ok.groupby("variant", sort=False).size())
+    return table.sort_values("maxvio_global") if "maxvio_global" in table else table
+
+
+def execute(suite: Suite, out_dir: str | Path, progress: bool = True) -> Path:
+    """Run every run of `suite` not already complete in `out_dir/<name>/`; returns that folder."""
+    folder = Path(out_dir) / suite.name
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(suite.source, folder / "suite.toml")
+    resolved = [{"run_id": r.run_id, **r.flat()} for r in suite.runs]
+    tables.write_text_atomic(folder / "suite_resolved.json", json.dumps(resolved, indent=1, default=str))
+    done = tables.complete_run_ids(folder)
+    todo = [r for r in suite.runs if r.run_id not in done]
+    if len(todo) < len(suite.runs):
+        print(f"{suite.name}: {len(suite.runs) - len(todo)} of {len(suite.runs)} runs already complete, skipping them")
+    for cfg in tqdm(todo, desc=suite.name, unit="run", disable=not progress):
+        result = run_or_fail(cfg, progress)
+        result.record = {"suite": suite.name, **result.record}
+        tables.append_run(folder, result)
+    return folder
+
+
+def run_or_fail(cfg: RunConfig, progress: bool):
+    """A run; an exception inside it is recorded as status 'failed' and the suite goes on."""
+    try:
+        return run(cfg, progress=progress)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as err:  # noqa: BLE001 - one broken run must not stop a suite
+        from harness.train import RunResult
+
+        record = {"run_id": cfg.run_id, **cfg.flat(), "status": "failed", "error": f"{type(err).__name__}: {err}",
+                  "val_loss": math.nan}
+        return RunResult(record)
+
+
+def run_suite_file(path: str, out_dir: str = "results", device: str = "auto",
+                   overrides: list[str] | None = None, progress: bool = True) -> Path:
+    settings = parse_overrides(overrides or [])
+    if device != "auto":
+        settings["train.device"] = device
+    suite = load_suite(path, settings)
+    folder = execute(suite, out_dir, progress)
+    runs = tables.read(folder / "runs.parquet")
+    runs = runs[runs["run_id"].isin([r.run_id for r in suite.runs])]
+    with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
+        print(f"\n{suite.name}: {len(runs)} runs in {folder}")
+        print(summarize(runs).to_string())
+        bad = runs[runs["status"] != "ok"]
+        for _, row in bad.iterrows():
+            print(f"  {row['variant']} seed {row['seed']}: {row['status']} {row.get('error', '') or ''}")
+    return folder

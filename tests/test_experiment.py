@@ -1,0 +1,155 @@
+"""Suites end to end: tables and columns, resume, interruption, divergence, bad input."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from harness import experiment
+from harness.cli import main
+
+RUN_COLUMNS = {
+    "run_id", "suite", "variant", "router", "seed", "status", "train_loss", "val_loss", "maxvio_global",
+    "maxvio_global_worst", "maxvio_batch", "mean_k", "tokens_per_s", "wall_s", "device", "torch_version",
+    "git_commit", "router.bias_rate", "train.lr", "model.num_experts", "data_sha256", "val_bpb", "peak_mem_mb",
+}
+STEP_COLUMNS = {"run_id", "step", "tokens", "train_loss", "aux_loss", "lr", "maxvio_batch", "mean_k",
+                "tokens_per_s", "val_loss", "maxvio_global"}
+LOAD_COLUMNS = {"run_id", "step", "layer", "expert", "scope", "load"}
+TWO_VARIANTS = [{"router": "softmax_topk"}, {"router": "loss_free", "router.bias_rate": 0.01}]
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_tiny_suite_writes_the_documented_tables(make_suite, tmp_path, capsys):
+    suite = make_suite(TWO_VARIANTS, seeds=(0, 1))
+    code, out, _ = run_cli(["run", str(suite), "--out", str(tmp_path / "out")], capsys)
+    assert code == 0
+    folder = tmp_path / "out" / "tiny"
+    runs = pd.read_parquet(folder / "runs.parquet")
+    steps = pd.read_parquet(folder / "steps.parquet")
+    loads = pd.read_parquet(folder / "loads.parquet")
+    assert RUN_COLUMNS <= set(runs.columns), RUN_COLUMNS - set(runs.columns)
+    assert STEP_COLUMNS <= set(steps.columns) and LOAD_COLUMNS <= set(loads.columns)
+    assert len(runs) == 4 and set(runs["status"]) == {"ok"} and runs["run_id"].is_unique
+    assert set(runs["suite"]) == {"tiny"}
+    assert (folder / "suite.toml").is_file() and (folder / "suite_resolved.json").is_file()
+    # every run has its step rows, and evaluation steps carry val_loss
+    assert set(steps["run_id"]) == set(runs["run_id"])
+    assert steps.dropna(subset=["val_loss"])["step"].tolist().count(6) == 4
+    # loads are fractions that sum to 1 per (run, step, layer, scope)
+    sums = loads.groupby(["run_id", "step", "layer", "scope"])["load"].sum()
+    assert sums.between(0.999, 1.001).all() and set(loads["scope"]) == {"batch", "global"}
+    assert runs["maxvio_global"].between(0, 7).all() and (runs["mean_k"] == 2).all()
+    assert "softmax_topk" in out and "loss_free" in out and "maxvio_global" in out
+
+
+def test_rerun_adds_no_rows(make_suite, tmp_path, capsys):
+    suite = make_suite(TWO_VARIANTS)
+    args = ["run", str(suite), "--out", str(tmp_path)]
+    run_cli(args, capsys)
+    before = {t: pd.read_parquet(tmp_path / "tiny" / f"{t}.parquet") for t in ("runs", "steps", "loads")}
+    code, out, _ = run_cli(args, capsys)
+    assert code == 0 and "2 of 2 runs already complete" in out
+    for table, frame in before.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "tiny" / f"{table}.parquet"), frame)
+
+
+def test_interrupted_suite_completes_on_rerun_with_each_run_once(make_suite, tmp_path, monkeypatch, capsys):
+    suite = make_suite(TWO_VARIANTS + [{"router": "dynamic_k", "router.bias_rate": 0.01}])
+    real_run, calls = experiment.run, []
+
+    def crash_on_second(cfg, **kwargs):
+        calls.append(cfg.variant)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C during the second run
+        return real_run(cfg, **kwargs)
+
+    monkeypatch.setattr(experiment, "run", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run_suite_file(str(suite), out_dir=str(tmp_path), progress=False)
+    first = pd.read_parquet(tmp_path / "tiny" / "runs.parquet")
+    assert first["variant"].tolist() == ["softmax_topk"]
+    monkeypatch.setattr(experiment, "run", real_run)
+    experiment.run_suite_file(str(suite), out_dir=str(tmp_path), progress=False)
+    runs = pd.read_parquet(tmp_path / "tiny" / "runs.parquet")
+    steps = pd.read_parquet(tmp_path / "tiny" / "steps.parquet")
+    assert sorted(runs["variant"]) == ["dynamic_k", "loss_free", "softmax_topk"] and runs["run_id"].is_unique
+    assert (steps.groupby("run_id")["step"].apply(lambda s: s.is_unique)).all()
+
+
+def test_a_failing_run_is_recorded_and_retried(make_suite, tmp_path, monkeypatch):
+    suite = make_suite(TWO_VARIANTS)
+    real_run = experiment.run
+
+    def broken_loss_free(cfg, **kwargs):
+        if cfg.router == "loss_free":
+            raise RuntimeError("out of memory (simulated)")
+        return real_run(cfg, **kwargs)
+
+    monkeypatch.setattr(experiment, "run", broken_loss_free)
+    experiment.run_suite_file(str(suite), out_dir=str(tmp_path), progress=False)
+    runs = pd.read_parquet(tmp_path / "tiny" / "runs.parquet").set_index("variant")
+    assert runs.loc["loss_free", "status"] == "failed" and "simulated" in runs.loc["loss_free", "error"]
+    monkeypatch.setattr(experiment, "run", real_run)
+    experiment.run_suite_file(str(suite), out_dir=str(tmp_path), progress=False)
+    runs = pd.read_parquet(tmp_path / "tiny" / "runs.parquet")
+    assert sorted(runs["status"]) == ["ok", "ok"] and len(runs) == 2
+
+
+def test_diverging_run_is_recorded_and_the_next_proceeds(make_suite, tmp_path):
+    suite = make_suite([{"router": "softmax_topk", "label": "exploding", "train.lr": 1e6, "train.grad_clip": 0.0,
+                         "train.warmup_steps": 1},
+                        {"router": "loss_free"}], base={"train.steps": 20})
+    experiment.run_suite_file(str(suite), out_dir=str(tmp_path), progress=False)
+    runs = pd.read_parquet(tmp_path / "tiny" / "runs.parquet").set_index("variant")
+    assert runs.loc["exploding", "status"] == "diverged" and math.isnan(runs.loc["exploding", "val_loss"])
+    assert runs.loc["loss_free", "status"] == "ok"
+
+
+def test_grid_and_seeds_expand_into_labelled_runs(make_suite):
+    suite = make_suite([{"router": "loss_free"}], seeds=(0, 1), extra='[grid]\n"router.bias_rate" = [0.001, 0.01]\n')
+    runs = experiment.load_suite(suite).runs
+    assert len(runs) == 4 and len({r.run_id for r in runs}) == 4
+    assert {r.variant for r in runs} == {"loss_free[router.bias_rate=0.001]", "loss_free[router.bias_rate=0.01]"}
+
+
+@pytest.mark.parametrize("variant, extra_args, message", [
+    ({"router": "lossfree"}, [], "unknown router 'lossfree'; registered routers: .*loss_free"),
+    ({"router": "loss_free", "router.bias_lr": 0.1}, [], "unknown key 'router.bias_lr'; allowed keys: .*router.bias_rate"),
+    ({"router": "loss_free", "model.top_k": 9}, [], r"model.top_k = 9 must be <= model.num_experts = 8"),
+    ({"router": "loss_free"}, ["--set", "train.steps=many"], "train.steps expects a value of type int, got 'many'"),
+    ({"router": "loss_free"}, ["--set", "router.bias_update=abs"], r"router.bias_update = 'abs' is not allowed"),
+    ({"router": "loss_free"}, ["--set", "data.source=/nonexistent/*.txt"], "data.source = '/nonexistent/\\*.txt': no such file"),
+    ({"router": "loss_free"}, ["--set", "steps"], "--set 'steps' must look like KEY=VALUE"),
+])
+def test_bad_input_exits_2_with_a_named_error(make_suite, tmp_path, capsys, variant, extra_args, message):
+    import re
+
+    suite = make_suite([variant])
+    code, _, err = run_cli(["run", str(suite), "--out", str(tmp_path)] + extra_args, capsys)
+    assert code == 2 and "Traceback" not in err
+    assert re.search(message, err), err
+    assert "\n" not in err.strip()  # one paragraph
+
+
+def test_missing_suite_file_and_bad_suite_keys(tmp_path, capsys):
+    code, _, err = run_cli(["run", str(tmp_path / "nope.toml")], capsys)
+    assert code == 2 and "file not found" in err and "nope.toml" in err
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\nvariant = []\n')
+    code, _, err = run_cli(["run", str(bad)], capsys)
+    assert code == 2 and "unknown suite key(s) ['variant']" in err and "variants" in err
+
+
+def test_a_failed_rerun_does_not_lose_existing_tables(make_suite, tmp_path, capsys):
+    suite = make_suite(TWO_VARIANTS)
+    run_cli(["run", str(suite), "--out", str(tmp_path)], capsys)
+    before = pd.read_parquet(tmp_path / "tiny" / "runs.parquet")
+    code, _, _ = run_cli(["run", str(suite), "--out", str(tmp_path), "--set", "router=nope"], capsys)
+    assert code == 2
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "tiny" / "runs.parquet"), before)

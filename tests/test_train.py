@@ -1,0 +1,132 @@
+"""Data sources, the proxy model, metrics and single runs."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from harness import metrics
+from harness.config import resolve
+from harness.data import load_corpus, sample_batch, validation_batches
+from harness.model import MoETransformer, model_config
+from harness.routing import get_router_config
+from harness.train import lr_at, run
+
+
+# --- metrics on hand-built count vectors -------------------------------------------------
+def test_maxvio_uniform_is_zero_and_collapse_is_n_minus_one():
+    assert metrics.maxvio([5, 5, 5, 5]) == 0.0
+    assert metrics.maxvio([20, 0, 0, 0]) == pytest.approx(3.0)
+    assert metrics.maxvio([6, 2, 2, 2]) == pytest.approx(6 / 3 - 1)  # n max F - 1 = 4 * .5 - 1
+    np.testing.assert_allclose(metrics.maxvio([[5, 5], [4, 0]]), [0.0, 1.0])
+
+
+def test_other_load_metrics_on_hand_counts():
+    assert metrics.normalized_entropy([3, 3, 3, 3]) == pytest.approx(1.0)
+    assert metrics.normalized_entropy([9, 0, 0, 0]) == pytest.approx(0.0)
+    assert metrics.dead_experts([100, 100, 0.5, 100]) == pytest.approx(0.25)
+    assert metrics.coefficient_of_variation([2, 2, 2]) == 0.0
+    summary = metrics.load_summary(torch.tensor([[4.0, 4, 4, 4], [16, 0, 0, 0]]))
+    assert summary["maxvio"] == pytest.approx(1.5) and summary["maxvio_worst"] == pytest.approx(3.0)
+    ks = metrics.experts_per_token_summary([0, 1, 2, 3, 4])
+    assert ks["mean_k"] == 2.0 and ks["k_zero_frac"] == pytest.approx(0.2) and ks["k_p50"] == 2.0
+
+
+# --- data ---------------------------------------------------------------------------------
+def test_stdlib_corpus_is_deterministic_bytes_with_a_fingerprint():
+    corpus = load_corpus("stdlib")
+    assert corpus.vocab_size == 256 and len(corpus.train) > 1_000_000 and len(corpus.val) > 10_000
+    fp = corpus.fingerprint
+    assert fp["data_files"] > 100 and fp["data_bytes"] == len(corpus.train) + len(corpus.val)
+    load_corpus.cache_clear()
+    assert load_corpus("stdlib").fingerprint == fp
+
+
+def test_text_glob_splits_by_file(tmp_path):
+    for i in range(30):
+        (tmp_path / f"doc{i:02d}.txt").write_text(f"document {i} " * 50)
+    corpus = load_corpus(str(tmp_path / "*.txt"), 0.1)
+    assert corpus.fingerprint["data_files"] == 30
+    assert len(corpus.train) + len(corpus.val) == corpus.fingerprint["data_bytes"] and len(corpus.val) > 0
+
+
+def test_single_text_file_holds_out_its_tail(tmp_path):
+    path = tmp_path / "book.txt"
+    path.write_text("abcdefghij" * 100)
+    corpus = load_corpus(str(path), 0.1)
+    assert len(corpus.val) == 100 and bytes(corpus.val.tolist()) == b"abcdefghij" * 10
+
+
+def test_uint16_bin_shards(tmp_path):
+    np.arange(5000, dtype=np.uint16).tofile(tmp_path / "train.bin")
+    (np.arange(1000, dtype=np.uint16) + 300).tofile(tmp_path / "val.bin")
+    corpus = load_corpus(str(tmp_path / "*.bin"))
+    assert len(corpus.train) == 5000 and len(corpus.val) == 1000 and corpus.vocab_size == 5056
+    with pytest.raises(ValueError, match="set model.vocab_size >= 5056"):
+        from harness.train import corpus_for
+        corpus_for(resolve({"data.source": str(tmp_path / "*.bin")}))
+
+
+def test_hf_source_without_datasets_names_the_extra():
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match=r"pip install 'moe-harness\[hf\]'"):
+            load_corpus("hf:some/dataset")
+    else:
+        pytest.skip("datasets is installed")
+
+
+def test_validation_set_is_fixed_and_batches_are_shifted():
+    tokens = torch.arange(10_000) % 256
+    a = validation_batches(tokens, 3, 4, 16)
+    assert len(a) == 3 and all(torch.equal(x, y) for (x, _), (y, _) in zip(a, validation_batches(tokens, 3, 4, 16)))
+    x, y = sample_batch(tokens, 4, 16, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (4, 16) and torch.equal(x[:, 1:], y[:, :-1])
+
+
+# --- model --------------------------------------------------------------------------------
+@pytest.mark.parametrize("ffn, first_dense", [("moe", False), ("moe", True), ("dense", False)])
+def test_model_forward_shapes(ffn, first_dense):
+    cfg = model_config("tiny", ffn=ffn, first_dense=first_dense, num_shared=1)
+    model = MoETransformer(cfg, get_router_config("loss_free"))
+    logits = model(torch.randint(0, 256, (2, 16)))
+    assert logits.shape == (2, 16, 256)
+    assert len(model.moe_layers) == {("moe", False): 2, ("moe", True): 1, ("dense", False): 0}[(ffn, first_dense)]
+
+
+def test_model_is_causal():
+    model = MoETransformer(model_config("tiny"), get_router_config("softmax_topk")).eval()
+    x = torch.randint(0, 256, (1, 16))
+    y = x.clone()
+    y[0, 10:] = (y[0, 10:] + 1) % 256
+    torch.testing.assert_close(model(x)[0, :10], model(y)[0, :10])
+
+
+def test_lr_schedule_warms_up_then_decays():
+    cfg = resolve({"train.lr": 1.0, "train.warmup_steps": 10, "train.steps": 110, "train.min_lr_ratio": 0.1}).train
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.55) and lr_at(110, cfg) == pytest.approx(0.1)
+
+
+# --- runs ---------------------------------------------------------------------------------
+def test_same_seed_same_losses_on_cpu(tiny_settings):
+    a = run(resolve({**tiny_settings, "router": "loss_free"}))
+    b = run(resolve({**tiny_settings, "router": "loss_free"}))
+    assert [r["train_loss"] for r in a.steps] == [r["train_loss"] for r in b.steps]
+    assert a.record["val_loss"] == b.record["val_loss"] and a.record["run_id"] == b.record["run_id"]
+
+
+def test_loss_free_balances_better_than_the_control(tiny_settings):
+    settings = {**tiny_settings, "train.steps": 60, "train.eval_every": 60}
+    control = run(resolve({**settings, "router": "sigmoid_topk"})).record
+    balanced = run(resolve({**settings, "router": "loss_free", "router.bias_rate": 0.02})).record
+    assert balanced["maxvio_global"] < control["maxvio_global"]
+
+
+def test_grad_accum_counts_feed_the_bias_update(tiny_settings):
+    result = run(resolve({**tiny_settings, "router": "dynamic_k", "train.grad_accum": 2, "router.bias_rate": 0.01}))
+    rec = result.record
+    assert rec["status"] == "ok" and 0 < rec["mean_k"] <= 8 and not math.isnan(rec["maxvio_batch"])
+    assert rec["compute_ratio"] == pytest.approx(rec["mean_k"] / 2)
