@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from harness import tables
 from harness._compat import tomllib
 from harness.config import RunConfig, parse_overrides, resolve
-from harness.train import corpus_for, run
+from harness.train import RunResult, corpus_for, run
 
 SUITE_KEYS = {"name", "description", "seeds", "base", "variants", "grid"}
 SUMMARY_COLUMNS = ["val_loss", "maxvio_global", "maxvio_batch", "mean_k", "tokens_per_s"]
@@ -135,15 +135,13 @@ def execute(suite: Suite, out_dir: str | Path, progress: bool = True) -> Path:
     return folder
 
 
-def run_or_fail(cfg: RunConfig, progress: bool):
+def run_or_fail(cfg: RunConfig, progress: bool, **kwargs):
     """A run; an exception inside it is recorded as status 'failed' and the suite goes on."""
     try:
-        return run(cfg, progress=progress)
+        return run(cfg, progress=progress, **kwargs)
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as err:  # noqa: BLE001 - one broken run must not stop a suite
-        from harness.train import RunResult
-
         record = {"run_id": cfg.run_id, **cfg.flat(), "status": "failed", "error": f"{type(err).__name__}: {err}",
                   "val_loss": math.nan}
         return RunResult(record)

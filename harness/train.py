@@ -32,7 +32,7 @@ from harness.config import RunConfig
 from harness.data import Corpus, load_corpus, sample_batch, validation_batches
 from harness.model import MoETransformer
 
-EvalCallback = Callable[[int, float], None]
+EvalCallback = Callable[[int, float], bool]  # (step, val_loss) -> stop now (a pruner said so)
 
 
 @dataclass
@@ -197,8 +197,9 @@ class Trainer:
                     row.update({k: last_eval[k] for k in ("val_loss", "maxvio_global") if k in last_eval})
                     self.bar.set_postfix(val_loss=f"{last_eval['val_loss']:.3f}")
                 self.steps.append(row)
-                if is_eval and self.on_eval:
-                    self.on_eval(step, last_eval["val_loss"])
+                if is_eval and self.on_eval and self.on_eval(step, last_eval["val_loss"]):
+                    status = "pruned"
+                    break
         self.bar.close()
         return self.summary(status, last_eval, step)
 
@@ -220,7 +221,7 @@ class Trainer:
                   "tokens_per_s": steps_done * self.tokens_per_step / max(self.train_time, 1e-9),
                   "num_params": sum(p.numel() for p in self.model.parameters()),
                   "compute_ratio": last_eval.get("mean_k", math.nan) / self.cfg.model.top_k}
-        record.update(last_eval if status == "ok" else {})
+        record.update(last_eval if status in ("ok", "pruned") else {})
         record["val_bpb"] = record.get("val_loss", math.nan) / math.log(2) if self.corpus.vocab_size == 256 else math.nan
         record["peak_mem_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda"
                                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -237,7 +238,8 @@ def corpus_for(cfg: RunConfig) -> Corpus:
 
 
 def run(cfg: RunConfig, *, progress: bool = False, on_eval: EvalCallback | None = None) -> RunResult:
-    """Train one model under `cfg`. A NaN/inf loss ends the run with status 'diverged'."""
+    """Train one model under `cfg`. A NaN/inf loss ends the run with status 'diverged'; an
+    `on_eval` callback that returns True ends it with status 'pruned'."""
     start = time.perf_counter()
     corpus = corpus_for(cfg)
     trainer = Trainer(cfg, corpus, progress, on_eval)

@@ -153,3 +153,12 @@ def test_a_failed_rerun_does_not_lose_existing_tables(make_suite, tmp_path, caps
     code, _, _ = run_cli(["run", str(suite), "--out", str(tmp_path), "--set", "router=nope"], capsys)
     assert code == 2
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "tiny" / "runs.parquet"), before)
+
+
+@pytest.mark.parametrize("name", ["smoke", "ablation", "gpu_paper"])
+def test_shipped_suites_resolve(name):
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "experiments" / f"{name}.toml"
+    suite = experiment.expand_suite(experiment.read_toml(path), {"train.device": "cpu"}, path)
+    assert len(suite.runs) >= 5 and len({r.run_id for r in suite.runs}) == len(suite.runs)

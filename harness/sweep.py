@@ -1,0 +1,306 @@
+"""Optuna sweeps: a trial is a run (or a few seeds of one) with a sampled config.
+
+A sweep file:
+
+    name = "sweep_bias_rate"
+    n_trials = 24                 # trials one `moe-harness sweep` process adds (--n-trials)
+    seeds = [0]                   # each trial is the mean over these seeds
+    [base]                        # the fixed run config: any key a suite accepts
+    router = "loss_free"
+    [objective]
+    metrics = ["val_loss"]        # one metric, or two for a Pareto front
+    constraint = { metric = "maxvio_global", max = 0.3 }   # optional, single objective
+    pruner = "median"             # median | hyperband | none (single objective only)
+    [space]                       # the scientific / nuisance parameters to search
+    "router.bias_rate" = { type = "float", low = 1e-5, high = 1e-1, log = true }
+    "router.bias_update" = { type = "categorical", choices = ["sign", "rms", "linear"] }
+
+Every trial's runs go into runs/steps/loads.parquet (with `trial`), and trials.parquet joins
+the study's trials with their runs' metrics. The study lives in Optuna storage (SQLite in the
+output folder by default), so rerunning adds trials and several workers can share one study.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from harness import tables
+from harness.config import coerce, parse_overrides, resolve
+from harness.experiment import check_data, flatten, read_toml, run_or_fail
+
+SWEEP_KEYS = {"name", "description", "n_trials", "seeds", "base", "objective", "space"}
+OBJECTIVE_KEYS = {"metrics", "constraint", "pruner", "sampler"}
+METRICS = {"val_loss": "minimize", "val_bpb": "minimize", "train_loss": "minimize", "maxvio_global": "minimize",
+           "maxvio_batch": "minimize", "tokens_per_s": "maximize"}
+PRUNERS = ("median", "hyperband", "none")
+SAMPLERS = ("tpe", "random", "nsga2")
+TRIAL_METRICS = ["val_loss", "maxvio_global", "maxvio_batch", "mean_k", "tokens_per_s"]
+
+
+@dataclass
+class Param:
+    key: str
+    type: str  # float | int | categorical
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list = field(default_factory=list)
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.type == "float":
+            return trial.suggest_float(self.key, self.low, self.high, log=self.log)
+        if self.type == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_categorical(self.key, self.choices)
+
+
+@dataclass
+class Sweep:
+    name: str
+    base: dict[str, Any]
+    space: list[Param]
+    metrics: list[str]
+    seeds: list[int]
+    n_trials: int
+    pruner: str
+    sampler: str
+    constraint: dict | None
+    source: Path
+
+    @property
+    def directions(self) -> list[str]:
+        return [METRICS[m] for m in self.metrics]
+
+
+def parse_param(key: str, spec: Any, where: str) -> Param:
+    if not isinstance(spec, dict) or spec.get("type") not in ("float", "int", "categorical"):
+        raise ValueError(f"{where}: space key {key!r} needs a table with type = 'float', 'int' or 'categorical', got {spec!r}")
+    unknown = sorted(set(spec) - {"type", "low", "high", "log", "choices"})
+    if unknown:
+        raise ValueError(f"{where}: space key {key!r} has unknown field(s) {unknown}; allowed: type, low, high, log, choices")
+    if spec["type"] == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ValueError(f"{where}: space key {key!r} needs a non-empty list `choices`")
+        for choice in choices:
+            coerce(key, choice)  # names an unknown key or a bad choice
+        return Param(key, "categorical", choices=choices)
+    low, high, log = spec.get("low"), spec.get("high"), bool(spec.get("log", False))
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+        raise ValueError(f"{where}: space key {key!r} needs numbers `low` and `high`, got low={low!r}, high={high!r}")
+    if not low < high:
+        raise ValueError(f"{where}: space key {key!r} has an empty or inverted range: low={low!r} must be < high={high!r}")
+    if log and low <= 0:
+        raise ValueError(f"{where}: space key {key!r} is log scale, so low must be > 0; got low={low!r}")
+    coerce(key, low if spec["type"] == "float" else int(low))
+    return Param(key, spec["type"], low, high, log)
+
+
+def parse_objective(spec: dict, where: str) -> tuple[list[str], dict | None, str, str]:
+    unknown = sorted(set(spec) - OBJECTIVE_KEYS)
+    if unknown:
+        raise ValueError(f"{where}: unknown [objective] key(s) {unknown}; allowed: {sorted(OBJECTIVE_KEYS)}")
+    metrics = spec.get("metrics", ["val_loss"])
+    if not isinstance(metrics, list) or not 1 <= len(metrics) <= 2 or any(m not in METRICS for m in metrics):
+        raise ValueError(f"{where}: objective.metrics = {metrics!r} must list one or two of {list(METRICS)}")
+    constraint = spec.get("constraint")
+    if constraint is not None and (not isinstance(constraint, dict) or constraint.get("metric") not in METRICS
+                                   or not isinstance(constraint.get("max"), (int, float))):
+        raise ValueError(f"{where}: objective.constraint = {constraint!r} must be {{ metric = one of "
+                         f"{list(METRICS)}, max = a number }}")
+    pruner = spec.get("pruner", "median" if len(metrics) == 1 else "none")
+    if pruner not in PRUNERS:
+        raise ValueError(f"{where}: objective.pruner = {pruner!r}; choose one of {list(PRUNERS)}")
+    if pruner != "none" and len(metrics) > 1:
+        raise ValueError(f"{where}: objective.pruner = {pruner!r} needs a single objective (Optuna cannot prune "
+                         "multi-objective trials); use pruner = 'none'")
+    sampler = spec.get("sampler", "tpe" if len(metrics) == 1 else "nsga2")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"{where}: objective.sampler = {sampler!r}; choose one of {list(SAMPLERS)}")
+    return metrics, constraint, pruner, sampler
+
+
+def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Sweep:
+    """Read and validate a sweep file; the base config and one sampled point are resolved up front."""
+    path = Path(path)
+    spec = read_toml(path)
+    unknown = sorted(set(spec) - SWEEP_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown sweep key(s) {unknown}; allowed: {sorted(SWEEP_KEYS)}")
+    space = [parse_param(k, v, str(path)) for k, v in (spec.get("space") or {}).items()]
+    if not space:
+        raise ValueError(f"{path}: [space] is empty; give at least one key, e.g. "
+                         "\"router.bias_rate\" = { type = \"float\", low = 1e-5, high = 1e-1, log = true }")
+    metrics, constraint, pruner, sampler = parse_objective(spec.get("objective", {}), str(path))
+    seeds = spec.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ValueError(f"{path}: seeds = {seeds!r} must be a non-empty list of integers")
+    n_trials = spec.get("n_trials", 20)
+    if not isinstance(n_trials, int) or n_trials < 1:
+        raise ValueError(f"{path}: n_trials = {n_trials!r} must be a positive integer")
+    base = {**flatten(spec.get("base", {})), **(overrides or {})}
+    sample = {p.key: p.choices[0] if p.type == "categorical" else p.low for p in space}
+    check_data([resolve({**base, **sample})])  # a bad key, value or data file fails before any trial
+    return Sweep(spec.get("name") or path.stem, base, space, metrics, seeds, n_trials, pruner, sampler,
+                 constraint, path)
+
+
+def make_storage(url: str | None, folder: Path, name: str):
+    """SQLite in the output folder by default; any RDB URL; `journal:PATH` for a journal file."""
+    url = url or f"sqlite:///{(folder / 'study.db').resolve()}"
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:"):]))
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as err:
+        raise ValueError(f"--storage {url!r} could not be opened ({err}); use an Optuna storage URL such as "
+                         "sqlite:///path.db, postgresql://user@host/db, mysql://... or journal:path.log") from err
+
+
+def make_study(sweep: Sweep, storage) -> optuna.Study:
+    # NOTE: Optuna >= 5 reads constraints that the trial set itself; older ones need this function
+    legacy = sweep.constraint and not hasattr(optuna.trial.Trial, "set_constraint")
+    constraints = (lambda t: t.user_attrs.get("constraint", [0.0])) if legacy else None
+    samplers = {
+        "tpe": lambda: optuna.samplers.TPESampler(constraints_func=constraints, multivariate=True),
+        "random": lambda: optuna.samplers.RandomSampler(),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(constraints_func=constraints),
+    }
+    base = sweep.base
+    steps, every = base.get("train.steps", 200), base.get("train.eval_every", 50) or base.get("train.steps", 200)
+    pruners = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=every, max_resource=steps),
+        "none": lambda: optuna.pruners.NopPruner(),
+    }
+    return optuna.create_study(study_name=sweep.name, storage=storage, load_if_exists=True,
+                               directions=sweep.directions, sampler=samplers[sweep.sampler](),
+                               pruner=pruners[sweep.pruner]())
+
+
+class Objective:
+    """Suggest, build the config, run each seed, record, report and prune: nothing else."""
+
+    def __init__(self, sweep: Sweep, folder: Path, progress: bool):
+        self.sweep, self.folder, self.progress = sweep, folder, progress
+
+    def __call__(self, trial: optuna.Trial):
+        sweep = self.sweep
+        params = {p.key: p.suggest(trial) for p in sweep.space}
+        records = []
+        for i, seed in enumerate(sweep.seeds):
+            cfg = resolve({**sweep.base, **params, "seed": seed, "variant": f"trial{trial.number}"})
+            on_eval = self.pruning_callback(trial) if i == 0 and sweep.pruner != "none" else None
+            result = run_or_fail(cfg, self.progress, on_eval=on_eval)
+            result.record.update(suite=sweep.name, trial=trial.number)
+            tables.append_run(self.folder, result)
+            records.append(result.record)
+            status = result.record["status"]
+            trial.set_user_attr("status", status)
+            if status == "pruned":
+                raise optuna.TrialPruned()
+            if status != "ok":  # failed or diverged: recorded in the tables; Optuna marks it FAIL
+                return [math.nan] * len(sweep.metrics) if len(sweep.metrics) > 1 else math.nan
+        means = {m: sum(r[m] for r in records) / len(records) for m in set(sweep.metrics) | self.constraint_metric}
+        if sweep.constraint:
+            excess = means[sweep.constraint["metric"]] - sweep.constraint["max"]  # feasible when <= 0
+            trial.set_user_attr("constraint", [excess])
+            if hasattr(trial, "set_constraint"):
+                trial.set_constraint(sweep.constraint["metric"], excess)
+        values = [means[m] for m in sweep.metrics]
+        return values if len(values) > 1 else values[0]
+
+    @property
+    def constraint_metric(self) -> set[str]:
+        return {self.sweep.constraint["metric"]} if self.sweep.constraint else set()
+
+    @staticmethod
+    def pruning_callback(trial: optuna.Trial):
+        def on_eval(step: int, val_loss: float) -> bool:
+            trial.report(val_loss, step)
+            return trial.should_prune()
+
+        return on_eval
+
+
+def trials_table(study: optuna.Study, sweep: Sweep, folder: Path) -> pd.DataFrame:
+    """The study's trials (params, state, objective values) joined with their runs' mean metrics."""
+    trials = study.trials_dataframe(attrs=("number", "state", "params", "values", "user_attrs", "duration"))
+    trials = trials.rename(columns={"number": "trial"})
+    if "values" in trials:
+        trials = trials.rename(columns={"values": f"objective_{sweep.metrics[0]}"})
+    trials = trials.rename(columns={f"values_{i}": f"objective_{m}" for i, m in enumerate(sweep.metrics)})
+    trials.columns = [c.removeprefix("params_") for c in trials.columns]
+    trials["duration"] = trials["duration"].dt.total_seconds() if "duration" in trials else math.nan
+    runs_path = folder / "runs.parquet"
+    if runs_path.is_file():
+        runs = pd.read_parquet(runs_path)
+        runs = runs[runs.get("trial").notna()] if "trial" in runs else runs.iloc[0:0]
+        if len(runs):
+            metrics = runs.groupby("trial")[[c for c in TRIAL_METRICS if c in runs]].mean()
+            metrics["num_seeds"] = runs.groupby("trial").size()
+            trials = trials.merge(metrics.reset_index().astype({"trial": "int64"}), on="trial", how="left")
+    return trials
+
+
+def write_trials(study: optuna.Study, sweep: Sweep, folder: Path) -> pd.DataFrame:
+    with tables.locked(folder):
+        frame = trials_table(study, sweep, folder)
+        tables.write_parquet_atomic(folder / "trials.parquet", frame.astype({"state": str}))
+    return frame
+
+
+def print_best(study: optuna.Study, sweep: Sweep) -> None:
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    print(f"\n{sweep.name}: {len(study.trials)} trials in the study, {len(done)} complete")
+    if not done:
+        return
+    if len(sweep.metrics) == 1:
+        feasible = [t for t in done if all(c <= 0 for c in t.user_attrs.get("constraint", [0.0]))]
+        if not feasible:
+            closest = min(done, key=lambda t: t.user_attrs["constraint"][0])
+            print(f"  no trial meets {sweep.constraint['metric']} <= {sweep.constraint['max']}; closest: trial "
+                  f"{closest.number}, {sweep.constraint['metric']} over by {closest.user_attrs['constraint'][0]:.4f}"
+                  f"  {closest.params}")
+            return
+        best = (min if sweep.directions[0] == "minimize" else max)(feasible, key=lambda t: t.value)
+        print(f"  best trial {best.number}: {sweep.metrics[0]} = {best.value:.4f}  {best.params}")
+        return
+    print(f"  Pareto front ({', '.join(sweep.metrics)}):")
+    for t in sorted(study.best_trials, key=lambda t: t.values[0]):
+        print(f"  trial {t.number}: " + ", ".join(f"{v:.4f}" for v in t.values) + f"  {t.params}")
+
+
+def run_sweep(sweep: Sweep, out_dir: str | Path = "results", storage: str | None = None,
+              n_trials: int | None = None, progress: bool = True) -> Path:
+    folder = Path(out_dir) / sweep.name
+    folder.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with tables.locked(folder):  # NOTE: two workers starting together must not both create the schema
+        study = make_study(sweep, make_storage(storage, folder, sweep.name))
+    study.optimize(Objective(sweep, folder, progress=False), n_trials=n_trials or sweep.n_trials,
+                   catch=(Exception,), show_progress_bar=progress,
+                   callbacks=[lambda study, trial: write_trials(study, sweep, folder)])
+    write_trials(study, sweep, folder)
+    print_best(study, sweep)
+    return folder
+
+
+def run_sweep_file(path: str, out_dir: str = "results", storage: str | None = None, n_trials: int | None = None,
+                   device: str = "auto", overrides: list[str] | None = None, progress: bool = True) -> Path:
+    if n_trials is not None and n_trials < 1:
+        raise ValueError(f"--n-trials = {n_trials} must be a positive integer")
+    settings = parse_overrides(overrides or [])
+    if device != "auto":
+        settings["train.device"] = device
+    sweep = load_sweep(path, settings)
+    return run_sweep(sweep, out_dir, storage, n_trials, progress)
