@@ -10,7 +10,7 @@ A sweep file:
     [objective]
     metrics = ["val_loss"]        # one metric, or two for a Pareto front
     constraint = { metric = "maxvio_global", max = 0.3 }   # optional, single objective
-    pruner = "median"             # median | hyperband | none (single objective only)
+    pruner = "median"             # median | hyperband | none (single objective; default none with a constraint)
     [space]                       # the scientific / nuisance parameters to search
     "router.bias_rate" = { type = "float", low = 1e-5, high = 1e-1, log = true }
     "router.bias_update" = { type = "categorical", choices = ["sign", "rms", "linear"] }
@@ -114,7 +114,9 @@ def parse_objective(spec: dict, where: str) -> tuple[list[str], dict | None, str
                                    or not isinstance(constraint.get("max"), (int, float))):
         raise ValueError(f"{where}: objective.constraint = {constraint!r} must be {{ metric = one of "
                          f"{list(METRICS)}, max = a number }}")
-    pruner = spec.get("pruner", "median" if len(metrics) == 1 else "none")
+    # NOTE: pruning compares intermediate loss only; with a balance constraint it would cut the
+    # balanced trials, whose loss is a little higher early on. So the default is then 'none'.
+    pruner = spec.get("pruner", "median" if len(metrics) == 1 and constraint is None else "none")
     if pruner not in PRUNERS:
         raise ValueError(f"{where}: objective.pruner = {pruner!r}; choose one of {list(PRUNERS)}")
     if pruner != "none" and len(metrics) > 1:

@@ -151,9 +151,9 @@ class Trainer:
             if self.layers:
                 counts_LE += torch.stack([layer.last_route.counts_E.cpu() for layer in self.layers])
                 tokens = x.numel()
-                k_per_token.append(torch.stack([
+                k_per_token.append(torch.stack([  # [L, T]: experts each token used in each layer
                     torch.bincount(layer.last_route.token_idx_A.cpu(), minlength=tokens) for layer in self.layers
-                ]).float().mean(dim=0))
+                ]).flatten())
         self.model.train()
         out = {"val_loss": loss_sum / len(self.val_set)}
         if self.layers:
@@ -161,7 +161,10 @@ class Trainer:
             out.update({"maxvio_global": summary["maxvio"], "maxvio_global_worst": summary["maxvio_worst"],
                         "cv_global": summary["cv"], "dead_experts": summary["dead_experts"],
                         "entropy_global": summary["entropy"]})
-            out.update(metrics.experts_per_token_summary(torch.cat(k_per_token)))
+            k_all = torch.cat(k_per_token)
+            out.update(metrics.experts_per_token_summary(k_all))
+            hist = torch.bincount(k_all, minlength=self.cfg.model.num_experts + 1).float()
+            out["k_hist"] = (hist / hist.sum()).tolist()  # fraction of (layer, token) pairs using k experts
             self.record_loads(step, "global", counts_LE)
             if batch_counts_LE is not None:
                 self.record_loads(step, "batch", batch_counts_LE.cpu())

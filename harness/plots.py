@@ -1,0 +1,182 @@
+"""Comparison figures: pure functions, long-form DataFrame in, matplotlib Figure out.
+
+No function reads a file or touches global state; `report.py` reads the tables and saves the
+figures. Pass the same `palette` (see `variant_palette`) to every figure of one report so a
+variant has one colour throughout.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # NOTE: headless; a report is written on servers and in CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+sns.set_theme(style="whitegrid", context="paper", font_scale=1.1)
+
+
+def variant_palette(variants) -> dict[str, tuple]:
+    """One colour per variant, stable for a given set of names (sorted)."""
+    names = sorted(set(variants))
+    colours = sns.color_palette("colorblind" if len(names) <= 10 else "husl", len(names))
+    return dict(zip(names, colours))
+
+
+def _figure(width: float = 7.0, height: float = 4.2) -> tuple[Figure, plt.Axes]:
+    fig, ax = plt.subplots(figsize=(width, height), layout="constrained")
+    return fig, ax
+
+
+def _legend_outside(ax: plt.Axes, title: str = "variant") -> None:
+    if ax.get_legend() is not None:
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), title=title, frameon=False)
+
+
+def with_variant(steps: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """steps (or loads) rows with each run's variant and seed attached."""
+    return steps.merge(runs[["run_id", "variant", "seed"]], on="run_id", how="inner")
+
+
+def learning_curves(steps: pd.DataFrame, palette: dict | None = None) -> Figure:
+    """Validation loss against training tokens: mean over seeds, band = min..max over seeds."""
+    data = steps.dropna(subset=["val_loss"])
+    fig, ax = _figure()
+    sns.lineplot(data=data, x="tokens", y="val_loss", hue="variant", palette=palette or variant_palette(data["variant"]),
+                 errorbar=("pi", 100), marker="o", ax=ax)
+    ax.set(xlabel="training tokens", ylabel="validation loss (nats/token)", title="Learning curves")
+    _legend_outside(ax)
+    return fig
+
+
+def maxvio_batch_curves(steps: pd.DataFrame, palette: dict | None = None) -> Figure:
+    """Per-step MaxVio_batch (layer mean) on a log axis."""
+    data = steps.dropna(subset=["maxvio_batch"])
+    fig, ax = _figure()
+    sns.lineplot(data=data, x="step", y="maxvio_batch", hue="variant", palette=palette or variant_palette(data["variant"]),
+                 errorbar=("pi", 100), ax=ax)
+    ax.set_yscale("log")
+    ax.set(xlabel="optimizer step", ylabel="MaxVio_batch (layer mean, log scale)", title="Load imbalance during training")
+    _legend_outside(ax)
+    return fig
+
+
+def pareto_mask(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """True for points not dominated in (x, y), both minimised."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    return np.array([not np.any((x <= x[i]) & (y <= y[i]) & ((x < x[i]) | (y < y[i]))) for i in range(len(x))])
+
+
+def loss_vs_balance(runs: pd.DataFrame, palette: dict | None = None) -> Figure:
+    """Final validation loss against MaxVio_global: runs as dots, variant means with sd bars,
+    and the Pareto front of the means (lower-left is better)."""
+    data = runs.dropna(subset=["val_loss", "maxvio_global"])
+    palette = palette or variant_palette(data["variant"])
+    fig, ax = _figure()
+    sns.scatterplot(data=data, x="maxvio_global", y="val_loss", hue="variant", palette=palette, alpha=0.35,
+                    legend=False, ax=ax)
+    means = data.groupby("variant")[["maxvio_global", "val_loss"]].agg(["mean", "std"]).fillna(0.0)
+    for variant, row in means.iterrows():
+        ax.errorbar(row[("maxvio_global", "mean")], row[("val_loss", "mean")], xerr=row[("maxvio_global", "std")],
+                    yerr=row[("val_loss", "std")], fmt="o", ms=8, capsize=3, color=palette[variant], label=variant)
+    front = means[pareto_mask(means[("maxvio_global", "mean")], means[("val_loss", "mean")])]
+    front = front.sort_values(("maxvio_global", "mean"))
+    ax.plot(front[("maxvio_global", "mean")], front[("val_loss", "mean")], "k--", lw=1, marker="o", ms=16,
+            mfc="none", label="Pareto front")  # rings, so a one-variant front still shows
+    ax.set(xlabel="MaxVio_global (0 = balanced)", ylabel="final validation loss (nats/token)",
+           title="Loss against load balance")
+    ax.legend()
+    _legend_outside(ax)
+    return fig
+
+
+def load_heatmaps(loads: pd.DataFrame, scope: str = "global") -> Figure:
+    """Layer x expert load (fraction x n: 1 = fair share) at the last evaluation, a panel per variant."""
+    data = loads[loads["scope"] == scope]
+    data = data[data["step"] == data.groupby("run_id")["step"].transform("max")]
+    data = data[data["seed"] == data.groupby("variant")["seed"].transform("min")]  # one seed per variant
+    variants = sorted(data["variant"].unique())
+    cols = min(3, max(1, len(variants)))
+    rows = -(-len(variants) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.6 * rows + 0.6), layout="constrained", squeeze=False)
+    share = data["load"] * data.groupby("run_id")["expert"].transform("nunique")  # 1 = fair share
+    vmax = max(2.0, float(share.max())) if len(share) else 2.0  # one scale for every panel
+    for ax, variant in zip(axes.flat, variants):
+        part = data.assign(share=share)[data["variant"] == variant]
+        grid = part.pivot_table(index="layer", columns="expert", values="share")
+        sns.heatmap(grid, ax=ax, cmap="rocket_r", vmin=0, vmax=vmax, cbar_kws={"label": "load / fair share"})
+        ax.set(title=variant, xlabel="expert", ylabel="layer")
+    for ax in list(axes.flat)[len(variants):]:
+        ax.set_visible(False)
+    fig.suptitle(f"Expert load at the final evaluation ({scope} scope)")
+    return fig
+
+
+def experts_per_token(runs: pd.DataFrame, palette: dict | None = None) -> Figure:
+    """Distribution of experts used per token (and layer), for variants whose k varies."""
+    rows = []
+    for _, run in runs.dropna(subset=["k_hist"]).iterrows():
+        rows += [{"variant": run["variant"], "experts": k, "fraction": f} for k, f in enumerate(run["k_hist"])]
+    data = pd.DataFrame(rows, columns=["variant", "experts", "fraction"])
+    varying = data[(data["fraction"] > 0)].groupby("variant")["experts"].nunique()
+    data = data[data["variant"].isin(varying[varying > 1].index)]
+    fig, ax = _figure()
+    if len(data):
+        data = data[data["experts"] <= data.loc[data["fraction"] > 0, "experts"].max()]
+        sns.barplot(data=data, x="experts", y="fraction", hue="variant", palette=palette or variant_palette(data["variant"]),
+                    errorbar="sd", ax=ax)
+    else:
+        ax.text(0.5, 0.5, "no variant with a varying number of experts", ha="center", va="center", transform=ax.transAxes)
+    ax.set(xlabel="experts used by a token in a layer", ylabel="fraction of tokens", title="Experts per token (dynamic k)")
+    _legend_outside(ax)
+    return fig
+
+
+def throughput(runs: pd.DataFrame, palette: dict | None = None) -> Figure:
+    """Training tokens per second per variant (evaluation excluded); bars = mean, lines = sd."""
+    data = runs.dropna(subset=["tokens_per_s"])
+    order = data.groupby("variant")["tokens_per_s"].mean().sort_values(ascending=False).index
+    fig, ax = _figure(7.0, 0.45 * len(order) + 1.5)
+    sns.barplot(data=data, y="variant", x="tokens_per_s", hue="variant", order=order, errorbar="sd",
+                palette=palette or variant_palette(data["variant"]), legend=False, ax=ax)
+    ax.set(xlabel="training throughput (tokens/s)", ylabel="", title="Throughput")
+    return fig
+
+
+def sweep_objective(trials: pd.DataFrame, param: str, objective: str, hue: str | None = None) -> Figure:
+    """Each complete trial's objective against one swept parameter (log axis if positive)."""
+    data = trials[trials["state"] == "COMPLETE"].dropna(subset=[objective])
+    fig, ax = _figure()
+    sns.scatterplot(data=data, x=param, y=objective, hue=hue if hue in data else None, s=60, ax=ax)
+    if len(data) and pd.api.types.is_numeric_dtype(data[param]) and (data[param] > 0).all():
+        ax.set_xscale("log")
+    ax.set(xlabel=param, ylabel=objective, title=f"{objective} against {param}")
+    _legend_outside(ax, title=hue or "")
+    return fig
+
+
+def sweep_pareto(trials: pd.DataFrame, x: str, y: str) -> Figure:
+    """Two objectives of every complete trial, with the non-dominated trials joined."""
+    data = trials[trials["state"] == "COMPLETE"].dropna(subset=[x, y])
+    fig, ax = _figure()
+    ax.scatter(data[x], data[y], color="0.6", label="trial")
+    front = data[pareto_mask(data[x], data[y])].sort_values(x) if len(data) else data
+    ax.plot(front[x], front[y], "o-", color="C3", label="Pareto front")
+    ax.set(xlabel=x, ylabel=y, title="Pareto front of the study")
+    ax.legend()
+    return fig
+
+
+def sweep_history(trials: pd.DataFrame, objective: str) -> Figure:
+    """Objective by trial number, with the best value so far."""
+    data = trials[trials["state"] == "COMPLETE"].dropna(subset=[objective]).sort_values("trial")
+    fig, ax = _figure()
+    ax.scatter(data["trial"], data[objective], color="0.5", label="trial")
+    ax.plot(data["trial"], data[objective].cummin(), color="C0", label="best so far")
+    ax.set(xlabel="trial", ylabel=objective, title="Optimisation history")
+    ax.legend()
+    return fig
