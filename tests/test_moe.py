@@ -42,16 +42,19 @@ def grads(layer: MoELayer) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("name", router_names())
 def test_layer_equals_per_token_reference(name, impl):
     layer = make_layer(name, impl, num_shared=1)
-    x = torch.randn(2, 6, DIM)
+    x = torch.randn(2, 6, DIM, requires_grad=True)
     layer(x)  # the first call initialises a dynamic-k bias; compare from the second on
     layer.zero_grad()
     out = layer(x)
+    (x_grad,) = torch.autograd.grad(out.square().sum(), x, retain_graph=True)
     out.square().sum().backward()
     fast_grads = grads(layer)
     layer.zero_grad()
     ref = reference_forward(layer, x)
+    (x_grad_ref,) = torch.autograd.grad(ref.square().sum(), x, retain_graph=True)
     ref.square().sum().backward()
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x_grad, x_grad_ref, rtol=1e-4, atol=1e-5)
     ref_grads = grads(layer)
     assert fast_grads.keys() == ref_grads.keys() and "router.gate.weight" in fast_grads
     for key in ref_grads:
@@ -79,3 +82,15 @@ def test_bias_is_not_an_optimizer_parameter():
     layer = make_layer("loss_free")
     names = [n for n, _ in layer.named_parameters()]
     assert "router.expert_bias" not in names and "router.expert_bias" in layer.state_dict()
+
+
+@pytest.mark.parametrize("impl", ["loop", "grouped_mm"])
+def test_experts_without_tokens_get_zero_gradient(impl):
+    layer = make_layer("loss_free", impl)
+    layer.router.expert_bias.copy_(torch.tensor([50.0, 50.0, 0, 0, 0, 0, 0, 0]))  # only experts 0 and 1
+    x = torch.randn(1, 10, DIM, requires_grad=True)
+    out = layer(x)
+    torch.testing.assert_close(out, reference_forward(layer, x))
+    out.square().sum().backward()
+    for w in (layer.experts.w1, layer.experts.w2, layer.experts.w3):
+        assert torch.all(w.grad[2:] == 0) and w.grad[:2].abs().sum() > 0

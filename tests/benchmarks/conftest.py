@@ -1,0 +1,100 @@
+"""Benchmark helpers and the ratio table printed (and written) at the end of a benchmark run.
+
+Each benchmark names itself with `extra_info["key"]`, and may name the benchmark it is compared
+with (`vs`) and the target ratio (`target`). All ratios come from one pytest session, so
+they share the machine's state. Run with:
+
+    python -m pytest tests/benchmarks -o addopts="" --benchmark-only
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import pytest
+import torch
+
+RESULTS = Path(__file__).resolve().parents[2] / "results" / "bench"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def fwd_bwd(module: torch.nn.Module, x: torch.Tensor, extra_loss=None):
+    """A closure: zero grads, forward, backward with a fixed upstream gradient.
+
+    The input needs a gradient, as it does inside a network: otherwise autograd skips the
+    input-gradient matmuls (a third of the backward) and flatters the layer.
+    """
+    x = x.detach().requires_grad_()
+    grad = torch.randn_like(module(x))
+
+    def step():
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        out = module(x)
+        loss = (out * grad).sum()
+        if extra_loss is not None:
+            loss = loss + extra_loss(module)
+        loss.backward()
+        sync(x.device)
+        return out
+
+    return step
+
+
+def tag(benchmark, key: str, vs: str | None = None, target: float | None = None, **info) -> None:
+    benchmark.extra_info.update({"key": key, "vs": vs, "target": target, **info})
+
+
+@pytest.fixture
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def hardware(device_type: str) -> str:
+    if device_type == "cuda":
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def ratio_rows(benchmarks) -> list[dict]:
+    by_key = {b.extra_info.get("key"): b for b in benchmarks if b.extra_info.get("key")}
+    rows = []
+    for key, bench in by_key.items():
+        median_ms = bench["median"] * 1e3
+        vs, target = bench.extra_info.get("vs"), bench.extra_info.get("target")
+        ratio = median_ms / (by_key[vs]["median"] * 1e3) if vs in by_key else None
+        verdict = "" if ratio is None or target is None else ("meets" if ratio <= target else "MISSES")
+        rows.append({"benchmark": key, "median_ms": median_ms, "vs": vs or "", "ratio": ratio,
+                     "target": target, "verdict": verdict})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| benchmark | median ms | compared with | ratio | target | |", "|---|---:|---|---:|---:|---|"]
+    for r in rows:
+        ratio = f"{r['ratio']:.3f}" if r["ratio"] is not None else ""
+        target = f"<= {r['target']}" if r["target"] is not None else ""
+        lines.append(f"| {r['benchmark']} | {r['median_ms']:.2f} | {r['vs']} | {ratio} | {target} | {r['verdict']} |")
+    return "\n".join(lines)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    session = getattr(config, "_benchmarksession", None)
+    benchmarks = [b for b in getattr(session, "benchmarks", []) if b]
+    rows = ratio_rows(benchmarks)
+    if not rows:
+        return
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    header = (f"moe-harness benchmark ratios ({device_type}: {hardware(device_type)}; torch {torch.__version__}, "
+              f"Python {platform.python_version()})")
+    table = format_table(rows)
+    terminalreporter.write_sep("=", "ratios (one run)")
+    terminalreporter.write_line(header)
+    terminalreporter.write_line(table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"ratios_{device_type}.md").write_text(f"{header}\n\n{table}\n")
