@@ -169,7 +169,9 @@ class MoELayer(nn.Module):
         order_A = route.expert_idx_A.argsort(stable=True)
         token_A = route.token_idx_A[order_A]
         counts_E = torch.bincount(route.expert_idx_A, minlength=self.router.num_experts)
-        y_AD = self.experts(x_TD[token_A], counts_E)
+        # NOTE: index_select, not x_TD[token_A]: the latter's backward adds duplicates with CPU
+        # atomics, so a token routed to 3+ experts (dynamic k) got a run-to-run different gradient.
+        y_AD = self.experts(x_TD.index_select(0, token_A), counts_E)
         if self.normalize_output:
             y_AD = unit_rms(y_AD)
         y_AD = y_AD * route.gate_A[order_A, None].to(y_AD.dtype)

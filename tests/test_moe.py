@@ -94,3 +94,15 @@ def test_experts_without_tokens_get_zero_gradient(impl):
     out.square().sum().backward()
     for w in (layer.experts.w1, layer.experts.w2, layer.experts.w3):
         assert torch.all(w.grad[2:] == 0) and w.grad[:2].abs().sum() > 0
+
+
+def test_input_gradient_is_bit_identical_when_tokens_use_many_experts():
+    # with 3+ experts per token, a gather whose backward adds duplicates with atomics gave a
+    # different gradient from run to run (and so different dynamic-k training runs)
+    layer = make_layer("dynamic_k")
+    x = torch.randn(1, 512, DIM, requires_grad=True)
+    layer(x)
+    layer.router.expert_bias.fill_(10.0)  # every token fires all 8 experts
+    g = torch.randn(1, 512, DIM)
+    grads = [torch.autograd.grad((layer(x) * g).sum(), x)[0] for _ in range(6)]
+    assert all(torch.equal(grads[0], other) for other in grads[1:])
