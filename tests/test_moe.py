@@ -106,3 +106,31 @@ def test_input_gradient_is_bit_identical_when_tokens_use_many_experts():
     g = torch.randn(1, 512, DIM)
     grads = [torch.autograd.grad((layer(x) * g).sum(), x)[0] for _ in range(6)]
     assert all(torch.equal(grads[0], other) for other in grads[1:])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", [n for n in router_names() if get_router_config(n).selection == "topk"])
+def test_topk_routing_and_dispatch_never_sync_the_host_on_cuda(name):
+    # threshold selection (dynamic k) needs nonzero() and so one sync; top-k needs none
+    torch.manual_seed(0)
+    layer = MoELayer(DIM, HIDDEN, NUM_EXPERTS, TOP_K, get_router_config(name), impl="grouped_mm").cuda()
+    x = torch.randn(2, 64, DIM, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):  # as training runs on CUDA
+        layer(x)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            layer(x).float().sum().backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert layer.router.expert_bias.dtype == torch.float32
+
+
+def test_cpu_autocast_runs_the_experts_in_bfloat16():
+    layer = make_layer("loss_free")
+    x = torch.randn(1, 8, DIM, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    out.float().sum().backward()
+    assert torch.isfinite(out).all() and layer.experts.w1.grad.dtype == torch.float32
+    assert layer.router.expert_bias.dtype == torch.float32
