@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+USER_ERRORS = (ValueError, FileNotFoundError)  # what a user got wrong; anything else is a bug
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.fn(args)
     except USER_ERRORS as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        message = err
         if isinstance(err, FileNotFoundError) and err.filename:
             message = f"file not found: {err.filename}"
         print(f"moe-harness {args.command}: error: {message}", file=sys.stderr)

@@ -12,6 +12,7 @@ import base64
 import html
 import io
 import math
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -19,12 +20,12 @@ import pandas as pd
 
 from harness import plots, tables
 
-SUMMARY_METRICS = {  # metric -> (label, better)
-    "val_loss": ("val loss", "min"),
-    "maxvio_global": ("MaxVio global", "min"),
-    "maxvio_batch": ("MaxVio batch", "min"),
-    "mean_k": ("experts/token", None),
-    "tokens_per_s": ("tokens/s", "max"),
+SUMMARY_METRICS = {  # metric -> (label, better, number format)
+    "val_loss": ("val loss", "min", "{:.3f}"),
+    "maxvio_global": ("MaxVio global", "min", "{:.3f}"),
+    "maxvio_batch": ("MaxVio batch", "min", "{:.3f}"),
+    "mean_k": ("experts/token", None, "{:.2f}"),
+    "tokens_per_s": ("tokens/s", "max", "{:,.0f}"),
 }
 # two-sided 95 % Student t quantiles by degrees of freedom (n - 1)
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -117,20 +118,21 @@ def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
         mean, std, n = stats[(metric, "mean")], stats[(metric, "std")].fillna(0.0), stats[(metric, "count")]
         half = pd.Series([t_quantile(int(c) - 1) * s / math.sqrt(c) if c > 1 else math.nan for s, c in zip(std, n)],
                          index=stats.index)
-        better = SUMMARY_METRICS[metric][1]
+        label, better, fmt = SUMMARY_METRICS[metric]
         best = mean.idxmin() if better == "min" else mean.idxmax() if better == "max" else None
         cells = []
         for variant in stats.index:
-            cell = f"{mean[variant]:.3g}"
+            cell = fmt.format(mean[variant])
             if n[variant] > 1:
-                cell += f" ± {std[variant]:.2g} [{mean[variant] - half[variant]:.3g}, {mean[variant] + half[variant]:.3g}]"
+                low, high = fmt.format(mean[variant] - half[variant]), fmt.format(mean[variant] + half[variant])
+                cell += f" ± {fmt.format(std[variant])} [{low}, {high}]"
             if best is not None and variant != best and n[variant] > 1 and n[best] > 1 and \
                     abs(mean[variant] - mean[best]) <= half[variant] + half[best]:
                 cell += " ≈"
             elif variant == best:
                 cell = f"**{cell}**"
             cells.append(cell)
-        table[SUMMARY_METRICS[metric][0]] = cells
+        table[label] = cells
     order = stats[("maxvio_global", "mean")].sort_values().index if "maxvio_global" in metrics else stats.index
     return table.loc[order]
 
@@ -165,7 +167,7 @@ def write_report(folder: str | Path) -> list[Path]:
           markdown_table(table), "", note, ""]
     html_parts = [f"<h1>{html.escape(name)}: MoE load-balancing report</h1>",
                   f"<p>{len(runs)} runs, from <code>{html.escape(str(folder))}</code>.</p>",
-                  table.to_html(escape=True).replace("**", ""), f"<p>{html.escape(note)}</p>"]
+                  re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", table.to_html(escape=True)), f"<p>{html.escape(note)}</p>"]
     if failed_lines:
         md += ["Runs that did not finish: " + "; ".join(failed_lines), ""]
         html_parts.append("<p>Runs that did not finish: " + html.escape("; ".join(failed_lines)) + "</p>")

@@ -121,7 +121,7 @@ def test_summary_table_marks_noise_and_the_best():
                          "val_loss": [1.0, 1.1, 1.2, 1.05, 1.15, 1.25, 3.0, 3.01, 3.02],
                          "maxvio_global": [0.1, 0.1, 0.1, 0.5, 0.5, 0.5, 1.0, 1.0, 1.0]})
     table = report.summary_table(runs)
-    assert table.loc["a", "val loss"].startswith("**1.1")
+    assert table.loc["a", "val loss"].startswith("**1.100 ± 0.100")
     assert table.loc["b", "val loss"].endswith("≈") and not table.loc["c", "val loss"].endswith("≈")
     assert table.index.tolist() == ["a", "b", "c"] and (table["runs"] == 3).all()
 
