@@ -144,3 +144,15 @@ def test_shipped_sweeps_load(name):
 
     sweep = sweep_mod.load_sweep(Path(__file__).parent.parent / "experiments" / f"{name}.toml", {"train.device": "cpu"})
     assert sweep.space and sweep.base["size"] == "tiny"
+
+
+def test_hyperband_pruner_runs(tmp_path):
+    objective = 'metrics = ["val_loss"]\npruner = "hyperband"'
+    path = write_sweep(tmp_path / "s.toml", '"train.lr" = { type = "float", low = 1e-4, high = 1e-2, log = true }',
+                       objective=objective)
+    sweep = sweep_mod.load_sweep(path)
+    storage = f"sqlite:///{tmp_path / 'h.db'}"
+    assert isinstance(sweep_mod.make_study(sweep, storage).pruner, optuna.pruners.HyperbandPruner)
+    sweep_mod.run_sweep(sweep, tmp_path, storage=storage, n_trials=3, progress=False)
+    assert len(optuna.load_study(study_name="tiny_sweep", storage=storage).trials) == 3
+    assert set(pd.read_parquet(tmp_path / "tiny_sweep" / "trials.parquet")["state"]) <= {"COMPLETE", "PRUNED"}
