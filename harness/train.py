@@ -59,6 +59,10 @@ def environment(device: str) -> dict:
             "git_commit": git_commit()}
 
 
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def lr_at(step: int, cfg) -> float:
     """Linear warm-up to cfg.lr, then cosine decay to cfg.min_lr_ratio x cfg.lr."""
     if step < cfg.warmup_steps:
@@ -132,9 +136,9 @@ class Trainer:
 
     @torch.no_grad()
     def balance_update(self, counts_LE: torch.Tensor, progress: float) -> None:
-        if dist.is_available() and dist.is_initialized():
+        if distributed():
             dist.all_reduce(counts_LE)  # NOTE: counts are summed over ranks, not averaged
-        num_tokens = self.tokens_per_step * (dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1)
+        num_tokens = self.tokens_per_step * (dist.get_world_size() if distributed() else 1)
         for layer, counts_E in zip(self.layers, counts_LE):
             layer.router.balance_update(counts_E, num_tokens=num_tokens, progress=progress)
         if self.layers:
