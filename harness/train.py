@@ -17,7 +17,6 @@ import resource
 import subprocess
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -42,21 +41,28 @@ class RunResult:
     loads: list[dict] = field(default_factory=list)  # rows of loads.parquet
 
 
-@lru_cache(maxsize=1)
-def git_commit() -> str:
+def _git_commit() -> str:
+    """HEAD of the checkout the harness was imported from, '+dirty' if harness/ has edits."""
+    where = Path(__file__).parent
     try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=where,
+                              capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."], cwd=where,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    return (head + ("+dirty" if dirty else "")) if head else "unknown"
+
+
+# NOTE: read once at import, so a run records the code it ran even if HEAD moves meanwhile
+GIT_COMMIT = _git_commit()
 
 
 def environment(device: str) -> dict:
     name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
     return {"device": device, "device_name": name, "torch_version": torch.__version__,
             "python_version": platform.python_version(), "harness_version": harness.__version__,
-            "git_commit": git_commit()}
+            "git_commit": GIT_COMMIT}
 
 
 def distributed() -> bool:
