@@ -70,5 +70,5 @@ def dynamic_k() -> RouterConfig:
 
 @register_router("dynamic_k_cap")
 def dynamic_k_cap() -> RouterConfig:
-    """Dynamic k with k as a budget ceiling (Su eq. 4)."""
+    """Dynamic k with k as a ceiling (Su eq. 4); nothing lifts k back up (collapsed in the ablation)."""
     return replace(dynamic_k(), dynamic_k_rule="eq4")
