@@ -32,7 +32,7 @@ import pandas as pd
 
 from harness import tables
 from harness.config import coerce, parse_overrides, resolve
-from harness.experiment import check_data, flatten, read_toml, run_or_fail
+from harness.experiment import SUMMARY_COLUMNS, check_data, flatten, read_toml, run_or_fail
 
 SWEEP_KEYS = {"name", "description", "n_trials", "seeds", "base", "objective", "space"}
 OBJECTIVE_KEYS = {"metrics", "constraint", "pruner", "sampler"}
@@ -40,7 +40,6 @@ METRICS = {"val_loss": "minimize", "val_bpb": "minimize", "train_loss": "minimiz
            "maxvio_batch": "minimize", "tokens_per_s": "maximize"}
 PRUNERS = ("median", "hyperband", "none")
 SAMPLERS = ("tpe", "random", "nsga2")
-TRIAL_METRICS = ["val_loss", "maxvio_global", "maxvio_batch", "mean_k", "tokens_per_s"]
 
 
 @dataclass
@@ -248,7 +247,7 @@ def trials_table(study: optuna.Study, sweep: Sweep, folder: Path) -> pd.DataFram
         runs = pd.read_parquet(runs_path)
         runs = runs[runs.get("trial").notna()] if "trial" in runs else runs.iloc[0:0]
         if len(runs):
-            metrics = runs.groupby("trial")[[c for c in TRIAL_METRICS if c in runs]].mean()
+            metrics = runs.groupby("trial")[[c for c in SUMMARY_COLUMNS if c in runs]].mean()
             metrics["num_seeds"] = runs.groupby("trial").size()
             trials = trials.merge(metrics.reset_index().astype({"trial": "int64"}), on="trial", how="left")
     return trials
