@@ -25,7 +25,9 @@ def cmd_list(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     from harness import experiment
 
-    experiment.run_suite_file(args.suite, out_dir=args.out, device=args.device, overrides=args.set)
+    experiment.run_suite_file(args.suite, out_dir=args.out, device=args.device, overrides=args.set,
+                              progress=args.progress, storage=args.storage, jobs=args.jobs, argv=args.argv,
+                              heartbeat_s=args.heartbeat)
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -33,7 +35,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     sweep.run_sweep_file(
         args.sweep, out_dir=args.out, storage=args.storage, n_trials=args.n_trials,
-        device=args.device, overrides=args.set,
+        device=args.device, overrides=args.set, progress=args.progress, heartbeat_s=args.heartbeat,
     )
 
 
@@ -41,6 +43,15 @@ def cmd_plot(args: argparse.Namespace) -> None:
     from harness import report
 
     for path in report.write_plots(args.dir, fmt=args.format):
+        print(path)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from harness import tables
+
+    if not tables.has_results(args.dir):
+        raise FileNotFoundError(2, "No results (run `moe-harness run SUITE.toml` first)", str(args.dir))
+    for path in tables.export(args.dir, args.to):
         print(path)
 
 
@@ -61,16 +72,25 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a run-config key, e.g. --set train.steps=50 (repeatable)")
+        p.add_argument("--storage", default=None, metavar="URL",
+                       help="Optuna storage URL shared by every worker: sqlite:///PATH, postgresql://USER@HOST/DB, "
+                            "mysql://USER@HOST/DB or journal:PATH")
+        p.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS",
+                       help="worker heartbeat on an RDB storage; a worker silent for 3 beats is presumed dead and "
+                            "its run is retried (default 30)")
+        p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
     run = sub.add_parser("run", help="run an ablation suite (TOML)")
     run.add_argument("suite")
     add_run_options(run)
+    run.add_argument("--jobs", type=int, default=1, metavar="N",
+                     help="start N local workers on one storage (SQLite in the results folder unless --storage): "
+                          "one GPU each, or the CPU cores split between them")
     run.set_defaults(fn=cmd_run)
 
     sweep = sub.add_parser("sweep", help="run an Optuna study (TOML)")
     sweep.add_argument("sweep")
     add_run_options(sweep)
-    sweep.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite in the output folder)")
     sweep.add_argument("--n-trials", type=int, default=None, help="trials to add in this process")
     sweep.set_defaults(fn=cmd_sweep)
 
@@ -79,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--format", default="png", choices=["png", "svg", "pdf"])
     plot.set_defaults(fn=cmd_plot)
 
+    exp = sub.add_parser("export", help="write single-file runs/steps/loads.parquet of a results folder")
+    exp.add_argument("dir")
+    exp.add_argument("--to", default=None, help="destination folder (default: DIR/export)")
+    exp.set_defaults(fn=cmd_export)
+
     rep = sub.add_parser("report", help="write an HTML + Markdown report of a suite folder")
     rep.add_argument("dir")
     rep.set_defaults(fn=cmd_report)
@@ -86,9 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         args.fn(args)
+    except KeyboardInterrupt:
+        print(f"\nmoe-harness {args.command}: interrupted; nothing complete was lost. Run the same command again "
+              "to resume where it stopped.", file=sys.stderr)
+        return 130
     except USER_ERRORS as err:
         message = err
         if isinstance(err, FileNotFoundError) and err.filename:

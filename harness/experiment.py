@@ -13,9 +13,11 @@ A suite file:
     [grid]                      # optional: every combination of these values, for every variant
     "train.lr" = [1e-3, 3e-3]
 
-Outputs, in `OUT/<name>/`: runs.parquet, steps.parquet, loads.parquet, suite.toml (the file as
-given) and suite_resolved.json (every run's resolved config). Runs already complete (status ok
-or diverged, keyed by run_id) are skipped on a rerun; failed ones are retried.
+Outputs, in `OUT/<name>/`: runs/, steps/ and loads/ (one parquet file per run, see tables.py),
+suite.toml (the file as given) and resolved/<time>_<host>_<pid>.json (every run's resolved
+config, one file per invocation). Runs already complete (status ok or diverged, keyed by
+run_id) are skipped on a rerun; failed ones are retried. With `--storage URL` or `--jobs N`
+the runs are a queue that many workers share (workqueue.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import shutil
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +34,10 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from harness import tables
+from harness import tables, workqueue
 from harness._compat import tomllib
 from harness.config import RunConfig, parse_overrides, resolve
+from harness.storage import open_storage
 from harness.train import RunResult, corpus_for, run
 
 SUITE_KEYS = {"name", "description", "seeds", "base", "variants", "grid"}
@@ -117,21 +121,43 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values("maxvio_global") if "maxvio_global" in table else table
 
 
-def execute(suite: Suite, out_dir: str | Path, progress: bool = True) -> Path:
-    """Run every run of `suite` not already complete in `out_dir/<name>/`; returns that folder."""
+def prepare_folder(suite: Suite, out_dir: str | Path) -> Path:
+    """OUT/<name>/ with the suite file as given and this invocation's resolved runs (one file each)."""
     folder = Path(out_dir) / suite.name
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(suite.source, folder / "suite.toml")
-    resolved = [{"run_id": r.run_id, **r.flat()} for r in suite.runs]
-    tables.write_text_atomic(folder / "suite_resolved.json", json.dumps(resolved, indent=1, default=str))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tables.write_text_atomic(folder / "suite.toml", suite.source.read_text())
+        (folder / "resolved").mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"_{os.uname().nodename}_{os.getpid()}"
+        resolved = [{"run_id": r.run_id, **r.flat()} for r in suite.runs]
+        tables.write_text_atomic(folder / "resolved" / f"{stamp}.json", json.dumps(resolved, indent=1, default=str))
+    except OSError as err:
+        raise ValueError(f"--out {out_dir!r}: cannot write the results folder {folder} ({err.strerror})") from err
+    return folder
+
+
+def execute(suite: Suite, out_dir: str | Path, progress: bool = True, storage=None) -> Path:
+    """Run every run of `suite` not already complete in `out_dir/<name>/`; returns that folder.
+
+    With `storage` (an Optuna storage), the runs are a queue shared by every worker started on it.
+    """
+    folder = prepare_folder(suite, out_dir)
+
+    def run_one(cfg: RunConfig) -> str:
+        result = run_or_fail(cfg, progress)
+        result.record = {"suite": suite.name, **result.record}
+        tables.append_run(folder, result)
+        return result.record["status"]
+
+    if storage is not None:
+        workqueue.work(suite, folder, storage, run_one, progress)
+        return folder
     done = tables.complete_run_ids(folder)
     todo = [r for r in suite.runs if r.run_id not in done]
     if len(todo) < len(suite.runs):
         print(f"{suite.name}: {len(suite.runs) - len(todo)} of {len(suite.runs)} runs already complete, skipping them")
     for cfg in tqdm(todo, desc=suite.name, unit="run", disable=not progress):
-        result = run_or_fail(cfg, progress)
-        result.record = {"suite": suite.name, **result.record}
-        tables.append_run(folder, result)
+        run_one(cfg)
     return folder
 
 
@@ -148,13 +174,24 @@ def run_or_fail(cfg: RunConfig, progress: bool, **kwargs):
 
 
 def run_suite_file(path: str, out_dir: str = "results", device: str = "auto",
-                   overrides: list[str] | None = None, progress: bool = True) -> Path:
+                   overrides: list[str] | None = None, progress: bool = True, storage: str | None = None,
+                   jobs: int = 1, argv: list[str] | None = None, heartbeat_s: int = 30) -> Path:
+    """The `moe-harness run` command: one process, a worker on `storage`, or `jobs` local workers."""
     settings = parse_overrides(overrides or [])
     if device != "auto":
         settings["train.device"] = device
     suite = load_suite(path, settings)
-    folder = execute(suite, out_dir, progress)
-    runs = tables.read(folder / "runs.parquet")
+    if jobs < 1:
+        raise ValueError(f"--jobs = {jobs} must be >= 1")
+    if jobs > 1:
+        folder = prepare_folder(suite, out_dir)
+        url = storage or f"sqlite:///{(folder / 'queue.db').resolve()}"
+        open_storage(url, folder / "queue.db", heartbeat_s)  # a bad URL fails here, once, not in every worker
+        workqueue.local_workers(argv or [], jobs, url)
+    else:
+        store = open_storage(storage, Path(out_dir) / suite.name / "queue.db", heartbeat_s) if storage else None
+        folder = execute(suite, out_dir, progress, store)
+    runs = tables.read(folder, "runs")
     runs = runs[runs["run_id"].isin([r.run_id for r in suite.runs])]
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
         print(f"\n{suite.name}: {len(runs)} runs in {folder}")

@@ -38,13 +38,12 @@ def t_quantile(dof: int) -> float:
 
 def read_tables(folder: Path) -> dict[str, pd.DataFrame]:
     folder = Path(folder)
-    if not (folder / "runs.parquet").is_file():
-        raise FileNotFoundError(2, "No such file (run `moe-harness run SUITE.toml` or `moe-harness sweep` first)",
-                                str(folder / "runs.parquet"))
-    out = {name: tables.read(folder / f"{name}.parquet") for name in ("runs", "steps", "loads")
-           if (folder / f"{name}.parquet").is_file()}
+    if not tables.has_results(folder):
+        raise FileNotFoundError(2, "No results (run `moe-harness run SUITE.toml` or `moe-harness sweep` first)",
+                                str(folder / "runs"))
+    out = {name: tables.read(folder, name) for name in tables.TABLES}
     if (folder / "trials.parquet").is_file():
-        out["trials"] = tables.read(folder / "trials.parquet")
+        out["trials"] = pd.read_parquet(folder / "trials.parquet")
     return out
 
 

@@ -15,24 +15,31 @@ A sweep file:
     "router.bias_rate" = { type = "float", low = 1e-5, high = 1e-1, log = true }
     "router.bias_update" = { type = "categorical", choices = ["sign", "rms", "linear"] }
 
-Every trial's runs go into runs/steps/loads.parquet (with `trial`), and trials.parquet joins
-the study's trials with their runs' metrics. The study lives in Optuna storage (SQLite in the
-output folder by default), so rerunning adds trials and several workers can share one study.
+Every trial's runs go into the runs/, steps/ and loads/ tables (with `trial`), written when
+the trial ends; trials.parquet lists the study's trials with the mean metrics each stored in
+the study. The study lives in Optuna storage (SQLite in the output folder by default), so
+rerunning adds trials and several workers can share one study; on an RDB storage a dead
+worker's trial is failed after its heartbeat stops and retried (storage.py).
 """
 
 from __future__ import annotations
 
 import math
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pandas as pd
+from optuna.trial import TrialState
 
 from harness import tables
 from harness.config import coerce, parse_overrides, resolve
 from harness.experiment import SUMMARY_COLUMNS, check_data, flatten, read_toml, run_or_fail
+from harness.storage import HEARTBEAT_S, heartbeat_enabled, open_storage
+from harness.workqueue import POLL_S, WORKER
 
 SWEEP_KEYS = {"name", "description", "n_trials", "seeds", "base", "objective", "space"}
 OBJECTIVE_KEYS = {"metrics", "constraint", "pruner", "sampler"}
@@ -152,21 +159,6 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
                  constraint, path)
 
 
-def make_storage(url: str | None, folder: Path, name: str):
-    """SQLite in the output folder by default; any RDB URL; `journal:PATH` for a journal file."""
-    url = url or f"sqlite:///{(folder / 'study.db').resolve()}"
-    if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
-
-        return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:"):]))
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-    except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as err:
-        raise ValueError(f"--storage {url!r} could not be opened ({err}); use an Optuna storage URL such as "
-                         "sqlite:///path.db, postgresql://user@host/db, mysql://... or journal:path.log") from err
-
-
 def make_study(sweep: Sweep, storage) -> optuna.Study:
     # NOTE: Optuna >= 5 reads constraints that the trial set itself; older ones need this function
     legacy = sweep.constraint and not hasattr(optuna.trial.Trial, "set_constraint")
@@ -196,22 +188,33 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial):
         sweep = self.sweep
+        trial.set_user_attr("worker", WORKER)
         params = {p.key: p.suggest(trial) for p in sweep.space}
-        records = []
-        for i, seed in enumerate(sweep.seeds):
-            cfg = resolve({**sweep.base, **params, "seed": seed, "variant": f"trial{trial.number}"})
-            on_eval = self.pruning_callback(trial) if i == 0 and sweep.pruner != "none" else None
-            result = run_or_fail(cfg, self.progress, on_eval=on_eval)
-            result.record.update(suite=sweep.name, trial=trial.number)
-            tables.append_run(self.folder, result)
-            records.append(result.record)
-            status = result.record["status"]
-            trial.set_user_attr("status", status)
-            if status == "pruned":
-                raise optuna.TrialPruned()
-            if status != "ok":  # failed or diverged: recorded in the tables; Optuna marks it FAIL
-                return [math.nan] * len(sweep.metrics) if len(sweep.metrics) > 1 else math.nan
-        means = {m: sum(r[m] for r in records) / len(records) for m in set(sweep.metrics) | self.constraint_metric}
+        results = []
+        try:
+            for i, seed in enumerate(sweep.seeds):
+                cfg = resolve({**sweep.base, **params, "seed": seed, "variant": trial_label(trial.number, params)})
+                on_eval = self.pruning_callback(trial) if i == 0 and sweep.pruner != "none" else None
+                result = run_or_fail(cfg, self.progress, on_eval=on_eval)
+                result.record.update(suite=sweep.name, trial=trial.number)
+                results.append(result)
+                if result.record["status"] != "ok":
+                    break
+        finally:  # NOTE: written when the trial ends, so a killed worker leaves no partial trial behind
+            for result in results:
+                tables.append_run(self.folder, result, key=f"{result.record['run_id']}_t{trial.number}")
+        records = [r.record for r in results]
+        status = records[-1]["status"]
+        trial.set_user_attr("status", status)
+        trial.set_user_attr("num_seeds", len(records))
+        if status == "pruned":
+            raise optuna.TrialPruned()
+        if status != "ok":  # failed or diverged: recorded in the tables; Optuna marks it FAIL
+            return [math.nan] * len(sweep.metrics) if len(sweep.metrics) > 1 else math.nan
+        means = {m: sum(r.get(m, math.nan) for r in records) / len(records)
+                 for m in set(SUMMARY_COLUMNS) | set(sweep.metrics) | self.constraint_metric}
+        for metric, value in means.items():  # NOTE: in the study, so every worker's trials.parquet is complete
+            trial.set_user_attr(metric, value)
         if sweep.constraint:
             excess = means[sweep.constraint["metric"]] - sweep.constraint["max"]  # feasible when <= 0
             trial.set_user_attr("constraint", [excess])
@@ -233,29 +236,41 @@ class Objective:
         return on_eval
 
 
-def trials_table(study: optuna.Study, sweep: Sweep, folder: Path) -> pd.DataFrame:
-    """The study's trials (params, state, objective values) joined with their runs' mean metrics."""
+def trial_label(number: int, params: dict[str, Any]) -> str:
+    """`trial 3 (bias_rate=0.0055, bias_update=rms)`: the trial's number and its sampled values."""
+    def short(value):
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+    return f"trial {number} (" + ", ".join(f"{k.rpartition('.')[2]}={short(v)}" for k, v in params.items()) + ")"
+
+
+def trials_table(study: optuna.Study, sweep: Sweep) -> pd.DataFrame:
+    """The study's trials: params, state, objective values and the mean metrics each trial stored.
+
+    Everything comes from the study, so every worker's copy lists every trial's metrics whichever
+    folder the runs went to; a trial that did not complete has no metrics.
+    """
     trials = study.trials_dataframe(attrs=("number", "state", "params", "values", "user_attrs", "duration"))
+    if trials.empty:
+        return trials
     trials = trials.rename(columns={"number": "trial"})
+    params = [c for c in trials.columns if c.startswith("params_")]
+    trials["label"] = [trial_label(n, {c.removeprefix("params_"): row[c] for c in params if pd.notna(row[c])})
+                       for n, (_, row) in zip(trials["trial"], trials.iterrows())]
     if "values" in trials:
         trials = trials.rename(columns={"values": f"objective_{sweep.metrics[0]}"})
     trials = trials.rename(columns={f"values_{i}": f"objective_{m}" for i, m in enumerate(sweep.metrics)})
-    trials.columns = [c.removeprefix("params_") for c in trials.columns]
+    trials.columns = [c.removeprefix("params_").removeprefix("user_attrs_") for c in trials.columns]
     trials["duration"] = trials["duration"].dt.total_seconds() if "duration" in trials else math.nan
-    runs_path = folder / "runs.parquet"
-    if runs_path.is_file():
-        runs = pd.read_parquet(runs_path)
-        runs = runs[runs.get("trial").notna()] if "trial" in runs else runs.iloc[0:0]
-        if len(runs):
-            metrics = runs.groupby("trial")[[c for c in SUMMARY_COLUMNS if c in runs]].mean()
-            metrics["num_seeds"] = runs.groupby("trial").size()
-            trials = trials.merge(metrics.reset_index().astype({"trial": "int64"}), on="trial", how="left")
+    complete = trials["state"] == "COMPLETE"
+    for metric in [m for m in SUMMARY_COLUMNS if m in trials]:
+        trials.loc[~complete, metric] = math.nan
     return trials
 
 
 def write_trials(study: optuna.Study, sweep: Sweep, folder: Path) -> pd.DataFrame:
-    with tables.locked(folder):
-        frame = trials_table(study, sweep, folder)
+    frame = trials_table(study, sweep)
+    if len(frame):
         tables.write_parquet_atomic(folder / "trials.parquet", frame.astype({"state": str}))
     return frame
 
@@ -282,26 +297,48 @@ def print_best(study: optuna.Study, sweep: Sweep) -> None:
 
 
 def run_sweep(sweep: Sweep, out_dir: str | Path = "results", storage: str | None = None,
-              n_trials: int | None = None, progress: bool = True) -> Path:
+              n_trials: int | None = None, progress: bool = True, heartbeat_s: int = HEARTBEAT_S) -> Path:
     folder = Path(out_dir) / sweep.name
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out {out_dir!r}: cannot create the results folder {folder} ({err.strerror})") from err
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with tables.locked(folder):  # NOTE: two workers starting together must not both create the schema
-        study = make_study(sweep, make_storage(storage, folder, sweep.name))
-    study.optimize(Objective(sweep, folder, progress=False), n_trials=n_trials or sweep.n_trials,
-                   catch=(Exception,), show_progress_bar=progress,
-                   callbacks=[lambda study, trial: write_trials(study, sweep, folder)])
+    study = make_study(sweep, open_storage(storage, folder / "study.db", heartbeat_s))
+    objective = Objective(sweep, folder, progress=False)
+    callbacks = [lambda study, trial: write_trials(study, sweep, folder)]
+    study.optimize(objective, n_trials=n_trials or sweep.n_trials, catch=(Exception,),
+                   show_progress_bar=progress, callbacks=callbacks)
+    finish_in_flight(study, objective, callbacks)
     write_trials(study, sweep, folder)
     print_best(study, sweep)
     return folder
 
 
+def finish_in_flight(study: optuna.Study, objective, callbacks) -> None:
+    """Before leaving, wait for trials other workers are running, and retry any whose worker died."""
+    storage = study._storage  # NOTE: Optuna has no public getter; fail_stale_trials reads it the same way
+    if not heartbeat_enabled(storage):
+        return
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
+        elif study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            time.sleep(POLL_S)
+        else:
+            return
+
+
 def run_sweep_file(path: str, out_dir: str = "results", storage: str | None = None, n_trials: int | None = None,
-                   device: str = "auto", overrides: list[str] | None = None, progress: bool = True) -> Path:
+                   device: str = "auto", overrides: list[str] | None = None, progress: bool = True,
+                   heartbeat_s: int = HEARTBEAT_S) -> Path:
     if n_trials is not None and n_trials < 1:
         raise ValueError(f"--n-trials = {n_trials} must be a positive integer")
     settings = parse_overrides(overrides or [])
     if device != "auto":
         settings["train.device"] = device
     sweep = load_sweep(path, settings)
-    return run_sweep(sweep, out_dir, storage, n_trials, progress)
+    return run_sweep(sweep, out_dir, storage, n_trials, progress, heartbeat_s)

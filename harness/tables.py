@@ -1,33 +1,37 @@
-"""The result tables on disk: atomic writes under a lock, so nothing written is ever lost.
+"""The result tables on disk: one parquet file per run and table, written once, never rewritten.
 
-Each run appends its rows to steps.parquet and loads.parquet, then its row to runs.parquet;
-a row in runs.parquet with status ok or diverged marks the run complete. Every write goes to a
-temporary file that is renamed over the old one, and an exclusive lock on `.lock` serialises
-writers (several sweep workers may share one folder).
+A results folder is an Arrow dataset of three tables:
+
+    runs/<key>.parquet     one row: the run's config, status and metrics
+    steps/<key>.parquet    one row per logged step
+    loads/<key>.parquet    one row per (evaluation step, layer, expert, scope)
+
+`key` is the run_id (a sweep adds the trial number, since two trials may sample one config).
+Each file is written to a hidden temporary name in the same folder and renamed, so a reader
+never sees half a file; the runs/ file is written last, and its presence marks the run
+complete. No lock and no rewrite: appending a run costs the same whatever the folder holds,
+and workers on several machines may add runs to one folder on a shared filesystem.
+
+Folders written by moe-harness 0.1 (single runs.parquet / steps.parquet / loads.parquet) are
+converted once, on first read or write, with a message; the old files are kept under legacy/.
+`export()` writes the single-file tables for people who want one file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-TABLES = ("steps", "loads", "runs")
-COMPLETE = ("ok", "diverged")
-
-
-@contextlib.contextmanager
-def locked(folder: Path):
-    with open(folder / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+TABLES = ("runs", "steps", "loads")
+COMPLETE = ("ok", "diverged")  # statuses that count as done; failed runs are retried
 
 
 def _write_atomic(path: Path, write) -> None:
@@ -50,38 +54,99 @@ def write_parquet_atomic(path: Path, frame: pd.DataFrame) -> None:
     _write_atomic(Path(path), lambda tmp: frame.to_parquet(tmp, index=False))
 
 
-def read(path: Path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(2, "No such file", str(path))
-    return pd.read_parquet(path)
+def run_files(folder: Path, table: str) -> list[Path]:
+    """The complete files of one table (hidden temporaries of a write in progress are skipped)."""
+    directory = Path(folder) / table
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.glob("*.parquet") if not p.name.startswith("."))
+
+
+def has_results(folder: Path) -> bool:
+    folder = Path(folder)
+    return bool(run_files(folder, "runs")) or (folder / "runs.parquet").is_file()
+
+
+def read(folder: Path, table: str = "runs", columns: list[str] | None = None) -> pd.DataFrame:
+    """One table of a results folder as a DataFrame; columns only some runs have are filled with nulls."""
+    folder = Path(folder)
+    convert_legacy(folder)
+    parts = []
+    for path in run_files(folder, table):
+        try:
+            part = pq.read_table(path, columns=columns) if columns is None else _read_columns(path, columns)
+        except (OSError, pa.ArrowInvalid) as err:  # a file cut short by a dead filesystem: skip, say so
+            print(f"moe-harness: skipping unreadable result file {path} ({err})", file=sys.stderr)
+            continue
+        parts.append(part)
+    if not parts:
+        return pd.DataFrame(columns=columns or [])
+    merged = pa.concat_tables(parts, promote_options="permissive")
+    return merged.to_pandas()
+
+
+def _read_columns(path: Path, columns: list[str]) -> pa.Table:
+    present = set(pq.read_schema(path).names)
+    return pq.read_table(path, columns=[c for c in columns if c in present])
 
 
 def complete_run_ids(folder: Path) -> set[str]:
-    path = Path(folder) / "runs.parquet"
-    if not path.is_file():
+    runs = read(folder, "runs", columns=["run_id", "status"])
+    if runs.empty:
         return set()
-    runs = pd.read_parquet(path, columns=["run_id", "status"])
     return set(runs.loc[runs["status"].isin(COMPLETE), "run_id"])
 
 
-def append_rows(folder: Path, name: str, rows: list[dict], run_id: str) -> None:
-    """Replace `run_id`'s rows of table `name` with `rows` (call under `locked`)."""
-    path = Path(folder) / f"{name}.parquet"
-    old = pd.read_parquet(path) if path.is_file() else pd.DataFrame()
-    if len(old):
-        old = old[old["run_id"] != run_id]
-    new = pd.DataFrame(rows)
-    frames = [f for f in (old, new) if len(f)]
-    if frames:
-        write_parquet_atomic(path, pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0])
-
-
-def append_run(folder: Path, result) -> None:
+def append_run(folder: Path, result, key: str | None = None) -> None:
     """Write one run's steps, loads and record, in that order (the record marks completion)."""
     folder = Path(folder)
-    run_id = result.record["run_id"]
-    with locked(folder):
-        append_rows(folder, "steps", result.steps, run_id)
-        append_rows(folder, "loads", result.loads, run_id)
-        append_rows(folder, "runs", [result.record], run_id)
+    convert_legacy(folder)
+    key = key or result.record["run_id"]
+    for table, rows in (("steps", result.steps), ("loads", result.loads), ("runs", [result.record])):
+        (folder / table).mkdir(parents=True, exist_ok=True)
+        path = folder / table / f"{key}.parquet"
+        if rows:
+            write_parquet_atomic(path, pd.DataFrame(rows))
+        else:  # NOTE: a rerun of a failed run must not leave the old attempt's rows behind
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def convert_legacy(folder: Path) -> None:
+    """Split a 0.1 single-file folder into per-run files, once; the old files move to legacy/."""
+    folder = Path(folder)
+    old = folder / "runs.parquet"
+    if not old.is_file() or (folder / "runs").is_dir():
+        return
+    print(f"moe-harness: converting {folder} from single-file tables to one file per run "
+          f"(the old files are kept in {folder / 'legacy'})", file=sys.stderr)
+    frames = {t: pd.read_parquet(folder / f"{t}.parquet") for t in TABLES if (folder / f"{t}.parquet").is_file()}
+    staging = Path(tempfile.mkdtemp(dir=folder, prefix=".convert."))
+    for table in ("steps", "loads", "runs"):  # runs last: a reader stopped midway sees nothing half-done
+        (staging / table).mkdir()
+        frame = frames.get(table)
+        if frame is None:
+            continue
+        for run_id, part in frame.groupby("run_id", sort=False):
+            part.reset_index(drop=True).to_parquet(staging / table / f"{run_id}.parquet", index=False)
+    (folder / "legacy").mkdir(exist_ok=True)
+    for table in TABLES:
+        with contextlib.suppress(FileExistsError, OSError):
+            os.replace(staging / table, folder / table)
+    for table in TABLES:
+        if (folder / f"{table}.parquet").is_file():
+            os.replace(folder / f"{table}.parquet", folder / "legacy" / f"{table}.parquet")
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def export(folder: Path, dest: Path | None = None) -> list[Path]:
+    """Single-file runs.parquet / steps.parquet / loads.parquet of a folder, in `dest` (default folder/export)."""
+    folder = Path(folder)
+    dest = Path(dest) if dest else folder / "export"
+    dest.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for table in TABLES:
+        path = dest / f"{table}.parquet"
+        write_parquet_atomic(path, read(folder, table))
+        paths.append(path)
+    return paths

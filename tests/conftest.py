@@ -50,3 +50,28 @@ def make_suite(tmp_path):
         return write_suite(tmp_path / f"{kwargs.get('name', 'tiny')}.toml", variants, **kwargs)
 
     return make
+
+
+def _postgres_database(admin_url: str) -> str:
+    """A fresh, empty database on the test server (MOE_HARNESS_TEST_POSTGRES, set by .ci/run)."""
+    import uuid
+
+    import psycopg
+
+    name = f"moe_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request, tmp_path):
+    """An empty Optuna storage: SQLite always, PostgreSQL where a test server is configured."""
+    import os
+
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    admin = os.environ.get("MOE_HARNESS_TEST_POSTGRES")
+    if not admin:
+        pytest.skip("no PostgreSQL test server (MOE_HARNESS_TEST_POSTGRES unset; .ci/run starts one)")
+    return _postgres_database(admin)

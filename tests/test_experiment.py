@@ -3,6 +3,8 @@
 import math
 
 import pandas as pd
+
+from harness import tables
 import pytest
 
 from harness import experiment
@@ -30,14 +32,15 @@ def test_tiny_suite_writes_the_documented_tables(make_suite, tmp_path, capsys):
     code, out, _ = run_cli(["run", str(suite), "--out", str(tmp_path / "out")], capsys)
     assert code == 0
     folder = tmp_path / "out" / "tiny"
-    runs = pd.read_parquet(folder / "runs.parquet")
-    steps = pd.read_parquet(folder / "steps.parquet")
-    loads = pd.read_parquet(folder / "loads.parquet")
+    runs = tables.read(folder, "runs")
+    steps = tables.read(folder, "steps")
+    loads = tables.read(folder, "loads")
     assert RUN_COLUMNS <= set(runs.columns), RUN_COLUMNS - set(runs.columns)
     assert STEP_COLUMNS <= set(steps.columns) and LOAD_COLUMNS <= set(loads.columns)
     assert len(runs) == 4 and set(runs["status"]) == {"ok"} and runs["run_id"].is_unique
     assert set(runs["suite"]) == {"tiny"}
-    assert (folder / "suite.toml").is_file() and (folder / "suite_resolved.json").is_file()
+    assert (folder / "suite.toml").is_file() and len(list((folder / "resolved").glob("*.json"))) == 1
+    assert {p.name for p in (folder / "runs").iterdir()} == {f"{r}.parquet" for r in runs["run_id"]}
     # every run has its step rows, and evaluation steps carry val_loss
     assert set(steps["run_id"]) == set(runs["run_id"])
     assert steps.dropna(subset=["val_loss"])["step"].tolist().count(6) == 4
@@ -52,11 +55,13 @@ def test_rerun_adds_no_rows(make_suite, tmp_path, capsys):
     suite = make_suite(TWO_VARIANTS)
     args = ["run", str(suite), "--out", str(tmp_path)]
     run_cli(args, capsys)
-    before = {t: pd.read_parquet(tmp_path / "tiny" / f"{t}.parquet") for t in ("runs", "steps", "loads")}
+    before = {t: tables.read(tmp_path / "tiny", t) for t in ("runs", "steps", "loads")}
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "tiny").rglob("*.parquet")}
     code, out, _ = run_cli(args, capsys)
     assert code == 0 and "2 of 2 runs already complete" in out
     for table, frame in before.items():
-        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "tiny" / f"{table}.parquet"), frame)
+        pd.testing.assert_frame_equal(tables.read(tmp_path / "tiny", table), frame)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "tiny").rglob("*.parquet")} == mtimes  # nothing rewritten
 
 
 def test_interrupted_suite_completes_on_rerun_with_each_run_once(make_suite, tmp_path, monkeypatch, capsys):
@@ -72,12 +77,12 @@ def test_interrupted_suite_completes_on_rerun_with_each_run_once(make_suite, tmp
     monkeypatch.setattr(experiment, "run", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         experiment.run_suite_file(str(suite), out_dir=str(tmp_path), progress=False)
-    first = pd.read_parquet(tmp_path / "tiny" / "runs.parquet")
+    first = tables.read(tmp_path / "tiny", "runs")
     assert first["variant"].tolist() == ["softmax_topk"]
     monkeypatch.setattr(experiment, "run", real_run)
     experiment.run_suite_file(str(suite), out_dir=str(tmp_path), progress=False)
-    runs = pd.read_parquet(tmp_path / "tiny" / "runs.parquet")
-    steps = pd.read_parquet(tmp_path / "tiny" / "steps.parquet")
+    runs = tables.read(tmp_path / "tiny", "runs")
+    steps = tables.read(tmp_path / "tiny", "steps")
     assert sorted(runs["variant"]) == ["dynamic_k", "loss_free", "softmax_topk"] and runs["run_id"].is_unique
     assert (steps.groupby("run_id")["step"].apply(lambda s: s.is_unique)).all()
 
@@ -93,11 +98,11 @@ def test_a_failing_run_is_recorded_and_retried(make_suite, tmp_path, monkeypatch
 
     monkeypatch.setattr(experiment, "run", broken_loss_free)
     experiment.run_suite_file(str(suite), out_dir=str(tmp_path), progress=False)
-    runs = pd.read_parquet(tmp_path / "tiny" / "runs.parquet").set_index("variant")
+    runs = tables.read(tmp_path / "tiny", "runs").set_index("variant")
     assert runs.loc["loss_free", "status"] == "failed" and "simulated" in runs.loc["loss_free", "error"]
     monkeypatch.setattr(experiment, "run", real_run)
     experiment.run_suite_file(str(suite), out_dir=str(tmp_path), progress=False)
-    runs = pd.read_parquet(tmp_path / "tiny" / "runs.parquet")
+    runs = tables.read(tmp_path / "tiny", "runs")
     assert sorted(runs["status"]) == ["ok", "ok"] and len(runs) == 2
 
 
@@ -106,7 +111,7 @@ def test_diverging_run_is_recorded_and_the_next_proceeds(make_suite, tmp_path):
                          "train.warmup_steps": 1},
                         {"router": "loss_free"}], base={"train.steps": 20})
     experiment.run_suite_file(str(suite), out_dir=str(tmp_path), progress=False)
-    runs = pd.read_parquet(tmp_path / "tiny" / "runs.parquet").set_index("variant")
+    runs = tables.read(tmp_path / "tiny", "runs").set_index("variant")
     assert runs.loc["exploding", "status"] == "diverged" and math.isnan(runs.loc["exploding", "val_loss"])
     assert runs.loc["loss_free", "status"] == "ok"
 
@@ -149,10 +154,10 @@ def test_missing_suite_file_and_bad_suite_keys(tmp_path, capsys):
 def test_a_failed_rerun_does_not_lose_existing_tables(make_suite, tmp_path, capsys):
     suite = make_suite(TWO_VARIANTS)
     run_cli(["run", str(suite), "--out", str(tmp_path)], capsys)
-    before = pd.read_parquet(tmp_path / "tiny" / "runs.parquet")
+    before = tables.read(tmp_path / "tiny", "runs")
     code, _, _ = run_cli(["run", str(suite), "--out", str(tmp_path), "--set", "router=nope"], capsys)
     assert code == 2
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "tiny" / "runs.parquet"), before)
+    pd.testing.assert_frame_equal(tables.read(tmp_path / "tiny", "runs"), before)
 
 
 @pytest.mark.parametrize("name", ["smoke", "ablation", "gpu_paper"])

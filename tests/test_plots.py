@@ -159,4 +159,4 @@ def test_plot_svg_format(tiny_suite_folder, capsys):
 
 def test_plot_on_a_folder_without_results(tmp_path, capsys):
     assert main(["plot", str(tmp_path)]) == 2
-    assert "runs.parquet" in capsys.readouterr().err
+    assert "runs" in capsys.readouterr().err

@@ -5,6 +5,8 @@ import sys
 
 import optuna
 import pandas as pd
+
+from harness import tables
 import pytest
 
 from harness import sweep as sweep_mod
@@ -33,7 +35,7 @@ def test_four_trials_write_trials_table_with_sampled_params(tmp_path, capsys):
     assert trials["router.bias_rate"].between(1e-4, 1e-1).all()
     assert set(trials["router.bias_update"]) <= {"sign", "rms", "linear"}
     assert trials["objective_val_loss"].tolist() == trials["val_loss"].tolist()
-    runs = pd.read_parquet(tmp_path / "tiny_sweep" / "runs.parquet")
+    runs = tables.read(tmp_path / "tiny_sweep", "runs")
     assert sorted(runs["trial"]) == [0, 1, 2, 3]
     assert runs.set_index("trial")["router.bias_rate"].to_dict() == trials.set_index("trial")["router.bias_rate"].to_dict()
     assert "best trial" in capsys.readouterr().out
@@ -45,7 +47,7 @@ def test_second_invocation_adds_trials_to_the_same_study(tmp_path):
     main(["sweep", str(path), "--out", str(tmp_path), "--n-trials", "2"])
     trials = pd.read_parquet(tmp_path / "tiny_sweep" / "trials.parquet")
     assert trials["trial"].tolist() == [0, 1, 2, 3]
-    assert len(pd.read_parquet(tmp_path / "tiny_sweep" / "runs.parquet")) == 4
+    assert len(tables.read(tmp_path / "tiny_sweep", "runs")) == 4
 
 
 def test_two_workers_share_one_storage(tmp_path):
@@ -59,7 +61,7 @@ def test_two_workers_share_one_storage(tmp_path):
         assert worker.returncode == 0, err
     study = optuna.load_study(study_name="tiny_sweep", storage=storage)
     assert len(study.trials) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-    runs = pd.read_parquet(tmp_path / "tiny_sweep" / "runs.parquet")
+    runs = tables.read(tmp_path / "tiny_sweep", "runs")
     assert sorted(runs["trial"]) == list(range(6)) and runs["run_id"].is_unique
     assert len(pd.read_parquet(tmp_path / "tiny_sweep" / "trials.parquet")) == 6
 
@@ -77,7 +79,7 @@ def test_balance_constraint_is_recorded(tmp_path):
     path = write_sweep(tmp_path / "s.toml", RATE_SPACE, objective=objective)
     main(["sweep", str(path), "--out", str(tmp_path), "--n-trials", "2"])
     trials = pd.read_parquet(tmp_path / "tiny_sweep" / "trials.parquet")
-    for excess, vio in zip(trials["user_attrs_constraint"], trials["maxvio_global"]):
+    for excess, vio in zip(trials["constraint"], trials["maxvio_global"]):
         assert excess[0] == pytest.approx(vio - 0.5)
 
 
@@ -91,9 +93,9 @@ def test_diverged_trial_is_recorded_and_the_study_continues(tmp_path):
     study.enqueue_trial({"train.lr": 1e-3})
     sweep_mod.run_sweep(sweep, tmp_path, storage=storage, n_trials=2, progress=False)
     trials = pd.read_parquet(tmp_path / "tiny_sweep" / "trials.parquet").set_index("trial")
-    assert trials.loc[0, "state"] == "FAIL" and trials.loc[0, "user_attrs_status"] == "diverged"
+    assert trials.loc[0, "state"] == "FAIL" and trials.loc[0, "status"] == "diverged"
     assert trials.loc[1, "state"] == "COMPLETE"
-    runs = pd.read_parquet(tmp_path / "tiny_sweep" / "runs.parquet").set_index("trial")
+    runs = tables.read(tmp_path / "tiny_sweep", "runs").set_index("trial")
     assert runs.loc[0, "status"] == "diverged" and runs.loc[1, "status"] == "ok"
 
 
@@ -109,7 +111,7 @@ def test_pruned_trials_keep_their_partial_run(tmp_path):
     sweep_mod.run_sweep(sweep, tmp_path, storage=storage, n_trials=4, progress=False)
     trials = pd.read_parquet(tmp_path / "tiny_sweep" / "trials.parquet").set_index("trial")
     assert trials.loc[3, "state"] == "PRUNED"
-    runs = pd.read_parquet(tmp_path / "tiny_sweep" / "runs.parquet").set_index("trial")
+    runs = tables.read(tmp_path / "tiny_sweep", "runs").set_index("trial")
     assert runs.loc[3, "status"] == "pruned" and runs.loc[3, "steps_done"] < 12
 
 

@@ -1,0 +1,205 @@
+"""Suites on many workers: a suite's runs as a queue of trials in an Optuna storage.
+
+    moe-harness run SUITE.toml --storage URL     # start the same command on every machine or GPU
+    moe-harness run SUITE.toml --jobs 4          # 4 local workers on SQLite in the results folder
+
+The queue is an Optuna study named after the suite and its run list. Each run is one WAITING
+trial (its index and run_id in the user attributes); a worker claims a trial by moving it to
+RUNNING, which the storage does for exactly one worker, beats a heartbeat while the run
+trains, writes the run's files and marks the trial COMPLETE (FAIL if the run raised). A
+worker that dies stops beating; after the grace period the next worker that looks marks its
+trial failed and enqueues it again (storage.open_storage). Enqueueing is done by one worker
+only: the first to create a marker study for the queue's current length.
+
+A worker with nothing left to claim waits while trials are RUNNING elsewhere, so that it can
+take over the run of a worker that dies; it exits when nothing is waiting or running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+from tqdm.auto import tqdm
+
+from harness import tables
+from harness.storage import heartbeat_enabled
+
+POLL_S = 1.0  # how often an idle worker looks at the queue
+FILL_TIMEOUT_S = 120  # how long a worker waits for another to finish enqueueing
+WORKER = f"{os.uname().nodename}:{os.getpid()}"  # recorded on each claimed trial
+
+
+def queue_name(suite) -> str:
+    digest = hashlib.sha1(",".join(sorted(r.run_id for r in suite.runs)).encode()).hexdigest()[:10]
+    return f"suite:{suite.name}:{digest}"
+
+
+class Heartbeat:
+    """Records the trial's heartbeat every interval on a daemon thread, while the run trains."""
+
+    def __init__(self, storage, trial_id: int):
+        self.storage, self.trial_id = storage, trial_id
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.beat, daemon=True)
+
+    def beat(self) -> None:
+        interval = self.storage.get_heartbeat_interval()
+        while not self.stop.is_set():
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception:  # noqa: BLE001 - a lost beat is retried; the run must go on
+                pass
+            self.stop.wait(interval)
+
+    def __enter__(self):
+        if heartbeat_enabled(self.storage):
+            self.storage.record_heartbeat(self.trial_id)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+
+
+class SuiteQueue:
+    def __init__(self, suite, folder: Path, storage):
+        self.suite, self.folder, self.storage = suite, Path(folder), storage
+        self.study = optuna.create_study(study_name=queue_name(suite), storage=storage, load_if_exists=True)
+        self.study_id = storage.get_study_id_from_name(self.study.study_name)
+
+    def trials(self, states=None):
+        return self.study.get_trials(deepcopy=False, states=states)
+
+    def done_run_ids(self) -> set[str]:
+        finished = {t.user_attrs.get("run_id") for t in self.trials((TrialState.COMPLETE,))
+                    if t.user_attrs.get("status") in tables.COMPLETE}
+        return finished | tables.complete_run_ids(self.folder)
+
+    def fill(self) -> int:
+        """Enqueue the runs neither done nor queued; exactly one of the workers that call this does it."""
+        self.fail_stale()
+        trials = self.trials()
+        if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in trials):
+            return 0
+        done = self.done_run_ids()
+        todo = [(i, r) for i, r in enumerate(self.suite.runs) if r.run_id not in done]
+        if not todo:
+            return 0
+        marker_name = f"{self.study.study_name}:fill:{len(trials)}"
+        try:
+            marker = optuna.create_study(study_name=marker_name, storage=self.storage)
+        except optuna.exceptions.DuplicatedStudyError:
+            self.wait_for_fill(marker_name)
+            return 0
+        for index, cfg in todo:
+            self.study.enqueue_trial({}, user_attrs={"run": index, "run_id": cfg.run_id, "variant": cfg.variant,
+                                                     "seed": cfg.seed})
+        marker.set_user_attr("filled", len(todo))
+        return len(todo)
+
+    def wait_for_fill(self, marker_name: str) -> None:
+        marker = optuna.load_study(study_name=marker_name, storage=self.storage)
+        deadline = time.monotonic() + FILL_TIMEOUT_S
+        while "filled" not in marker.user_attrs:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the worker enqueueing {self.study.study_name} stopped before it finished; "
+                                   "rerun the command")
+            time.sleep(POLL_S)
+
+    def fail_stale(self) -> None:
+        if heartbeat_enabled(self.storage):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(self.study)
+
+    def claim(self):
+        """A WAITING trial moved to RUNNING by this worker, or None if nothing is waiting."""
+        for trial in self.trials((TrialState.WAITING,)):
+            trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+            try:
+                if self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                    self.storage.set_trial_user_attr(trial_id, "worker", WORKER)
+                    return trial, trial_id
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker claimed and finished it meanwhile
+        return None
+
+    def finish(self, trial_id: int, number: int, status: str) -> None:
+        self.storage.set_trial_user_attr(trial_id, "status", status)
+        if status in tables.COMPLETE:
+            self.study.tell(number, float(self.storage.get_trial(trial_id).user_attrs["run"]))
+        else:
+            self.study.tell(number, state=TrialState.FAIL)
+
+
+def work(suite, folder: Path, storage, run_one, progress: bool = True) -> int:
+    """Take runs from the suite's queue until none is waiting or running; returns how many this worker ran.
+
+    `run_one(cfg)` trains one run and writes its files (experiment.execute's loop body).
+    """
+    queue = SuiteQueue(suite, folder, storage)
+    added = queue.fill()
+    if added:
+        print(f"{suite.name}: {added} runs queued in {queue.study.study_name}")
+    ran = 0
+    bar = tqdm(total=len(suite.runs), desc=suite.name, unit="run", disable=not progress)
+    while True:
+        queue.fail_stale()
+        claimed = queue.claim()
+        if claimed is None:
+            if not queue.trials((TrialState.RUNNING,)):
+                break
+            time.sleep(POLL_S)  # others are training: wait, to take over if one of them dies
+            continue
+        trial, trial_id = claimed
+        cfg = suite.runs[trial.user_attrs["run"]]
+        assert cfg.run_id == trial.user_attrs["run_id"], "the queue does not match the suite"
+        status = "interrupted"
+        try:
+            if cfg.run_id in tables.complete_run_ids(folder):  # its worker died after writing the files
+                status = "ok"
+            else:
+                with Heartbeat(storage, trial_id):
+                    status = run_one(cfg)
+                ran += 1
+                bar.update(1)
+        finally:
+            queue.finish(trial_id, trial.number, status)
+    bar.close()
+    return ran
+
+
+def local_workers(argv: list[str], jobs: int, storage_url: str) -> int:
+    """Start `jobs` worker processes of the same command on one storage; returns the worst exit status.
+
+    One GPU each when there are GPUs (CUDA_VISIBLE_DEVICES); on CPU, the cores split between them.
+    """
+    import torch
+
+    gpus = torch.cuda.device_count()
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    procs = []
+    for i in range(jobs):
+        env = dict(os.environ, MOE_HARNESS_WORKER=str(i))
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        else:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+        cmd = [sys.executable, "-m", "harness.cli", *argv, "--storage", storage_url, "--jobs", "1", "--no-progress"]
+        procs.append(subprocess.Popen(cmd, env=env))
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            p.wait()
+        raise
+    return max(codes)

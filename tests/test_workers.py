@@ -1,0 +1,225 @@
+"""Many workers, one result: per-run files, suites and sweeps shared through an Optuna storage,
+dead workers, storage URLs. Storage tests run on SQLite, and on PostgreSQL where .ci/run
+started one (MOE_HARNESS_TEST_POSTGRES)."""
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pandas as pd
+import pytest
+
+from harness import tables, workqueue
+from harness.cli import main
+from harness.experiment import load_suite
+from harness.storage import open_storage
+from tests.test_sweep import RATE_SPACE, write_sweep
+
+FOUR_RUNS = [{"router": "softmax_topk"}, {"router": "loss_free", "router.bias_rate": 0.01}]
+SLOW = {"train.steps": 40, "train.eval_every": 20}  # a few seconds a run, long enough to be killed mid-run
+
+
+def cli(*args):
+    return [sys.executable, "-m", "harness.cli", *map(str, args)]
+
+
+def start(cmd):
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def wait_ok(proc, timeout=300):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return out, err
+
+
+def wait_until(predicate, timeout=120, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def running_on(storage_url, study_name, pid):
+    """True once the worker with this pid holds a RUNNING trial of the study."""
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage_url.replace("postgresql://",
+                                                                                     "postgresql+psycopg://"))
+    except KeyError:
+        return False
+    return any(t.user_attrs.get("worker", "").endswith(f":{pid}")
+               for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+
+
+# -- per-run files -------------------------------------------------------------------------------
+
+def test_each_run_is_one_file_per_table_and_export_writes_single_files(make_suite, tmp_path, capsys):
+    suite = make_suite(FOUR_RUNS, seeds=(0, 1))
+    assert main(["run", str(suite), "--out", str(tmp_path)]) == 0
+    folder = tmp_path / "tiny"
+    runs = tables.read(folder, "runs")
+    for table in tables.TABLES:
+        assert {p.stem for p in (folder / table).glob("*.parquet")} == set(runs["run_id"])
+    capsys.readouterr()
+    assert main(["export", str(folder)]) == 0
+    exported = capsys.readouterr().out.split()
+    assert [os.path.basename(p) for p in exported] == ["runs.parquet", "steps.parquet", "loads.parquet"]
+    for table, path in zip(tables.TABLES, exported):
+        pd.testing.assert_frame_equal(pd.read_parquet(path), tables.read(folder, table))
+
+
+def test_readers_tolerate_columns_only_some_runs_have(tmp_path):
+    from harness.train import RunResult
+
+    tables.append_run(tmp_path, RunResult({"run_id": "a", "status": "ok", "val_loss": 1.0}))
+    tables.append_run(tmp_path, RunResult({"run_id": "b", "status": "ok", "val_loss": 2.0, "trial": 3}))
+    (tmp_path / "runs" / ".b.parquet.123.tmp").write_bytes(b"half a file")  # a write in progress
+    runs = tables.read(tmp_path, "runs").set_index("run_id")
+    assert runs.loc["b", "trial"] == 3 and pd.isna(runs.loc["a", "trial"]) and len(runs) == 2
+    assert tables.complete_run_ids(tmp_path) == {"a", "b"}
+
+
+def test_an_old_single_file_folder_is_converted_once_with_a_message(make_suite, tmp_path, capsys):
+    suite = make_suite(FOUR_RUNS)
+    main(["run", str(suite), "--out", str(tmp_path)])
+    folder = tmp_path / "tiny"
+    before = {t: tables.read(folder, t) for t in tables.TABLES}
+    for table, frame in before.items():  # rebuild the 0.1 layout
+        frame.to_parquet(folder / f"{table}.parquet", index=False)
+        for path in (folder / table).iterdir():
+            path.unlink()
+        (folder / table).rmdir()
+    capsys.readouterr()
+    assert main(["run", str(suite), "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "converting" in captured.err and "2 of 2 runs already complete" in captured.out
+    assert (folder / "legacy" / "runs.parquet").is_file() and not (folder / "runs.parquet").exists()
+    for table, frame in before.items():
+        pd.testing.assert_frame_equal(tables.read(folder, table).sort_values(list(frame.columns[:3])).reset_index(
+            drop=True), frame.sort_values(list(frame.columns[:3])).reset_index(drop=True), check_like=True)
+
+
+# -- suites on many workers ----------------------------------------------------------------------
+
+def test_two_suite_workers_killed_and_rerun_do_every_run_exactly_once(make_suite, tmp_path, storage_url):
+    suite_path = make_suite(FOUR_RUNS, seeds=(0, 1), base=SLOW)
+    out = tmp_path / "shared"
+    cmd = cli("run", suite_path, "--out", out, "--storage", storage_url, "--heartbeat", 1, "--no-progress")
+    first, second = start(cmd), start(cmd)
+    study_name = workqueue.queue_name(load_suite(suite_path))
+    wait_until(lambda: running_on(storage_url, study_name, first.pid), what="the first worker to claim a run")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    rerun = start(cmd)
+    wait_ok(second)
+    wait_ok(rerun)
+    runs = tables.read(out / "tiny", "runs")
+    assert len(runs) == 4 and runs["run_id"].is_unique and set(runs["status"]) == {"ok"}
+    study = optuna.load_study(study_name=study_name, storage=storage_url.replace("postgresql://",
+                                                                                 "postgresql+psycopg://"))
+    states = [t.state.name for t in study.trials]
+    assert "RUNNING" not in states and "WAITING" not in states
+    complete = [t.user_attrs["run_id"] for t in study.trials if t.state.name == "COMPLETE"]
+    assert sorted(complete) == sorted(runs["run_id"])  # every run done exactly once
+    assert "FAIL" in states  # the killed worker's trial, failed by heartbeat and retried
+    code = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert code.returncode == 0 and len(optuna.load_study(study_name=study_name, storage=study._storage).trials) \
+        == len(study.trials)  # a rerun of a finished suite does nothing
+
+
+def test_jobs_starts_local_workers_on_sqlite_in_the_folder(make_suite, tmp_path, capsys):
+    suite = make_suite(FOUR_RUNS, seeds=(0, 1))
+    assert main(["run", str(suite), "--out", str(tmp_path), "--jobs", "2", "--no-progress"]) == 0
+    runs = tables.read(tmp_path / "tiny", "runs")
+    assert len(runs) == 4 and runs["run_id"].is_unique and (tmp_path / "tiny" / "queue.db").is_file()
+    assert "4 runs" in capsys.readouterr().out
+
+
+def _open_and_create(url, name, barrier):
+    barrier.wait()
+    storage = open_storage(url, None)
+    optuna.create_study(study_name=name, storage=storage, load_if_exists=True)
+
+
+def test_workers_starting_together_on_an_empty_database_all_open_it(storage_url):
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_open_and_create, args=(storage_url, "race", barrier)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+
+
+# -- sweeps on many workers ----------------------------------------------------------------------
+
+def test_two_sweep_workers_with_separate_folders_one_killed(tmp_path, storage_url):
+    path = write_sweep(tmp_path / "s.toml", RATE_SPACE, base=SLOW)
+    cmds = [cli("sweep", path, "--out", tmp_path / name, "--storage", storage_url, "--n-trials", 2,
+                "--heartbeat", 1, "--no-progress") for name in ("a", "b")]
+    a, b = start(cmds[0]), start(cmds[1])
+    wait_until(lambda: running_on(storage_url, "tiny_sweep", a.pid), what="worker a to start a trial")
+    a.send_signal(signal.SIGKILL)
+    a.wait()
+    rerun = start(cmds[0])
+    wait_ok(b)
+    wait_ok(rerun)
+    study = optuna.load_study(study_name="tiny_sweep", storage=storage_url.replace("postgresql://",
+                                                                                   "postgresql+psycopg://"))
+    states = [t.state.name for t in study.trials]
+    assert "RUNNING" not in states and "WAITING" not in states and states.count("FAIL") >= 1
+    done = {t.number for t in study.trials if t.state.name == "COMPLETE"}
+    assert len(done) >= 4
+    for name in ("a", "b"):
+        trials = pd.read_parquet(tmp_path / name / "tiny_sweep" / "trials.parquet").set_index("trial")
+        complete = trials[trials["state"] == "COMPLETE"]
+        assert complete["val_loss"].notna().all() and complete["num_seeds"].eq(1).all()
+        assert trials.loc[trials["state"] != "COMPLETE", "val_loss"].isna().all()  # no partial result
+    # each trial's runs are in exactly one folder, and no folder holds a run of a killed trial
+    runs = pd.concat([tables.read(tmp_path / n / "tiny_sweep", "runs") for n in ("a", "b")])
+    assert set(runs["trial"]) <= {t.number for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")}
+    assert runs["trial"].is_unique
+
+
+# -- storage URLs and interruption ---------------------------------------------------------------
+
+@pytest.mark.parametrize("url, message", [
+    ("redis://localhost/0", "unsupported scheme 'redis'"),
+    ("sqlite:////nonexistent/dir/study.db", "the folder /nonexistent/dir does not exist"),
+    ("journal:/nonexistent/dir/study.log", "the folder /nonexistent/dir does not exist"),
+    ("postgresql://nobody@127.0.0.1:1/db", "could not be opened"),
+    ("mysql://nobody@127.0.0.1:1/db", "pip install 'moe-harness\\[mysql\\]'"),
+    ("not a url", "not a storage URL"),
+])
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_a_bad_storage_exits_2_naming_the_url(make_suite, tmp_path, capsys, url, message, command):
+    import importlib.util
+    import re
+
+    if "mysql" in url and importlib.util.find_spec("pymysql"):
+        pytest.skip("pymysql is installed here")
+    path = make_suite(FOUR_RUNS) if command == "run" else write_sweep(tmp_path / "s.toml", RATE_SPACE)
+    code = main([command, str(path), "--out", str(tmp_path), "--storage", url])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and re.search(message, err), err
+    assert url in err
+
+
+def test_ctrl_c_ends_a_worker_with_one_line_and_the_rerun_resumes(make_suite, tmp_path):
+    suite = make_suite(FOUR_RUNS, seeds=(0, 1), base=SLOW)
+    cmd = cli("run", suite, "--out", tmp_path, "--no-progress")
+    proc = start(cmd)
+    wait_until(lambda: len(list((tmp_path / "tiny" / "runs").glob("*.parquet"))) >= 1 if (
+        tmp_path / "tiny" / "runs").is_dir() else False, what="the first run")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert "Run the same command again to resume" in err and len(err.strip().splitlines()) == 1, err
+    wait_ok(start(cmd))
+    assert len(tables.read(tmp_path / "tiny", "runs")) == 4
