@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -21,6 +22,15 @@ from harness._compat import tomllib
 from harness.data import DataConfig
 from harness.model import ModelConfig, model_config
 from harness.routing import RouterConfig, get_router_config
+
+
+def check_number(key: str, value: float, low: float | None = None, high: float | None = None,
+                 low_open: bool = False) -> None:
+    """ValueError unless `value` is finite and within [low, high] (low excluded if `low_open`)."""
+    below = low is not None and (value <= low if low_open else value < low)
+    if not math.isfinite(value) or below or (high is not None and value > high):
+        bounds = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+        raise ValueError(f"{key} = {value!r} must be a finite number in {bounds}")
 
 
 @dataclass(kw_only=True)
@@ -54,12 +64,23 @@ class TrainConfig:
     # torch.compile the model
     compile: bool = False
 
+    # steps of a dense-FFN model of equal active width timed right before the run, as the
+    # throughput yardstick (dense_tokens_per_s); 0 disables the probe
+    dense_probe_steps: int = 4
+
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "eval_batches", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} = {getattr(self, name)!r} must be >= 1")
-        if not self.lr > 0:
-            raise ValueError(f"train.lr = {self.lr!r} must be > 0")
+        for name in ("warmup_steps", "eval_every", "dense_probe_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} = {getattr(self, name)!r} must be >= 0")
+        if self.data_seed < -1:
+            raise ValueError(f"train.data_seed = {self.data_seed!r} must be >= 0, or -1 for the run's seed")
+        check_number("train.lr", self.lr, low=0.0, low_open=True)
+        check_number("train.weight_decay", self.weight_decay, low=0.0)
+        check_number("train.grad_clip", self.grad_clip, low=0.0)
+        check_number("train.min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
 
 
 @dataclass(kw_only=True)
@@ -82,8 +103,17 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        blob = json.dumps(self.flat(), sort_keys=True, default=str)
-        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+        """Hash of the whole resolved config: a rerun of the same run has the same id."""
+        return _digest(self.flat())
+
+    @property
+    def config_id(self) -> str:
+        """Hash of the resolved config without the seed: the seeds of one config share it."""
+        return _digest({k: v for k, v in self.flat().items() if k != "seed"})
+
+
+def _digest(flat: dict[str, Any]) -> str:
+    return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 SECTIONS = {"model": ModelConfig, "router": RouterConfig, "train": TrainConfig, "data": DataConfig}

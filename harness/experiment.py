@@ -26,6 +26,7 @@ import itertools
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,8 @@ from harness.config import RunConfig, parse_overrides, resolve
 from harness.storage import open_storage
 from harness.train import RunResult, corpus_for, run
 
-SUITE_KEYS = {"name", "description", "seeds", "base", "variants", "grid"}
+SUITE_KEYS = {"name", "description", "seeds", "base", "variants", "grid", "baseline"}
+NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
 SUMMARY_COLUMNS = ["val_loss", "maxvio_global", "maxvio_batch", "mean_k", "tokens_per_s"]
 
 
@@ -49,6 +51,7 @@ class Suite:
     name: str
     runs: list[RunConfig]
     source: Path
+    baseline: str = ""  # the label the report compares every variant with (default: the first variant)
 
 
 def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -76,12 +79,32 @@ def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) 
     unknown = sorted(set(spec) - SUITE_KEYS)
     if unknown:
         raise ValueError(f"{source}: unknown suite key(s) {unknown}; allowed: {sorted(SUITE_KEYS)}")
-    name = spec.get("name") or source.stem
+    name = spec.get("name", source.stem)
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in (".", ".."):
+        raise ValueError(f"{source}: name = {name!r} must be a plain folder name: letters, digits, '.', '_' or '-', "
+                         "no '/' (it names the folder OUT/<name>/)")
     seeds = spec.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           for s in seeds):
         raise ValueError(f"{source}: seeds = {seeds!r} must be a non-empty list of integers")
-    variants = spec.get("variants") or [{}]
-    grid = flatten(spec.get("grid", {}))
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{source}: seeds = {seeds!r} lists a seed twice")
+    variants = spec.get("variants")
+    if not isinstance(variants, list) or not variants or not all(isinstance(v, dict) for v in variants):
+        raise ValueError(f"{source}: variants = {variants!r}: a suite needs at least one [[variants]] table, "
+                         'e.g. [[variants]] router = "loss_free"')
+    labels = [v.get("label", v.get("router", "softmax_topk")) for v in variants]
+    duplicated = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicated:
+        raise ValueError(f"{source}: variant label(s) {duplicated} appear more than once; give each [[variants]] "
+                         "its own `label` so their runs are not averaged together")
+    base = spec.get("base", {})
+    if not isinstance(base, dict):
+        raise ValueError(f"{source}: base = {base!r} must be a table of run-config keys ([base])")
+    grid = spec.get("grid", {})
+    if not isinstance(grid, dict):
+        raise ValueError(f"{source}: grid = {grid!r} must be a table of key = [values] ([grid])")
+    grid = flatten(grid)
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ValueError(f"{source}: grid key {key!r} must map to a non-empty list, got {values!r}")
@@ -93,10 +116,15 @@ def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) 
             point = dict(zip(grid, combo))
             suffix = ",".join(f"{k}={v}" for k, v in point.items())
             for seed in seeds:
-                settings = {**flatten(spec.get("base", {})), **variant, **point, **overrides,
+                settings = {**flatten(base), **variant, **point, **overrides,
                             "variant": f"{label}[{suffix}]" if suffix else label, "seed": seed}
                 runs.append(resolve(settings))
-    return Suite(name, runs, source)
+    baseline = spec.get("baseline", labels[0])
+    variant_names = sorted({r.variant for r in runs})
+    if baseline not in labels and baseline not in variant_names:
+        raise ValueError(f"{source}: baseline = {baseline!r} is not a variant of this suite; choose one of "
+                         f"{sorted(set(labels) | set(variant_names))}")
+    return Suite(name, runs, source, baseline)
 
 
 def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Suite:
@@ -145,7 +173,7 @@ def execute(suite: Suite, out_dir: str | Path, progress: bool = True, storage=No
 
     def run_one(cfg: RunConfig) -> str:
         result = run_or_fail(cfg, progress)
-        result.record = {"suite": suite.name, **result.record}
+        result.record = {"suite": suite.name, "baseline": suite.baseline, **result.record}
         tables.append_run(folder, result)
         return result.record["status"]
 
@@ -168,7 +196,7 @@ def run_or_fail(cfg: RunConfig, progress: bool, **kwargs):
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as err:  # noqa: BLE001 - one broken run must not stop a suite
-        record = {"run_id": cfg.run_id, **cfg.flat(), "status": "failed", "error": f"{type(err).__name__}: {err}",
+        record = {"run_id": cfg.run_id, "config_id": cfg.config_id, **cfg.flat(), "status": "failed", "error": f"{type(err).__name__}: {err}",
                   "val_loss": math.nan}
         return RunResult(record)
 

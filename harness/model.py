@@ -53,6 +53,10 @@ class ModelConfig:
                 raise ValueError(f"model.{name} = {getattr(self, name)!r} must be >= 1")
         if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
             raise ValueError(f"model.dim = {self.dim} must split into num_heads = {self.num_heads} heads of even width")
+        if not 0 < self.rope_theta < float("inf"):
+            raise ValueError(f"model.rope_theta = {self.rope_theta!r} must be a finite number > 0")
+        if self.num_shared < 0:
+            raise ValueError(f"model.num_shared = {self.num_shared!r} must be >= 0")
         if self.top_k > self.num_experts:
             raise ValueError(f"model.top_k = {self.top_k} must be <= model.num_experts = {self.num_experts}")
         if self.ffn not in ("moe", "dense"):

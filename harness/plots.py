@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="paper", font_scale=1.1)
@@ -105,10 +106,11 @@ def load_heatmaps(loads: pd.DataFrame, scope: str = "global") -> Figure:
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.6 * rows + 0.6), layout="constrained", squeeze=False)
     share = data["load"] * data.groupby("run_id")["expert"].transform("nunique")  # 1 = fair share
     vmax = max(2.0, float(share.max())) if len(share) else 2.0  # one scale for every panel
+    norm = TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=vmax)  # NOTE: white = fair share, red over, blue under
     for ax, variant in zip(axes.flat, variants):
         part = data.assign(share=share)[data["variant"] == variant]
         grid = part.pivot_table(index="layer", columns="expert", values="share")
-        sns.heatmap(grid, ax=ax, cmap="rocket_r", vmin=0, vmax=vmax, cbar_kws={"label": "load / fair share"})
+        sns.heatmap(grid, ax=ax, cmap="RdBu_r", norm=norm, cbar_kws={"label": "load / fair share"})
         ax.set(title=variant, xlabel="expert", ylabel="layer")
     for ax in list(axes.flat)[len(variants):]:
         ax.set_visible(False)
@@ -136,14 +138,20 @@ def experts_per_token(runs: pd.DataFrame, palette: dict | None = None) -> Figure
     return fig
 
 
-def throughput(runs: pd.DataFrame, palette: dict | None = None) -> Figure:
-    """Training tokens per second per variant (evaluation excluded); bars = mean, lines = sd."""
-    data = runs.dropna(subset=["tokens_per_s"])
-    order = data.groupby("variant")["tokens_per_s"].mean().sort_values(ascending=False).index
+def throughput(runs: pd.DataFrame, palette: dict | None = None, reliable: bool = True) -> Figure:
+    """Training speed per variant as a fraction of a dense model of equal active width timed in the
+    same process (`throughput_ratio`; bare tokens/s for runs without it); bars = mean, lines = sd."""
+    metric = "throughput_ratio" if "throughput_ratio" in runs and runs["throughput_ratio"].notna().any() \
+        else "tokens_per_s"
+    data = runs.dropna(subset=[metric])
+    order = data.groupby("variant")[metric].mean().sort_values(ascending=False).index
     fig, ax = _figure(7.0, 0.45 * len(order) + 1.5)
-    sns.barplot(data=data, y="variant", x="tokens_per_s", hue="variant", order=order, errorbar="sd",
+    sns.barplot(data=data, y="variant", x=metric, hue="variant", order=order, errorbar="sd",
                 palette=palette or variant_palette(data["variant"]), legend=False, ax=ax)
-    ax.set(xlabel="training throughput (tokens/s)", ylabel="", title="Throughput")
+    xlabel = "training speed / dense FFN of equal active width" if metric == "throughput_ratio" else \
+        "training throughput (tokens/s)"
+    title = "Throughput" if reliable else "Throughput (contended machine: some runs flagged unreliable)"
+    ax.set(xlabel=xlabel, ylabel="", title=title)
     return fig
 
 
@@ -159,24 +167,38 @@ def sweep_objective(trials: pd.DataFrame, param: str, objective: str, hue: str |
     return fig
 
 
-def sweep_pareto(trials: pd.DataFrame, x: str, y: str) -> Figure:
-    """Two objectives of every complete trial, with the non-dominated trials joined."""
+def sweep_pareto(trials: pd.DataFrame, x: str, y: str, constraint: tuple[str, float] | None = None) -> Figure:
+    """Two objectives of every complete trial, with the non-dominated trials joined and the
+    constraint, if one is on an axis, drawn as a dashed line."""
     data = trials[trials["state"] == "COMPLETE"].dropna(subset=[x, y])
     fig, ax = _figure()
     ax.scatter(data[x], data[y], color="0.6", label="trial")
     front = data[pareto_mask(data[x], data[y])].sort_values(x) if len(data) else data
     ax.plot(front[x], front[y], "o-", color="C3", label="Pareto front")
+    if constraint and constraint[0] in (x, y):
+        line = ax.axvline if constraint[0] == x else ax.axhline
+        line(constraint[1], color="k", ls="--", lw=1, label=f"constraint {constraint[0]} <= {constraint[1]:g}")
     ax.set(xlabel=x, ylabel=y, title="Pareto front of the study")
     ax.legend()
     return fig
 
 
-def sweep_history(trials: pd.DataFrame, objective: str) -> Figure:
-    """Objective by trial number, with the best value so far."""
+def sweep_history(trials: pd.DataFrame, objective: str, constraint: tuple[str, float] | None = None) -> Figure:
+    """Objective by trial number, with the best value so far among trials that meet the constraint
+    (infeasible trials drawn hollow); integer ticks."""
+    from matplotlib.ticker import MaxNLocator
+
     data = trials[trials["state"] == "COMPLETE"].dropna(subset=[objective]).sort_values("trial")
+    feasible = data[constraint[0]] <= constraint[1] if constraint and constraint[0] in data else \
+        pd.Series(True, index=data.index)
     fig, ax = _figure()
-    ax.scatter(data["trial"], data[objective], color="0.5", label="trial")
-    ax.plot(data["trial"], data[objective].cummin(), color="C0", label="best so far")
+    ax.scatter(data.loc[feasible, "trial"], data.loc[feasible, objective], color="0.4", label="trial")
+    if (~feasible).any():
+        ax.scatter(data.loc[~feasible, "trial"], data.loc[~feasible, objective], facecolors="none",
+                   edgecolors="0.6", label=f"fails {constraint[0]} <= {constraint[1]:g}")
+    best = data[objective].where(feasible).cummin()
+    ax.step(data["trial"], best, where="post", color="C0", label="best so far" + (" (feasible)" if constraint else ""))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="trial", ylabel=objective, title="Optimisation history")
     ax.legend()
     return fig

@@ -18,22 +18,16 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from harness import plots, tables
+from harness import plots, stats, tables
 
 SUMMARY_METRICS = {  # metric -> (label, better, number format)
     "val_loss": ("val loss", "min", "{:.3f}"),
     "maxvio_global": ("MaxVio global", "min", "{:.3f}"),
     "maxvio_batch": ("MaxVio batch", "min", "{:.3f}"),
     "mean_k": ("experts/token", None, "{:.2f}"),
+    "throughput_ratio": ("speed / dense", "max", "{:.2f}"),
     "tokens_per_s": ("tokens/s", "max", "{:,.0f}"),
 }
-# two-sided 95 % Student t quantiles by degrees of freedom (n - 1)
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-        15: 2.131, 20: 2.086, 30: 2.042}
-
-
-def t_quantile(dof: int) -> float:
-    return T975.get(dof) or next((v for k, v in sorted(T975.items()) if k >= dof), 1.96)
 
 
 def read_tables(folder: Path) -> dict[str, pd.DataFrame]:
@@ -49,10 +43,13 @@ def read_tables(folder: Path) -> dict[str, pd.DataFrame]:
 
 def figures(data: dict[str, pd.DataFrame]) -> list[tuple[str, plt.Figure, str]]:
     """(file stem, figure, one-line caption saying what to look at), in report order."""
-    runs = data["runs"]
+    runs = stats.with_groups(data["runs"]) if len(data["runs"]) else data["runs"]
     ok = runs[runs["status"].isin(["ok", "pruned"])]
     if "trials" in data:
         return sweep_figures(data["trials"], ok)
+    if not len(ok):
+        raise ValueError("no run in this folder finished (every run failed or diverged): nothing to plot; "
+                         "see the status and error columns of `moe-harness export` for why")
     palette = plots.variant_palette(runs["variant"])
     steps = plots.with_variant(data["steps"], runs)
     out = [
@@ -65,8 +62,9 @@ def figures(data: dict[str, pd.DataFrame]) -> list[tuple[str, plt.Figure, str]]:
          "How fast each method balances and whether it stays balanced (log scale; the control stays high)."),
         ("load_heatmaps", plots.load_heatmaps(plots.with_variant(data["loads"], runs)),
          "Where the imbalance sits: hot cells are experts taking more than their fair share in that layer."),
-        ("throughput", plots.throughput(ok, palette),
-         "The speed cost of each method, training steps only."),
+        ("throughput", plots.throughput(ok, palette, reliable=reliable_throughput(ok)),
+         "The speed cost of each method: training tokens/s over a dense model of equal active width timed in "
+         "the same process, which cancels most machine noise."),
     ]
     varying_k = "k_hist" in ok and ok["k_hist"].dropna().apply(lambda h: sum(v > 0 for v in h) > 1).any()
     if varying_k:
@@ -80,17 +78,27 @@ def sweep_figures(trials: pd.DataFrame, runs: pd.DataFrame) -> list[tuple[str, p
     params = [c for c in trials.columns if "." in c and not c.startswith(("user_attrs", "system_attrs"))]
     numeric = [p for p in params if pd.api.types.is_numeric_dtype(trials[p])]
     categorical = [p for p in params if p not in numeric]
-    out = [("history", plots.sweep_history(trials, objectives[0]),
-            f"Convergence of the search: {objectives[0]} by trial, with the best so far.")]
+    constraint = sweep_constraint(trials)
+    out = [("history", plots.sweep_history(trials, objectives[0], constraint),
+            f"Convergence of the search: {objectives[0]} by trial, with the best so far"
+            + (" among trials that meet the constraint." if constraint else "."))]
     for param in numeric:
         out.append((f"objective_vs_{param.replace('.', '_')}",
                     plots.sweep_objective(trials, param, objectives[0], categorical[0] if categorical else None),
                     f"Where the best {param} lies, and how flat the optimum is."))
     pareto_y = objectives[1] if len(objectives) > 1 else "maxvio_global"
     if pareto_y in trials:
-        out.append(("pareto", plots.sweep_pareto(trials, pareto_y, objectives[0]),
+        out.append(("pareto", plots.sweep_pareto(trials, pareto_y, objectives[0], constraint),
                     f"The trade-off between {objectives[0]} and {pareto_y}: trials on the red line are not beaten on both."))
     return out
+
+
+def sweep_constraint(trials: pd.DataFrame) -> tuple[str, float] | None:
+    """(metric, max) of the sweep's constraint, as its trials stored it."""
+    if "constraint_metric" not in trials or trials["constraint_metric"].dropna().empty:
+        return None
+    row = trials.dropna(subset=["constraint_metric"]).iloc[-1]
+    return str(row["constraint_metric"]), float(row["constraint_max"])
 
 
 def write_plots(folder: str | Path, fmt: str = "png") -> list[Path]:
@@ -106,34 +114,81 @@ def write_plots(folder: str | Path, fmt: str = "png") -> list[Path]:
     return paths
 
 
+def baseline_label(runs: pd.DataFrame) -> str:
+    """The suite's named baseline (its runs record it), else the first variant run."""
+    if "baseline" in runs and runs["baseline"].notna().any():
+        return str(runs["baseline"].dropna().iloc[-1])
+    return str(runs["label"].iloc[0]) if "label" in runs else str(runs["variant"].iloc[0])
+
+
+def reliable_throughput(runs: pd.DataFrame) -> bool:
+    return "throughput_reliable" not in runs or bool(runs["throughput_reliable"].fillna(True).all())
+
+
 def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per variant and metric: mean ± sd [95 % CI]; '≈' marks a mean whose interval overlaps the best's."""
-    ok = runs[runs["status"] == "ok"]
-    metrics = [m for m in SUMMARY_METRICS if m in ok]
-    stats = ok.groupby("variant")[metrics].agg(["mean", "std", "count"])
-    table = pd.DataFrame(index=stats.index)
-    table["runs"] = stats[(metrics[0], "count")].astype(int)
+    """Per group (label + what differs): runs, and per metric mean [95 % interval] (stats.py).
+    Bold: the best mean; tokens/s is not ranked when any run's machine was contended."""
+    ok = stats.with_groups(runs[runs["status"] == "ok"])
+    metrics = [m for m in SUMMARY_METRICS if m in ok and ok[m].notna().any()]
+    table = stats.comparison(ok, metrics, baseline_label(ok)) if len(ok) else pd.DataFrame()
+    out = pd.DataFrame(index=pd.Index(ok["variant"].unique(), name="variant"))
+    out["runs"] = ok.groupby("variant").size()
     for metric in metrics:
-        mean, std, n = stats[(metric, "mean")], stats[(metric, "std")].fillna(0.0), stats[(metric, "count")]
-        half = pd.Series([t_quantile(int(c) - 1) * s / math.sqrt(c) if c > 1 else math.nan for s, c in zip(std, n)],
-                         index=stats.index)
+        rows = table[table["metric"] == metric].set_index("variant")
         label, better, fmt = SUMMARY_METRICS[metric]
-        best = mean.idxmin() if better == "min" else mean.idxmax() if better == "max" else None
+        if metric == "tokens_per_s" and not reliable_throughput(ok):
+            better = None
+        best = (rows["mean"].idxmin() if better == "min" else rows["mean"].idxmax() if better == "max" else None)
         cells = []
-        for variant in stats.index:
-            cell = fmt.format(mean[variant])
-            if n[variant] > 1:
-                low, high = fmt.format(mean[variant] - half[variant]), fmt.format(mean[variant] + half[variant])
-                cell += f" ± {fmt.format(std[variant])} [{low}, {high}]"
-            if best is not None and variant != best and n[variant] > 1 and n[best] > 1 and \
-                    abs(mean[variant] - mean[best]) <= half[variant] + half[best]:
-                cell += " ≈"
-            elif variant == best:
-                cell = f"**{cell}**"
-            cells.append(cell)
-        table[label] = cells
-    order = stats[("maxvio_global", "mean")].sort_values().index if "maxvio_global" in metrics else stats.index
-    return table.loc[order]
+        for group in out.index:
+            r = rows.loc[group]
+            cell = fmt.format(r["mean"])
+            if r["n"] > 1:
+                cell += f" [{fmt.format(r['low'])}, {fmt.format(r['high'])}]"
+            cells.append(f"**{cell}**" if group == best and len(out) > 1 else cell)
+        out[label] = cells
+    if "maxvio_global" in metrics:
+        order = table[table["metric"] == "maxvio_global"].set_index("variant")["mean"].sort_values().index
+        out = out.loc[order]
+    return out
+
+
+def paired_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per group and metric: the mean paired difference to the baseline over common seeds, its 95 %
+    t-interval, '≈' when that interval contains 0, and the seeds that would resolve it."""
+    ok = stats.with_groups(runs[runs["status"] == "ok"])
+    metrics = [m for m in SUMMARY_METRICS if m in ok and ok[m].notna().any() and m != "tokens_per_s"]
+    if not len(ok):
+        return pd.DataFrame()
+    table = stats.comparison(ok, metrics, baseline_label(ok))
+    if "paired_diff" not in table:
+        return pd.DataFrame()
+    table = table.dropna(subset=["paired_diff"])
+    rows = []
+    for _, r in table.iterrows():
+        fmt = SUMMARY_METRICS[r["metric"]][2].replace(",", "")
+        diff = f"{r['paired_diff']:+.3g}"
+        if r["paired_n"] > 1:
+            diff += f" [{r['paired_low']:+.3g}, {r['paired_high']:+.3g}]"
+            if r["paired_low"] <= 0 <= r["paired_high"]:
+                diff += " ≈"
+        seeds = r["paired_seeds_needed"]
+        rows.append({"variant": r["variant"], "baseline": r["baseline"], "metric": SUMMARY_METRICS[r["metric"]][0],
+                     "seeds": int(r["paired_n"]), "difference [95 % CI]": diff,
+                     "seeds to resolve": "" if pd.isna(seeds) else ("> 1000" if math.isinf(seeds) else int(seeds)),
+                     "_abs": abs(r["paired_diff"]), "_metric": r["metric"], "_fmt": fmt})
+    return pd.DataFrame(rows)
+
+
+def seeds_sentence(paired: pd.DataFrame) -> str:
+    """How many seeds the smallest val-loss difference shown would need, from its paired spread."""
+    loss = paired[(paired["_metric"] == "val_loss") & (paired["seeds"] > 1)] if len(paired) else paired
+    if not len(loss):
+        return ""
+    smallest = loss.sort_values("_abs").iloc[0]
+    return (f"The smallest val-loss difference shown ({smallest['variant']} against {smallest['baseline']}, "
+            f"{smallest['_abs']:.4f}) would need {smallest['seeds to resolve']} seeds to resolve at 95 %, "
+            f"from its observed paired spread; this suite has {smallest['seeds']}.")
 
 
 def markdown_table(table: pd.DataFrame) -> str:
@@ -156,10 +211,15 @@ def write_report(folder: str | Path) -> list[Path]:
     runs = data["runs"]
     name = str(runs["suite"].iloc[0]) if "suite" in runs else folder.name
     table = summary_table(runs)
+    paired = paired_table(runs)
     single_seed = int(table["runs"].max()) <= 1 if len(table) else True
-    note = ("Bold: the best mean. '≈': the 95 % interval overlaps the best's, so the difference is inside the "
-            "seed noise. " + ("Only one seed per variant: noise unknown; run more seeds before trusting small gaps."
-                              if single_seed else ""))
+    note = ("Mean over seeds [95 % interval; log-scale for MaxVio and speed, so never below zero]. Bold: the best "
+            "mean. Groups are configs (config_id), named by label plus the keys that differ. "
+            + ("Only one seed per variant: noise unknown; run more seeds before trusting small gaps."
+               if single_seed else ""))
+    if not reliable_throughput(runs[runs["status"] == "ok"]):
+        note += (" Some runs shared a contended CPU (throughput_reliable = false): tokens/s is not ranked; "
+                 "'speed / dense' (against a dense model timed in the same process) is the fairer figure.")
     failed = runs[runs["status"] != "ok"]
     failed_lines = [f"{r.variant} (seed {r.seed}): {r.status}" for r in failed.itertuples()]
     md = [f"# {name}: MoE load-balancing report", "", f"{len(runs)} runs, from `{folder}`.", "",
@@ -167,9 +227,13 @@ def write_report(folder: str | Path) -> list[Path]:
     html_parts = [f"<h1>{html.escape(name)}: MoE load-balancing report</h1>",
                   f"<p>{len(runs)} runs, from <code>{html.escape(str(folder))}</code>.</p>",
                   re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", table.to_html(escape=True)), f"<p>{html.escape(note)}</p>"]
-    if failed_lines:
-        md += ["Runs that did not finish: " + "; ".join(failed_lines), ""]
-        html_parts.append("<p>Runs that did not finish: " + html.escape("; ".join(failed_lines)) + "</p>")
+    if len(paired):
+        shown = paired[[c for c in paired.columns if not c.startswith("_")]].set_index("variant")
+        paired_note = ("Paired differences against the baseline over the seeds both share (the seed fixes "
+                       "initialisation and data order), with a 95 % t-interval; '≈': the interval contains 0, so "
+                       "the difference is inside the seed noise. " + seeds_sentence(paired))
+        md += ["## Against the baseline", "", markdown_table(shown), "", paired_note, ""]
+        html_parts += ["<h2>Against the baseline</h2>", shown.to_html(escape=True), f"<p>{html.escape(paired_note)}</p>"]
     (folder / "plots").mkdir(exist_ok=True)
     for stem, fig, caption in figures(data):
         fig.savefig(folder / "plots" / f"{stem}.png", dpi=150)

@@ -218,6 +218,8 @@ class Objective:
         if sweep.constraint:
             excess = means[sweep.constraint["metric"]] - sweep.constraint["max"]  # feasible when <= 0
             trial.set_user_attr("constraint", [excess])
+            trial.set_user_attr("constraint_metric", sweep.constraint["metric"])
+            trial.set_user_attr("constraint_max", float(sweep.constraint["max"]))
             if hasattr(trial, "set_constraint"):
                 trial.set_constraint(sweep.constraint["metric"], excess)
         values = [means[m] for m in sweep.metrics]

@@ -11,6 +11,7 @@ micro-batches (and over data-parallel ranks when torch.distributed is initialise
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import platform
 import resource
@@ -31,6 +32,9 @@ from harness.config import RunConfig
 from harness.data import Corpus, load_corpus, sample_batch, validation_batches
 from harness.model import MoETransformer
 
+# NOTE: measured on the 2-core VM (issue 11), tiny and small models with 2 threads: 0.99 of the
+# threads alone, 0.40-0.50 beside one or two busy processes (which cut tokens/s 3-4x)
+MIN_CPU_UTILISATION = 0.75
 EvalCallback = Callable[[int, float], bool]  # (step, val_loss) -> stop now (a pruner said so)
 
 
@@ -109,7 +113,8 @@ class Trainer:
         self.steps: list[dict] = []
         self.loads: list[dict] = []
         self.vio_history: list[torch.Tensor] = []  # per step: [2] layer-mean and worst-layer MaxVio
-        self.train_time = 0.0
+        self.train_time = 0.0  # wall seconds inside training steps (evaluation excluded)
+        self.train_cpu = 0.0  # process CPU seconds (all threads) inside training steps
         self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.seq_len
 
     def lm_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -189,11 +194,12 @@ class Trainer:
         tc, status, last_eval, window = self.cfg.train, "ok", {}, []
         window_tokens, window_time, counts_LE = 0, 0.0, None
         for step in range(1, tc.steps + 1):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             lm, aux, counts_LE = self.train_step(step - 1)
             lm_value = lm.item()  # NOTE: the once-per-step sync, needed to stop a diverged run
             elapsed = time.perf_counter() - start
             self.train_time += elapsed
+            self.train_cpu += time.process_time() - cpu_start
             window_time, window_tokens = window_time + elapsed, window_tokens + self.tokens_per_step
             window.append(lm_value)
             self.bar.update(1)
@@ -225,6 +231,15 @@ class Trainer:
                         "mean_k": counts_LE.sum().item() / (len(self.layers) * self.tokens_per_step)})
         return row
 
+    def cpu_use(self) -> dict:
+        """Wall and CPU time of the training steps; on CPU, a run that got far less CPU than it has
+        threads shared the machine, and its throughput is flagged unreliable."""
+        threads = torch.get_num_threads() if self.device.type == "cpu" else 1
+        utilisation = self.train_cpu / max(self.train_time, 1e-9) / threads
+        reliable = self.device.type != "cpu" or utilisation >= MIN_CPU_UTILISATION
+        return {"train_wall_s": self.train_time, "train_cpu_s": self.train_cpu, "cpu_threads": threads,
+                "cpu_utilisation": utilisation, "throughput_reliable": bool(reliable)}
+
     def summary(self, status: str, last_eval: dict, steps_done: int) -> dict:
         half = self.vio_history[len(self.vio_history) // 2:]
         vio = torch.stack(half).mean(dim=0).tolist() if half else [math.nan, math.nan]
@@ -232,6 +247,7 @@ class Trainer:
         record = {"status": status, "steps_done": steps_done, "train_loss": sum(tail) / len(tail) if tail else math.nan,
                   "maxvio_batch": vio[0], "maxvio_batch_worst": vio[1],
                   "tokens_per_s": steps_done * self.tokens_per_step / max(self.train_time, 1e-9),
+                  **self.cpu_use(),
                   "num_params": sum(p.numel() for p in self.model.parameters()),
                   "compute_ratio": last_eval.get("mean_k", math.nan) / self.cfg.model.top_k}
         record.update(last_eval if status in ("ok", "pruned") else {})
@@ -241,12 +257,50 @@ class Trainer:
         return record
 
 
+def dense_probe(cfg: RunConfig, corpus: Corpus) -> float:
+    """Training tokens/s of the dense-FFN twin of `cfg`'s model (equal active width), timed over
+    `train.dense_probe_steps` steps after one untimed step: the yardstick that cancels most of
+    what the machine is doing meanwhile. NaN when disabled."""
+    steps = cfg.train.dense_probe_steps
+    if steps == 0:
+        return math.nan
+    device = torch.device(cfg.train.device)
+    torch.manual_seed(cfg.seed)  # NOTE: the run reseeds after this, so the probe changes nothing in it
+    model = MoETransformer(dataclasses.replace(cfg.model, ffn="dense"), cfg.router_cfg).to(device)
+    optimizer = build_optimizer(model, cfg)
+    gen, amp = torch.Generator().manual_seed(0), autocast_for(cfg)
+    tokens = cfg.train.batch_size * cfg.model.seq_len
+
+    def step() -> None:
+        x, y = (t.to(device) for t in sample_batch(corpus.train, cfg.train.batch_size, cfg.model.seq_len, gen))
+        with amp:
+            logits = model(x)
+        F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * tokens / (time.perf_counter() - start)
+
+
 def corpus_for(cfg: RunConfig) -> Corpus:
     """The run's corpus (cached), checked against the model's vocabulary."""
     corpus = load_corpus(cfg.data.source, cfg.data.val_fraction)
     if corpus.vocab_size > cfg.model.vocab_size:
         raise ValueError(f"data.source = {cfg.data.source!r} has token ids up to {corpus.vocab_size - 1}; "
                          f"set model.vocab_size >= {corpus.vocab_size}")
+    shortest = min(len(corpus.train), len(corpus.val))
+    if shortest < cfg.model.seq_len + 2:
+        raise ValueError(f"model.seq_len = {cfg.model.seq_len} does not fit data.source = {cfg.data.source!r}: its "
+                         f"{'validation' if len(corpus.val) == shortest else 'training'} split has {shortest} tokens; "
+                         f"use model.seq_len <= {max(1, shortest - 2)} or more data")
     return corpus
 
 
@@ -255,8 +309,11 @@ def run(cfg: RunConfig, *, progress: bool = False, on_eval: EvalCallback | None 
     `on_eval` callback that returns True ends it with status 'pruned'."""
     start = time.perf_counter()
     corpus = corpus_for(cfg)
+    dense_tokens_per_s = dense_probe(cfg, corpus)
     trainer = Trainer(cfg, corpus, progress, on_eval)
-    record = {"run_id": cfg.run_id, **cfg.flat(), **trainer.run()}
+    record = {"run_id": cfg.run_id, "config_id": cfg.config_id, **cfg.flat(), **trainer.run()}
+    record["dense_tokens_per_s"] = dense_tokens_per_s
+    record["throughput_ratio"] = record["tokens_per_s"] / dense_tokens_per_s  # MoE speed as a fraction of dense
     record.update(environment(cfg.train.device), **corpus.fingerprint, wall_s=time.perf_counter() - start)
     for row in trainer.steps + trainer.loads:
         row["run_id"] = cfg.run_id

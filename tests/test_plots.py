@@ -116,14 +116,19 @@ def test_sweep_plots():
     assert history.get_xlabel() == "trial" and list(history.get_lines()[0].get_ydata()) == [2.0, 1.9, 1.9, 1.9, 1.9]
 
 
-def test_summary_table_marks_noise_and_the_best():
-    runs = pd.DataFrame({"variant": ["a"] * 3 + ["b"] * 3 + ["c"] * 3, "status": "ok",
-                         "val_loss": [1.0, 1.1, 1.2, 1.05, 1.15, 1.25, 3.0, 3.01, 3.02],
+def test_summary_table_bolds_the_best_and_pairing_separates_what_overlaps():
+    seeds = [0, 1, 2] * 3
+    runs = pd.DataFrame({"variant": ["a"] * 3 + ["b"] * 3 + ["c"] * 3, "seed": seeds, "status": "ok",
+                         "baseline": "a",
+                         "val_loss": [1.0, 1.1, 1.2, 1.05, 1.16, 1.24, 3.0, 3.01, 3.02],
                          "maxvio_global": [0.1, 0.1, 0.1, 0.5, 0.5, 0.5, 1.0, 1.0, 1.0]})
     table = report.summary_table(runs)
-    assert table.loc["a", "val loss"].startswith("**1.100 ± 0.100")
-    assert table.loc["b", "val loss"].endswith("≈") and not table.loc["c", "val loss"].endswith("≈")
+    assert table.loc["a", "val loss"].startswith("**1.100 [")
     assert table.index.tolist() == ["a", "b", "c"] and (table["runs"] == 3).all()
+    paired = report.paired_table(runs).set_index(["variant", "metric"])
+    # b's seeds move with a's: unpaired intervals overlap, the paired one (+0.05 +- 0.03) excludes 0
+    assert not paired.loc[("b", "val loss"), "difference [95 % CI]"].endswith("≈")
+    assert paired.loc[("b", "val loss"), "difference [95 % CI]"].startswith("+0.05")
 
 
 @pytest.fixture

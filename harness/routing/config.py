@@ -8,6 +8,7 @@ preset and changes one field.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Literal, get_args, get_type_hints
 
@@ -67,8 +68,10 @@ def validate_router_config(cfg: RouterConfig) -> None:
         if allowed and value not in allowed:
             raise ValueError(f"router.{f.name} = {value!r} is not allowed; choose one of {list(allowed)}")
     for name in ("aux_alpha", "z_loss_beta", "bias_rate"):
-        if not getattr(cfg, name) >= 0:
-            raise ValueError(f"router.{name} = {getattr(cfg, name)!r} must be a number >= 0")
+        if not 0 <= getattr(cfg, name) < math.inf:
+            raise ValueError(f"router.{name} = {getattr(cfg, name)!r} must be a finite number >= 0")
+    if not 0 < cfg.route_scale < math.inf:
+        raise ValueError(f"router.route_scale = {cfg.route_scale!r} must be a finite number > 0")
     if not 0.0 <= cfg.bias_freeze_frac < 1.0:
         raise ValueError(f"router.bias_freeze_frac = {cfg.bias_freeze_frac!r} must be in [0, 1)")
     if (cfg.selection == "threshold") != (cfg.bias_mode == "dynamic_k"):
