@@ -11,7 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from harness.errors import RunsFailed
+
 USER_ERRORS = (ValueError, FileNotFoundError)  # what a user got wrong; anything else is a bug
+
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -36,6 +39,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     sweep.run_sweep_file(
         args.sweep, out_dir=args.out, storage=args.storage, n_trials=args.n_trials,
         device=args.device, overrides=args.set, progress=args.progress, heartbeat_s=args.heartbeat,
+        study_name=args.study_name,
     )
 
 
@@ -92,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("sweep")
     add_run_options(sweep)
     sweep.add_argument("--n-trials", type=int, default=None, help="trials to add in this process")
+    sweep.add_argument("--study-name", default=None,
+                       help="the Optuna study to add to (default: the sweep's name); a new name starts a new study")
     sweep.set_defaults(fn=cmd_sweep)
 
     plot = sub.add_parser("plot", help="draw the comparison figures of a suite folder")
@@ -120,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nmoe-harness {args.command}: interrupted; nothing complete was lost. Run the same command again "
               "to resume where it stopped.", file=sys.stderr)
         return 130
+    except RunsFailed as err:
+        print(f"moe-harness {args.command}: {err}", file=sys.stderr)
+        return 1
     except USER_ERRORS as err:
         message = err
         if isinstance(err, FileNotFoundError) and err.filename:

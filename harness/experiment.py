@@ -14,7 +14,7 @@ A suite file:
     "train.lr" = [1e-3, 3e-3]
 
 Outputs, in `OUT/<name>/`: runs/, steps/ and loads/ (one parquet file per run, see tables.py),
-suite.toml (the file as given) and resolved/<time>_<host>_<pid>.json (every run's resolved
+suite.toml (the file as given) and resolved/<time>_<host>_<random>.json (every run's resolved
 config, one file per invocation). Runs already complete (status ok or diverged, keyed by
 run_id) are skipped on a rerun; failed ones are retried. With `--storage URL` or `--jobs N`
 the runs are a queue that many workers share (workqueue.py).
@@ -28,6 +28,7 @@ import math
 import os
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,15 +36,16 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from harness import tables, workqueue
+from harness import stats, tables, workqueue
 from harness._compat import tomllib
+from harness.errors import RunsFailed
 from harness.config import RunConfig, parse_overrides, resolve
 from harness.storage import open_storage
 from harness.train import RunResult, corpus_for, run
 
 SUITE_KEYS = {"name", "description", "seeds", "base", "variants", "grid", "baseline"}
 NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
-SUMMARY_COLUMNS = ["val_loss", "maxvio_global", "maxvio_batch", "mean_k", "tokens_per_s"]
+SUMMARY_COLUMNS = ["val_loss", "maxvio_global", "maxvio_batch", "mean_k", "throughput_ratio", "tokens_per_s"]
 
 
 @dataclass
@@ -141,8 +143,8 @@ def check_data(runs: list[RunConfig]) -> None:
 
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per variant: the mean of each summary metric over seeds, and the number of runs."""
-    ok = runs[runs["status"] == "ok"]
+    """Per config group (label + what differs): the mean of each summary metric over seeds, and the runs."""
+    ok = stats.with_groups(runs[runs["status"] == "ok"])
     columns = [c for c in SUMMARY_COLUMNS if c in ok]
     table = ok.groupby("variant", sort=False)[columns].mean()
     table.insert(0, "runs", ok.groupby("variant", sort=False).size())
@@ -156,7 +158,7 @@ def prepare_folder(suite: Suite, out_dir: str | Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         tables.write_text_atomic(folder / "suite.toml", suite.source.read_text())
         (folder / "resolved").mkdir(exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"_{os.uname().nodename}_{os.getpid()}"
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"_{os.uname().nodename}_{uuid.uuid4().hex[:8]}"
         resolved = [{"run_id": r.run_id, **r.flat()} for r in suite.runs]
         tables.write_text_atomic(folder / "resolved" / f"{stamp}.json", json.dumps(resolved, indent=1, default=str))
     except OSError as err:
@@ -223,8 +225,13 @@ def run_suite_file(path: str, out_dir: str = "results", device: str = "auto",
     runs = runs[runs["run_id"].isin([r.run_id for r in suite.runs])]
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
         print(f"\n{suite.name}: {len(runs)} runs in {folder}")
-        print(summarize(runs).to_string())
+        if (runs["status"] == "ok").any():
+            print(summarize(runs).to_string())
         bad = runs[runs["status"] != "ok"]
         for _, row in bad.iterrows():
             print(f"  {row['variant']} seed {row['seed']}: {row['status']} {row.get('error', '') or ''}")
+    failed = runs[runs["status"] == "failed"]
+    if len(failed):
+        raise RunsFailed(f"{len(failed)} of {len(suite.runs)} runs failed ({', '.join(sorted(set(failed['variant'])))}); "
+                         "the others are recorded; rerun the same command to retry the failed ones")
     return folder

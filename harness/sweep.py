@@ -24,6 +24,8 @@ worker's trial is failed after its heartbeat stops and retried (storage.py).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import time
 import warnings
@@ -37,7 +39,8 @@ from optuna.trial import TrialState
 
 from harness import tables
 from harness.config import coerce, parse_overrides, resolve
-from harness.experiment import SUMMARY_COLUMNS, check_data, flatten, read_toml, run_or_fail
+from harness.errors import RunsFailed
+from harness.experiment import NAME_RE, SUMMARY_COLUMNS, check_data, flatten, read_toml, run_or_fail
 from harness.storage import HEARTBEAT_S, heartbeat_enabled, open_storage
 from harness.workqueue import POLL_S, WORKER
 
@@ -78,6 +81,10 @@ class Sweep:
     sampler: str
     constraint: dict | None
     source: Path
+    study_name: str = ""  # the Optuna study (default: the sweep's name)
+
+    def __post_init__(self) -> None:
+        self.study_name = self.study_name or self.name
 
     @property
     def directions(self) -> list[str]:
@@ -153,10 +160,50 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
     if not isinstance(n_trials, int) or n_trials < 1:
         raise ValueError(f"{path}: n_trials = {n_trials!r} must be a positive integer")
     base = {**flatten(spec.get("base", {})), **(overrides or {})}
-    sample = {p.key: p.choices[0] if p.type == "categorical" else p.low for p in space}
-    check_data([resolve({**base, **sample})])  # a bad key, value or data file fails before any trial
-    return Sweep(spec.get("name") or path.stem, base, space, metrics, seeds, n_trials, pruner, sampler,
+    check_space(base, space, path)
+    name = spec.get("name", path.stem)
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in (".", ".."):
+        raise ValueError(f"{path}: name = {name!r} must be a plain folder name: letters, digits, '.', '_' or '-'")
+    return Sweep(name, base, space, metrics, seeds, n_trials, pruner, sampler,
                  constraint, path)
+
+
+def check_space(base: dict[str, Any], space: list[Param], path: Path) -> None:
+    """Resolve the run config at both ends of every range and at every categorical choice (the
+    others at their first value), so no value the sampler can draw fails mid-study."""
+    first = {p.key: p.choices[0] if p.type == "categorical" else p.low for p in space}
+    for param in space:
+        values = param.choices if param.type == "categorical" else [param.low, param.high]
+        for value in values:
+            value = int(value) if param.type == "int" else value
+            try:
+                cfg = resolve({**base, **first, param.key: value})
+            except ValueError as err:
+                raise ValueError(f"{path}: [space] {param.key!r} can sample {value!r}, which is not allowed: {err}") \
+                    from err
+            check_data([cfg])  # a bad data file, or a seq_len the data cannot hold, fails before any trial
+
+
+def spec_of(sweep: Sweep) -> dict[str, Any]:
+    """What makes trials of a study comparable: stored in the study, checked on every later start."""
+    return json.loads(json.dumps({"base": sweep.base, "space": [dataclasses.asdict(p) for p in sweep.space],
+                                  "metrics": sweep.metrics, "constraint": sweep.constraint, "seeds": sweep.seeds},
+                                 sort_keys=True, default=str))
+
+
+def check_same_sweep(study: optuna.Study, sweep: Sweep) -> None:
+    stored, spec = study.user_attrs.get("sweep_spec"), spec_of(sweep)
+    if stored is None:
+        study.set_user_attr("sweep_spec", spec)
+        return
+    if stored != spec:
+        changed = [k for k in spec if stored.get(k) != spec[k]]
+        if "base" in changed:
+            keys = sorted(k for k in set(stored["base"]) | set(spec["base"]) if stored["base"].get(k) != spec["base"].get(k))
+            changed[changed.index("base")] = f"base ({', '.join(keys)})"
+        raise ValueError(f"study {study.study_name!r} was started with another sweep: {', '.join(changed)} changed. "
+                         "Its trials would be ranked with these; pass --study-name NEW for a new study, or restore "
+                         "the settings")
 
 
 def make_study(sweep: Sweep, storage) -> optuna.Study:
@@ -175,9 +222,11 @@ def make_study(sweep: Sweep, storage) -> optuna.Study:
         "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=every, max_resource=steps),
         "none": lambda: optuna.pruners.NopPruner(),
     }
-    return optuna.create_study(study_name=sweep.name, storage=storage, load_if_exists=True,
-                               directions=sweep.directions, sampler=samplers[sweep.sampler](),
-                               pruner=pruners[sweep.pruner]())
+    study = optuna.create_study(study_name=sweep.study_name, storage=storage, load_if_exists=True,
+                                directions=sweep.directions, sampler=samplers[sweep.sampler](),
+                                pruner=pruners[sweep.pruner]())
+    check_same_sweep(study, sweep)
+    return study
 
 
 class Objective:
@@ -304,7 +353,7 @@ def run_sweep(sweep: Sweep, out_dir: str | Path = "results", storage: str | None
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"--out {out_dir!r}: cannot create the results folder {folder} ({err.strerror})") from err
+        raise ValueError(f"--out {out_dir!r}: cannot write the results folder {folder} ({err.strerror})") from err
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = make_study(sweep, open_storage(storage, folder / "study.db", heartbeat_s))
     objective = Objective(sweep, folder, progress=False)
@@ -314,6 +363,10 @@ def run_sweep(sweep: Sweep, out_dir: str | Path = "results", storage: str | None
     finish_in_flight(study, objective, callbacks)
     write_trials(study, sweep, folder)
     print_best(study, sweep)
+    failed = [t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "failed"]
+    if failed:
+        raise RunsFailed(f"trial(s) {failed} had a run that failed (see the error column of the runs table); "
+                         "the study went on without them")
     return folder
 
 
@@ -336,11 +389,13 @@ def finish_in_flight(study: optuna.Study, objective, callbacks) -> None:
 
 def run_sweep_file(path: str, out_dir: str = "results", storage: str | None = None, n_trials: int | None = None,
                    device: str = "auto", overrides: list[str] | None = None, progress: bool = True,
-                   heartbeat_s: int = HEARTBEAT_S) -> Path:
+                   heartbeat_s: int = HEARTBEAT_S, study_name: str | None = None) -> Path:
     if n_trials is not None and n_trials < 1:
         raise ValueError(f"--n-trials = {n_trials} must be a positive integer")
     settings = parse_overrides(overrides or [])
     if device != "auto":
         settings["train.device"] = device
     sweep = load_sweep(path, settings)
+    if study_name:
+        sweep.study_name = study_name
     return run_sweep(sweep, out_dir, storage, n_trials, progress, heartbeat_s)

@@ -9,6 +9,7 @@ import pytest
 
 from harness import experiment
 from harness.cli import main
+from harness.errors import RunsFailed
 
 RUN_COLUMNS = {
     "run_id", "suite", "variant", "router", "seed", "status", "train_loss", "val_loss", "maxvio_global",
@@ -97,7 +98,8 @@ def test_a_failing_run_is_recorded_and_retried(make_suite, tmp_path, monkeypatch
         return real_run(cfg, **kwargs)
 
     monkeypatch.setattr(experiment, "run", broken_loss_free)
-    experiment.run_suite_file(str(suite), out_dir=str(tmp_path), progress=False)
+    with pytest.raises(RunsFailed, match="1 of 2 runs failed"):
+        experiment.run_suite_file(str(suite), out_dir=str(tmp_path), progress=False)
     runs = tables.read(tmp_path / "tiny", "runs").set_index("variant")
     assert runs.loc["loss_free", "status"] == "failed" and "simulated" in runs.loc["loss_free", "error"]
     monkeypatch.setattr(experiment, "run", real_run)

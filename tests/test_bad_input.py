@@ -1,0 +1,156 @@
+"""Every bad input a user tried (issue 11) ends with exit 2, one paragraph naming the key or path
+and what is allowed, no traceback, and nothing written; a failed run makes the command exit 1."""
+
+import re
+
+import pandas as pd
+import pytest
+
+from harness import experiment, tables
+from harness.cli import main
+from tests.test_sweep import RATE_SPACE, write_sweep
+
+ONE_VARIANT = [{"router": "loss_free"}]
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_clean_error(code, err, message):
+    assert code == 2, err
+    assert "Traceback" not in err and re.search(message, err), err
+    assert "\n" not in err.strip()  # one paragraph
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.warmup_steps=-1", r"train.warmup_steps = -1 must be >= 0"),
+    ("train.grad_clip=-1.0", r"train.grad_clip = -1.0 must be a finite number in \[0.0, inf\]"),
+    ("train.weight_decay=-0.1", r"train.weight_decay = -0.1 must be a finite number"),
+    ("train.min_lr_ratio=-0.5", r"train.min_lr_ratio = -0.5 must be a finite number in \[0.0, 1.0\]"),
+    ("train.min_lr_ratio=1.5", r"train.min_lr_ratio = 1.5"),
+    ("train.lr=nan", r"train.lr = nan must be a finite number in \(0.0, inf\]"),
+    ("router.bias_rate=inf", r"router.bias_rate = inf must be a finite number >= 0"),
+    ("train.eval_every=-5", r"train.eval_every = -5 must be >= 0"),
+    ("train.data_seed=-2", r"train.data_seed = -2 must be >= 0, or -1"),
+    ("model.rope_theta=0", r"model.rope_theta = 0.0 must be a finite number > 0"),
+])
+def test_out_of_range_values_exit_2(make_suite, tmp_path, capsys, override, message):
+    code, _, err = run_cli(["run", make_suite(ONE_VARIANT), "--out", tmp_path, "--set", override], capsys)
+    assert_clean_error(code, err, message)
+    assert not (tmp_path / "tiny").exists()  # nothing ran, nothing written
+
+
+def test_a_seq_len_longer_than_the_data_exits_2(make_suite, tmp_path, capsys):
+    data = tmp_path / "tiny.txt"
+    data.write_text("a short text of a few hundred bytes. " * 10)
+    code, _, err = run_cli(["run", make_suite(ONE_VARIANT), "--out", tmp_path, "--set", f"data.source={str(data)!r}",
+                            "--set", "model.seq_len=64"], capsys)
+    assert_clean_error(code, err, r"model.seq_len = 64 does not fit data.source = .*tiny.txt.*use model.seq_len <=")
+
+
+@pytest.mark.parametrize("body, message", [
+    ("", r"a suite needs at least one \[\[variants\]\] table"),
+    ('name = "x"\nvariants = []\n', r"variants = \[\]: a suite needs at least one"),
+    ('name = "x"\nvariants = "x"\n', r"variants = 'x': a suite needs at least one"),
+    ('name = "../../x"\n[[variants]]\nrouter = "loss_free"\n', r"name = '../../x' must be a plain folder name"),
+    ('name = 5\n[[variants]]\nrouter = "loss_free"\n', r"name = 5 must be a plain folder name"),
+    ('name = "x"\n[[variants]]\nrouter = "loss_free"\n[[variants]]\nrouter = "loss_free"\n',
+     r"variant label\(s\) \['loss_free'\] appear more than once"),
+    ('name = "x"\nbaseline = "nope"\n[[variants]]\nrouter = "loss_free"\n', r"baseline = 'nope' is not a variant"),
+    ('name = "x"\nseeds = [1, 1]\n[[variants]]\nrouter = "loss_free"\n', r"lists a seed twice"),
+    ('name = "x"\nbase = 3\n[[variants]]\nrouter = "loss_free"\n', r"base = 3 must be a table"),
+])
+def test_bad_suite_files_exit_2(tmp_path, capsys, body, message):
+    path = tmp_path / "suite.toml"
+    path.write_text(body)
+    code, _, err = run_cli(["run", path, "--out", tmp_path / "out"], capsys)
+    assert_clean_error(code, err, message)
+    assert not (tmp_path / "out").exists() and not (tmp_path.parent / "x").exists()
+
+
+@pytest.mark.parametrize("out, message", [
+    ("a_file/sub", r"--out .*cannot write the results folder"),
+    ("a_file", r"--out .*cannot write the results folder"),
+    ("/proc/moe-harness-test", r"--out .*cannot write the results folder"),
+])
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_an_unwritable_out_exits_2(make_suite, tmp_path, capsys, out, message, command):
+    (tmp_path / "a_file").write_text("not a folder")
+    out = out if out.startswith("/") else tmp_path / out
+    path = make_suite(ONE_VARIANT) if command == "run" else write_sweep(tmp_path / "s.toml", RATE_SPACE)
+    code, _, err = run_cli([command, path, "--out", out], capsys)
+    assert_clean_error(code, err, message)
+
+
+@pytest.mark.parametrize("space, message", [
+    ('"model.top_k" = { type = "int", low = 1, high = 9 }', r"'model.top_k' can sample 9.*top_k = 9 must be <="),
+    ('"router.bias_update" = { type = "categorical", choices = ["sign", "abs"] }', r"router.bias_update = 'abs'"),
+    ('"train.min_lr_ratio" = { type = "float", low = 0.1, high = 2.0 }', r"can sample 2.0"),
+])
+def test_sweep_spaces_are_checked_at_both_ends_and_every_choice(tmp_path, capsys, space, message):
+    code, _, err = run_cli(["sweep", write_sweep(tmp_path / "s.toml", space), "--out", tmp_path], capsys)
+    assert_clean_error(code, err, message)
+
+
+def test_a_changed_sweep_on_an_existing_study_is_refused_unless_renamed(tmp_path, capsys):
+    path = write_sweep(tmp_path / "s.toml", RATE_SPACE)
+    assert main(["sweep", str(path), "--out", str(tmp_path), "--n-trials", "1"]) == 0
+    capsys.readouterr()
+    code, _, err = run_cli(["sweep", path, "--out", tmp_path, "--n-trials", "1", "--set", "train.steps=4"], capsys)
+    assert_clean_error(code, err, r"started with another sweep: base \(train.steps\) changed.*--study-name")
+    changed = write_sweep(tmp_path / "s2.toml", RATE_SPACE, objective='metrics = ["train_loss"]\npruner = "none"')
+    code, _, err = run_cli(["sweep", changed, "--out", tmp_path, "--n-trials", "1"], capsys)
+    assert_clean_error(code, err, r"metrics changed")
+    code, _, _ = run_cli(["sweep", changed, "--out", tmp_path, "--n-trials", "1", "--study-name", "other"], capsys)
+    assert code == 0
+
+
+def test_plot_and_report_on_a_folder_where_every_run_diverged(make_suite, tmp_path, capsys):
+    suite = make_suite([{"router": "softmax_topk", "train.lr": 1e6, "train.grad_clip": 0.0}],
+                       base={"train.steps": 20})
+    assert main(["run", str(suite), "--out", str(tmp_path)]) == 0  # diverged is a result, not a failure
+    capsys.readouterr()
+    for command in ("plot", "report"):
+        code, _, err = run_cli([command, tmp_path / "tiny"], capsys)
+        assert_clean_error(code, err, r"no run in this folder finished")
+
+
+def test_a_run_that_fails_makes_the_command_exit_1_after_the_others(make_suite, tmp_path, capsys, monkeypatch):
+    real_run = experiment.run
+
+    def broken(cfg, **kwargs):
+        if cfg.router == "loss_free":
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real_run(cfg, **kwargs)
+
+    monkeypatch.setattr(experiment, "run", broken)
+    suite = make_suite([{"router": "softmax_topk"}, {"router": "loss_free"}])
+    code, out, err = run_cli(["run", suite, "--out", tmp_path], capsys)
+    assert code == 1 and "1 of 2 runs failed (loss_free)" in err and "Traceback" not in err
+    runs = tables.read(tmp_path / "tiny", "runs").set_index("variant")
+    assert runs.loc["softmax_topk", "status"] == "ok" and runs.loc["loss_free", "status"] == "failed"
+    assert "simulated" in out
+
+
+def test_the_issue_repro_gives_two_groups_per_variant_named_by_steps(tmp_path, capsys):
+    from pathlib import Path
+
+    smoke = Path(__file__).parent.parent / "experiments" / "smoke.toml"
+    common = ["--out", tmp_path, "--set", "model.dim=32", "--set", "model.num_heads=2", "--set",
+              "model.expert_hidden=32", "--set", "model.seq_len=32", "--set", "train.batch_size=4"]
+    assert main([str(a) for a in ["run", smoke, *common, "--set", "train.steps=8", "--set", "train.eval_every=4"]]) == 0
+    assert main([str(a) for a in ["run", smoke, *common, "--set", "train.steps=4", "--set", "train.eval_every=2"]]) == 0
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "smoke")]) == 0
+    markdown = (tmp_path / "smoke" / "report.md").read_text()
+    for variant in ("loss_free", "softmax_topk", "dynamic_k"):
+        assert f"| {variant} [train.steps=8, train.eval_every=4] | 1 |" in markdown
+        assert f"| {variant} [train.steps=4, train.eval_every=2] | 1 |" in markdown
+    assert "## Against the baseline" in markdown and "softmax_topk [train.steps=4, train.eval_every=2]" in markdown
+    assert len(list((tmp_path / "smoke" / "resolved").glob("*.json"))) == 2
+    runs = tables.read(tmp_path / "smoke", "runs")
+    assert runs.groupby("config_id")["train.steps"].nunique().eq(1).all() and runs["config_id"].nunique() == 10
+    assert isinstance(runs, pd.DataFrame)
