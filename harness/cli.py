@@ -9,6 +9,7 @@ Bad input ends with a one-paragraph error naming the key or file, and exit statu
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from harness.errors import RunsFailed
@@ -87,9 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run an ablation suite (TOML)")
     run.add_argument("suite")
     add_run_options(run)
-    run.add_argument("--jobs", type=int, default=1, metavar="N",
+    run.add_argument("--jobs", default=os.environ.get("MOE_HARNESS_JOBS", "auto"), metavar="N|auto",
                      help="start N local workers on one storage (SQLite in the results folder unless --storage): "
-                          "one GPU each, or the CPU cores split between them")
+                          "one GPU each, or the CPU cores split between them. auto (default; env MOE_HARNESS_JOBS): "
+                          "one per GPU, on CPU one single-thread worker per core up to 4; 1 runs in this process")
     run.set_defaults(fn=cmd_run)
 
     sweep = sub.add_parser("sweep", help="run an Optuna study (TOML)")

@@ -205,24 +205,25 @@ def run_or_fail(cfg: RunConfig, progress: bool, **kwargs):
 
 def run_suite_file(path: str, out_dir: str = "results", device: str = "auto",
                    overrides: list[str] | None = None, progress: bool = True, storage: str | None = None,
-                   jobs: int = 1, argv: list[str] | None = None, heartbeat_s: int = 30) -> Path:
+                   jobs: int | str = 1, argv: list[str] | None = None, heartbeat_s: int = 30) -> Path:
     """The `moe-harness run` command: one process, a worker on `storage`, or `jobs` local workers."""
     settings = parse_overrides(overrides or [])
     if device != "auto":
         settings["train.device"] = device
     suite = load_suite(path, settings)
-    if jobs < 1:
-        raise ValueError(f"--jobs = {jobs} must be >= 1")
+    jobs = workqueue.resolve_jobs(jobs, len(suite.runs), storage)
     if jobs > 1:
         folder = prepare_folder(suite, out_dir)
         url = storage or f"sqlite:///{(folder / 'queue.db').resolve()}"
         open_storage(url, folder / "queue.db", heartbeat_s)  # a bad URL fails here, once, not in every worker
-        workqueue.local_workers(argv or [], jobs, url)
+        workqueue.local_workers(argv or [], jobs, url, folder, {r.run_id for r in suite.runs})
     else:
         store = open_storage(storage, Path(out_dir) / suite.name / "queue.db", heartbeat_s) if storage else None
         folder = execute(suite, out_dir, progress, store)
     runs = tables.read(folder, "runs")
     runs = runs[runs["run_id"].isin([r.run_id for r in suite.runs])]
+    if os.environ.get("MOE_HARNESS_WORKER"):  # one of --jobs' workers: the parent prints the summary
+        return folder
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
         print(f"\n{suite.name}: {len(runs)} runs in {folder}")
         if (runs["status"] == "ok").any():

@@ -354,7 +354,8 @@ def run_sweep(sweep: Sweep, out_dir: str | Path = "results", storage: str | None
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ValueError(f"--out {out_dir!r}: cannot write the results folder {folder} ({err.strerror})") from err
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # NOTE: runs record their own failures; Optuna's warnings would print a Ctrl-C as a traceback
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = make_study(sweep, open_storage(storage, folder / "study.db", heartbeat_s))
     objective = Objective(sweep, folder, progress=False)
     callbacks = [lambda study, trial: write_trials(study, sweep, folder)]

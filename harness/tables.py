@@ -24,6 +24,7 @@ import os
 import shutil
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -71,23 +72,23 @@ def read(folder: Path, table: str = "runs", columns: list[str] | None = None) ->
     """One table of a results folder as a DataFrame; columns only some runs have are filled with nulls."""
     folder = Path(folder)
     convert_legacy(folder)
-    parts = []
-    for path in run_files(folder, table):
-        try:
-            part = pq.read_table(path, columns=columns) if columns is None else _read_columns(path, columns)
-        except (OSError, pa.ArrowInvalid) as err:  # a file cut short by a dead filesystem: skip, say so
-            print(f"moe-harness: skipping unreadable result file {path} ({err})", file=sys.stderr)
-            continue
-        parts.append(part)
+    with ThreadPoolExecutor(max_workers=8) as pool:  # NOTE: parquet decoding releases the GIL
+        parts = [p for p in pool.map(lambda path: _read_file(path, columns), run_files(folder, table)) if p]
     if not parts:
         return pd.DataFrame(columns=columns or [])
     merged = pa.concat_tables(parts, promote_options="permissive")
     return merged.to_pandas()
 
 
-def _read_columns(path: Path, columns: list[str]) -> pa.Table:
-    present = set(pq.read_schema(path).names)
-    return pq.read_table(path, columns=[c for c in columns if c in present])
+def _read_file(path: Path, columns: list[str] | None) -> pa.Table | None:
+    try:
+        if columns is None:
+            return pq.read_table(path)
+        present = set(pq.read_schema(path).names)
+        return pq.read_table(path, columns=[c for c in columns if c in present])
+    except (OSError, pa.ArrowInvalid) as err:  # a file cut short by a dead filesystem: skip it, say so
+        print(f"moe-harness: skipping unreadable result file {path} ({err})", file=sys.stderr)
+        return None
 
 
 def complete_run_ids(folder: Path) -> set[str]:

@@ -146,6 +146,7 @@ def work(suite, folder: Path, storage, run_one, progress: bool = True) -> int:
 
     `run_one(cfg)` trains one run and writes its files (experiment.execute's loop body).
     """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     queue = SuiteQueue(suite, folder, storage)
     added = queue.fill()
     if added:
@@ -178,8 +179,30 @@ def work(suite, folder: Path, storage, run_one, progress: bool = True) -> int:
     return ran
 
 
-def local_workers(argv: list[str], jobs: int, storage_url: str) -> int:
-    """Start `jobs` worker processes of the same command on one storage; returns the worst exit status.
+def resolve_jobs(jobs: int | str, num_runs: int, storage: str | None) -> int:
+    """`--jobs`: a count, or auto = one worker per GPU, on CPU one per core up to 4 (measured on 2
+    cores, issue 10: two 1-thread workers finished the smoke suite in 0.75x the time of one
+    2-thread process); never more workers than runs, and 1 when a --storage names a shared queue
+    (start one command per machine or GPU there)."""
+    import torch
+
+    if jobs == "auto":
+        if storage is not None:
+            return 1
+        jobs = torch.cuda.device_count() or min(os.cpu_count() or 1, 4)
+        return max(1, min(jobs, num_runs))
+    try:
+        jobs = int(jobs)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise ValueError(f"--jobs = {jobs!r} must be a whole number >= 1 or 'auto'")
+    return jobs
+
+
+def local_workers(argv: list[str], jobs: int, storage_url: str, folder: Path, run_ids: set[str]) -> int:
+    """Start `jobs` worker processes of the same command on one storage, with a progress bar of the
+    suite's completed runs; returns the worst exit status.
 
     One GPU each when there are GPUs (CUDA_VISIBLE_DEVICES); on CPU, the cores split between them.
     """
@@ -195,11 +218,18 @@ def local_workers(argv: list[str], jobs: int, storage_url: str) -> int:
         else:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
         cmd = [sys.executable, "-m", "harness.cli", *argv, "--storage", storage_url, "--jobs", "1", "--no-progress"]
+        # NOTE: workers see the same argv, so a relative --out or suite path resolves the same
         procs.append(subprocess.Popen(cmd, env=env))
+    bar = tqdm(total=len(run_ids), desc=f"{jobs} workers", unit="run")
     try:
-        codes = [p.wait() for p in procs]
+        while any(p.poll() is None for p in procs):
+            bar.n = len(run_ids & {f.stem for f in tables.run_files(folder, "runs")})
+            bar.refresh()
+            time.sleep(POLL_S)
     except KeyboardInterrupt:
         for p in procs:
             p.wait()
         raise
-    return max(codes)
+    finally:
+        bar.close()
+    return max(p.returncode for p in procs)

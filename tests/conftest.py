@@ -20,6 +20,12 @@ TINY_BASE = {
 }
 
 
+@pytest.fixture(autouse=True)
+def one_process(monkeypatch):
+    """Suites run in the test's own process unless a test asks for --jobs: monkeypatches reach them."""
+    monkeypatch.setenv("MOE_HARNESS_JOBS", "1")
+
+
 @pytest.fixture
 def tiny_settings():
     return dict(TINY_BASE)

@@ -211,6 +211,17 @@ def test_a_bad_storage_exits_2_naming_the_url(make_suite, tmp_path, capsys, url,
     assert url in err
 
 
+def test_ctrl_c_ends_a_sweep_with_one_line(tmp_path):
+    path = write_sweep(tmp_path / "s.toml", RATE_SPACE, base={"train.steps": 3000})
+    proc = start(cli("sweep", path, "--out", tmp_path, "--no-progress"))
+    wait_until(lambda: (tmp_path / "tiny_sweep" / "study.db").is_file(), what="the study")
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "Run the same command again to resume" in err
+
+
 def test_ctrl_c_ends_a_worker_with_one_line_and_the_rerun_resumes(make_suite, tmp_path):
     suite = make_suite(FOUR_RUNS, seeds=(0, 1), base=SLOW)
     cmd = cli("run", suite, "--out", tmp_path, "--no-progress")
