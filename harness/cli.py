@@ -31,7 +31,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     experiment.run_suite_file(args.suite, out_dir=args.out, device=args.device, overrides=args.set,
                               progress=args.progress, storage=args.storage, jobs=args.jobs, argv=args.argv,
-                              heartbeat_s=args.heartbeat)
+                              heartbeat_s=args.heartbeat, dist_backend=args.dist_backend)
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="start N local workers on one storage (SQLite in the results folder unless --storage): "
                           "one GPU each, or the CPU cores split between them. auto (default; env MOE_HARNESS_JOBS): "
                           "one per GPU, on CPU one single-thread worker per core up to 4; 1 runs in this process")
+    run.add_argument("--dist-backend", default="auto", choices=["auto", "nccl", "gloo"],
+                     help="under torchrun: the process-group backend (auto: nccl on CUDA, gloo on CPU)")
     run.set_defaults(fn=cmd_run)
 
     sweep = sub.add_parser("sweep", help="run an Optuna study (TOML)")
@@ -137,7 +139,16 @@ def main(argv: list[str] | None = None) -> int:
             message = f"file not found: {err.filename}"
         print(f"moe-harness {args.command}: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        _leave_process_group()
     return 0
+
+
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -64,6 +64,11 @@ class TrainConfig:
     # torch.compile the model
     compile: bool = False
 
+    # save a run checkpoint every N steps (OUT/<suite>/checkpoints/<run_id>.pt) so a preempted
+    # run resumes there; 0: never. 250 steps of the `base` model is a few minutes on one GPU
+    checkpoint_every: int = 250
+    # keep the checkpoint after the run completes (default: delete it)
+    keep_checkpoint: bool = False
     # steps of a dense-FFN model of equal active width timed right before the run, as the
     # throughput yardstick (dense_tokens_per_s); 0 disables the probe
     dense_probe_steps: int = 4
@@ -72,7 +77,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "eval_batches", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} = {getattr(self, name)!r} must be >= 1")
-        for name in ("warmup_steps", "eval_every", "dense_probe_steps"):
+        for name in ("warmup_steps", "eval_every", "dense_probe_steps", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} = {getattr(self, name)!r} must be >= 0")
         if self.data_seed < -1:

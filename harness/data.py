@@ -136,9 +136,15 @@ def load_corpus(source: str = "stdlib", val_fraction: float = 0.05) -> Corpus:
     return _split_text_files(source, root, paths, val_fraction)
 
 
-def sample_batch(tokens: torch.Tensor, batch_size: int, seq_len: int, gen: torch.Generator):
-    """Random windows: inputs and next-token targets, each [B, L]."""
-    starts = torch.randint(0, len(tokens) - seq_len - 1, (batch_size,), generator=gen)
+def sample_batch(tokens: torch.Tensor, batch_size: int, seq_len: int, gen: torch.Generator,
+                 rank: int = 0, world: int = 1):
+    """Random windows: inputs and next-token targets, each [B, L].
+
+    Under data parallelism every rank draws the same world x B starts and keeps its slice, so
+    N ranks x B see exactly the batch one process x N B would.
+    """
+    starts = torch.randint(0, len(tokens) - seq_len - 1, (batch_size * world,), generator=gen)
+    starts = starts[rank * batch_size:(rank + 1) * batch_size]
     window = torch.stack([tokens[s : s + seq_len + 1] for s in starts.tolist()]).long()
     return window[:, :-1], window[:, 1:]
 

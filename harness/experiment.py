@@ -36,7 +36,8 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from harness import stats, tables, workqueue
+from harness import distributed, stats, tables, workqueue
+from harness.checkpoint import CheckpointMismatch
 from harness._compat import tomllib
 from harness.errors import RunsFailed
 from harness.config import RunConfig, parse_overrides, resolve
@@ -154,6 +155,8 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
 def prepare_folder(suite: Suite, out_dir: str | Path) -> Path:
     """OUT/<name>/ with the suite file as given and this invocation's resolved runs (one file each)."""
     folder = Path(out_dir) / suite.name
+    if distributed.rank() > 0:
+        return folder
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tables.write_text_atomic(folder / "suite.toml", suite.source.read_text())
@@ -173,29 +176,34 @@ def execute(suite: Suite, out_dir: str | Path, progress: bool = True, storage=No
     """
     folder = prepare_folder(suite, out_dir)
 
+    lead = distributed.rank() == 0  # under torchrun every rank trains each run; rank 0 writes
+
     def run_one(cfg: RunConfig) -> str:
-        result = run_or_fail(cfg, progress)
+        result = run_or_fail(cfg, progress and lead, checkpoint_dir=folder / "checkpoints")
         result.record = {"suite": suite.name, "baseline": suite.baseline, **result.record}
-        tables.append_run(folder, result)
+        if lead:
+            tables.append_run(folder, result)
         return result.record["status"]
 
     if storage is not None:
         workqueue.work(suite, folder, storage, run_one, progress)
         return folder
-    done = tables.complete_run_ids(folder)
+    done = distributed.broadcast_object(tables.complete_run_ids(folder) if lead else None)
     todo = [r for r in suite.runs if r.run_id not in done]
-    if len(todo) < len(suite.runs):
+    if len(todo) < len(suite.runs) and lead:
         print(f"{suite.name}: {len(suite.runs) - len(todo)} of {len(suite.runs)} runs already complete, skipping them")
-    for cfg in tqdm(todo, desc=suite.name, unit="run", disable=not progress):
+    for cfg in tqdm(todo, desc=suite.name, unit="run", disable=not progress or not lead):
         run_one(cfg)
     return folder
 
 
 def run_or_fail(cfg: RunConfig, progress: bool, **kwargs):
-    """A run; an exception inside it is recorded as status 'failed' and the suite goes on."""
+    """A run; an exception inside it is recorded as status 'failed' and the suite goes on.
+
+    A checkpoint of another config is bad input, not a failed run: it stops the command."""
     try:
         return run(cfg, progress=progress, **kwargs)
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit, CheckpointMismatch):
         raise
     except Exception as err:  # noqa: BLE001 - one broken run must not stop a suite
         record = {"run_id": cfg.run_id, "config_id": cfg.config_id, **cfg.flat(), "status": "failed", "error": f"{type(err).__name__}: {err}",
@@ -205,12 +213,22 @@ def run_or_fail(cfg: RunConfig, progress: bool, **kwargs):
 
 def run_suite_file(path: str, out_dir: str = "results", device: str = "auto",
                    overrides: list[str] | None = None, progress: bool = True, storage: str | None = None,
-                   jobs: int | str = 1, argv: list[str] | None = None, heartbeat_s: int = 30) -> Path:
+                   jobs: int | str = 1, argv: list[str] | None = None, heartbeat_s: int = 30,
+                   dist_backend: str = "auto") -> Path:
     """The `moe-harness run` command: one process, a worker on `storage`, or `jobs` local workers."""
     settings = parse_overrides(overrides or [])
     if device != "auto":
         settings["train.device"] = device
     suite = load_suite(path, settings)
+    if distributed.launched_by_torchrun():
+        if storage or jobs not in (1, "1", "auto"):
+            raise ValueError("under torchrun every process trains each run together; --storage and --jobs share "
+                             "runs between separate workers instead: use one or the other")
+        devices = {r.train.device for r in suite.runs}
+        if len(devices) > 1:
+            raise ValueError(f"under torchrun all runs of a suite must use one device type, got {sorted(devices)}")
+        distributed.init_from_env(devices.pop(), dist_backend)
+        jobs = 1
     jobs = workqueue.resolve_jobs(jobs, len(suite.runs), storage)
     if jobs > 1:
         folder = prepare_folder(suite, out_dir)
@@ -222,7 +240,7 @@ def run_suite_file(path: str, out_dir: str = "results", device: str = "auto",
         folder = execute(suite, out_dir, progress, store)
     runs = tables.read(folder, "runs")
     runs = runs[runs["run_id"].isin([r.run_id for r in suite.runs])]
-    if os.environ.get("MOE_HARNESS_WORKER"):  # one of --jobs' workers: the parent prints the summary
+    if os.environ.get("MOE_HARNESS_WORKER") or distributed.rank() > 0:  # the parent / rank 0 prints it
         return folder
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
         print(f"\n{suite.name}: {len(runs)} runs in {folder}")

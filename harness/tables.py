@@ -35,7 +35,7 @@ TABLES = ("runs", "steps", "loads")
 COMPLETE = ("ok", "diverged")  # statuses that count as done; failed runs are retried
 
 
-def _write_atomic(path: Path, write) -> None:
+def write_atomic(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -48,11 +48,11 @@ def _write_atomic(path: Path, write) -> None:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    _write_atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+    write_atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
 def write_parquet_atomic(path: Path, frame: pd.DataFrame) -> None:
-    _write_atomic(Path(path), lambda tmp: frame.to_parquet(tmp, index=False))
+    write_atomic(Path(path), lambda tmp: frame.to_parquet(tmp, index=False))
 
 
 def run_files(folder: Path, table: str) -> list[Path]:

@@ -11,23 +11,25 @@ micro-batches (and over data-parallel ranks when torch.distributed is initialise
 from __future__ import annotations
 
 import contextlib
+import inspect
 import dataclasses
 import math
 import platform
 import resource
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 import harness
-from harness import metrics
+from harness import checkpoint, distributed, metrics
 from harness.config import RunConfig
 from harness.data import Corpus, load_corpus, sample_batch, validation_batches
 from harness.model import MoETransformer
@@ -69,10 +71,6 @@ def environment(device: str) -> dict:
             "git_commit": GIT_COMMIT}
 
 
-def distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
 def lr_at(step: int, cfg) -> float:
     """Linear warm-up to cfg.lr, then cosine decay to cfg.min_lr_ratio x cfg.lr."""
     if step < cfg.warmup_steps:
@@ -95,27 +93,50 @@ def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optim
     return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95), fused=cfg.train.device == "cuda")
 
 
+# NOTE: renamed in newer PyTorch (the new flag still syncs once at init, harmless here)
+NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                  if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                  else {"broadcast_buffers": False})
+
+
 class Trainer:
     """Holds the state of one run; `run()` below is the entry point."""
 
     def __init__(self, cfg: RunConfig, corpus: Corpus, progress: bool, on_eval: EvalCallback | None):
         self.cfg, self.corpus, self.on_eval = cfg, corpus, on_eval
-        self.device = torch.device(cfg.train.device)
+        self.device = distributed.device_for(cfg.train.device)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
         torch.manual_seed(cfg.seed)
         self.model = MoETransformer(cfg.model, cfg.router_cfg).to(self.device)
         self.layers = self.model.moe_layers
-        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+        wrapped = self.model
+        if distributed.is_distributed():
+            # NOTE: buffers (the expert bias) are not broadcast: every rank computes the same bias
+            # from the same all-reduced counts, which a test checks, and a broadcast would hide a bug
+            wrapped = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.index
+                                              is not None else None, **NO_BUFFER_SYNC)
+        self.ddp = wrapped
+        self.forward = torch.compile(wrapped) if cfg.train.compile else wrapped
         self.optimizer = build_optimizer(self.model, cfg)
         self.data_gen = torch.Generator().manual_seed(cfg.train.data_seed if cfg.train.data_seed >= 0 else cfg.seed)
-        self.val_set = validation_batches(corpus.val, cfg.train.eval_batches, cfg.train.batch_size, cfg.model.seq_len)
+        # NOTE: eval_batches global batches (world x batch_size windows each), shared out in
+        # micro-batches: the same windows one process with the whole batch would evaluate
+        val_set = validation_batches(corpus.val, cfg.train.eval_batches * self.world, cfg.train.batch_size,
+                                     cfg.model.seq_len)
+        self.val_total = len(val_set)
+        self.val_set = val_set[self.rank::self.world]  # each rank evaluates its share, once
         self.amp = autocast_for(cfg)
-        self.bar = tqdm(total=cfg.train.steps, desc=cfg.variant, leave=False, disable=not progress)
+        self.bar = tqdm(total=cfg.train.steps, desc=cfg.variant, leave=False, disable=not progress or self.rank > 0)
         self.steps: list[dict] = []
         self.loads: list[dict] = []
         self.vio_history: list[torch.Tensor] = []  # per step: [2] layer-mean and worst-layer MaxVio
+        self.compute_vio: list[float] = []  # per step: MaxVio of one rank's micro-batches (layer mean)
+        self.window: list[float] = []  # train losses since the last step row
+        self.last_eval: dict = {}
+        self.start_step = 1
         self.train_time = 0.0  # wall seconds inside training steps (evaluation excluded)
         self.train_cpu = 0.0  # process CPU seconds (all threads) inside training steps
-        self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.seq_len
+        self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.seq_len * self.world
 
     def lm_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with self.amp:
@@ -129,29 +150,35 @@ class Trainer:
             group["lr"] = lr_at(step, tc)
         lm_total = aux_total = torch.zeros((), device=self.device)
         counts_LE = torch.zeros(len(self.layers), self.cfg.model.num_experts, device=self.device)
-        for _ in range(tc.grad_accum):
+        compute_vio = torch.zeros((), device=self.device)
+        for micro in range(tc.grad_accum):
             x, y = (t.to(self.device, non_blocking=True) for t in sample_batch(
-                self.corpus.train, tc.batch_size, self.cfg.model.seq_len, self.data_gen))
-            lm = self.lm_loss(x, y)
-            aux = sum((v for layer in self.layers for v in layer.last_route.aux_losses.values()),
-                      torch.zeros((), device=self.device))
-            ((lm + aux) / tc.grad_accum).backward()
-            counts_LE += torch.stack([layer.last_route.counts_E for layer in self.layers]) if self.layers else 0
+                self.corpus.train, tc.batch_size, self.cfg.model.seq_len, self.data_gen, self.rank, self.world))
+            last = micro == tc.grad_accum - 1
+            # NOTE: gradients are all-reduced once per optimizer step, on the last micro-batch
+            with contextlib.nullcontext() if last or self.ddp is self.model else self.ddp.no_sync():
+                lm = self.lm_loss(x, y)
+                aux = sum((v for layer in self.layers for v in layer.last_route.aux_losses.values()),
+                          torch.zeros((), device=self.device))
+                ((lm + aux) / tc.grad_accum).backward()
+            if self.layers:
+                micro_LE = torch.stack([layer.last_route.counts_E for layer in self.layers])
+                counts_LE += micro_LE
+                compute_vio += (micro_LE.max(dim=-1).values / micro_LE.mean(dim=-1).clamp_min(1e-12) - 1).mean()
             lm_total, aux_total = lm_total + lm.detach() / tc.grad_accum, aux_total + aux.detach() / tc.grad_accum
         if tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.compute_vio.append(compute_vio / tc.grad_accum)
         self.balance_update(counts_LE, progress=step / tc.steps)
-        return lm_total, aux_total, counts_LE
+        return distributed.all_mean(lm_total), distributed.all_mean(aux_total), counts_LE
 
     @torch.no_grad()
     def balance_update(self, counts_LE: torch.Tensor, progress: float) -> None:
-        if distributed():
-            dist.all_reduce(counts_LE)  # NOTE: counts are summed over ranks, not averaged
-        num_tokens = self.tokens_per_step * (dist.get_world_size() if distributed() else 1)
+        distributed.all_sum_(counts_LE)  # NOTE: counts are summed over ranks, not averaged
         for layer, counts_E in zip(self.layers, counts_LE):
-            layer.router.balance_update(counts_E, num_tokens=num_tokens, progress=progress)
+            layer.router.balance_update(counts_E, num_tokens=self.tokens_per_step, progress=progress)
         if self.layers:
             mean_E = counts_LE.mean(dim=-1).clamp_min(1e-12)
             vio_L = counts_LE.max(dim=-1).values / mean_E - 1
@@ -159,27 +186,33 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, step: int, batch_counts_LE: torch.Tensor | None) -> dict:
+        """Loss and global load over the fixed validation set, each batch once (shared out over ranks)."""
         self.model.eval()
-        loss_sum, counts_LE, k_per_token = 0.0, torch.zeros(len(self.layers), self.cfg.model.num_experts), []
+        num_experts = self.cfg.model.num_experts
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        counts_LE = torch.zeros(len(self.layers), num_experts, device=self.device)
+        k_hist = torch.zeros(num_experts + 1, dtype=torch.long, device=self.device)  # (layer, token) pairs by k
         for x, y in self.val_set:
-            loss_sum += self.lm_loss(x.to(self.device), y.to(self.device)).item()
-            if self.layers:
-                counts_LE += torch.stack([layer.last_route.counts_E.cpu() for layer in self.layers])
-                tokens = x.numel()
-                k_per_token.append(torch.stack([  # [L, T]: experts each token used in each layer
-                    torch.bincount(layer.last_route.token_idx_A.cpu(), minlength=tokens) for layer in self.layers
-                ]).flatten())
+            with self.amp:  # NOTE: the bare model: no DDP hooks, and ranks may hold unequal shares
+                logits = self.model(x.to(self.device))
+            loss_sum += F.cross_entropy(logits.float().flatten(0, 1), y.to(self.device).flatten())
+            for i, layer in enumerate(self.layers):
+                counts_LE[i] += layer.last_route.counts_E
+                k_T = torch.bincount(layer.last_route.token_idx_A, minlength=x.numel())
+                k_hist += torch.bincount(k_T, minlength=num_experts + 1)
         self.model.train()
-        out = {"val_loss": loss_sum / len(self.val_set)}
+        for total in (loss_sum, counts_LE, k_hist):
+            distributed.all_sum_(total)
+        out = {"val_loss": loss_sum.item() / self.val_total}
         if self.layers:
+            counts_LE = counts_LE.cpu()
             summary = metrics.load_summary(counts_LE)
             out.update({"maxvio_global": summary["maxvio"], "maxvio_global_worst": summary["maxvio_worst"],
                         "cv_global": summary["cv"], "dead_experts": summary["dead_experts"],
                         "entropy_global": summary["entropy"]})
-            k_all = torch.cat(k_per_token)
-            out.update(metrics.experts_per_token_summary(k_all))
-            hist = torch.bincount(k_all, minlength=self.cfg.model.num_experts + 1).float()
-            out["k_hist"] = (hist / hist.sum()).tolist()  # fraction of (layer, token) pairs using k experts
+            hist = k_hist.cpu()
+            out.update(metrics.experts_per_token_summary(torch.repeat_interleave(torch.arange(len(hist)), hist)))
+            out["k_hist"] = (hist.float() / hist.sum()).tolist()  # fraction of (layer, token) pairs using k experts
             self.record_loads(step, "global", counts_LE)
             if batch_counts_LE is not None:
                 self.record_loads(step, "batch", batch_counts_LE.cpu())
@@ -190,10 +223,11 @@ class Trainer:
         for layer, row in enumerate(frac_LE.tolist()):
             self.loads += [{"step": step, "layer": layer, "expert": e, "scope": scope, "load": v} for e, v in enumerate(row)]
 
-    def run(self) -> dict:
-        tc, status, last_eval, window = self.cfg.train, "ok", {}, []
-        window_tokens, window_time, counts_LE = 0, 0.0, None
-        for step in range(1, tc.steps + 1):
+    def run(self, checkpoint_path: Path | None = None) -> dict:
+        tc, status = self.cfg.train, "ok"
+        window_tokens, window_time, counts_LE, step = 0, 0.0, None, self.start_step - 1
+        self.bar.update(self.start_step - 1)
+        for step in range(self.start_step, tc.steps + 1):
             start, cpu_start = time.perf_counter(), time.process_time()
             lm, aux, counts_LE = self.train_step(step - 1)
             lm_value = lm.item()  # NOTE: the once-per-step sync, needed to stop a diverged run
@@ -201,7 +235,7 @@ class Trainer:
             self.train_time += elapsed
             self.train_cpu += time.process_time() - cpu_start
             window_time, window_tokens = window_time + elapsed, window_tokens + self.tokens_per_step
-            window.append(lm_value)
+            self.window.append(lm_value)
             self.bar.update(1)
             if not math.isfinite(lm_value) or not math.isfinite(aux.item()):
                 status = "diverged"
@@ -209,18 +243,41 @@ class Trainer:
                 break
             is_eval = step == tc.steps or (tc.eval_every and step % tc.eval_every == 0)
             if step % tc.log_every == 0 or is_eval:
-                row = self.step_row(step, window, aux.item(), counts_LE, window_tokens / max(window_time, 1e-9))
-                window, window_tokens, window_time = [], 0, 0.0
+                row = self.step_row(step, self.window, aux.item(), counts_LE, window_tokens / max(window_time, 1e-9))
+                self.window, window_tokens, window_time = [], 0, 0.0
                 if is_eval:
-                    last_eval = self.evaluate(step, counts_LE)
-                    row.update({k: last_eval[k] for k in ("val_loss", "maxvio_global") if k in last_eval})
-                    self.bar.set_postfix(val_loss=f"{last_eval['val_loss']:.3f}")
+                    self.last_eval = self.evaluate(step, counts_LE)
+                    row.update({k: self.last_eval[k] for k in ("val_loss", "maxvio_global") if k in self.last_eval})
+                    self.bar.set_postfix(val_loss=f"{self.last_eval['val_loss']:.3f}")
                 self.steps.append(row)
-                if is_eval and self.on_eval and self.on_eval(step, last_eval["val_loss"]):
+                if is_eval and self.on_eval and self.on_eval(step, self.last_eval["val_loss"]):
                     status = "pruned"
                     break
+            if checkpoint_path and tc.checkpoint_every and step % tc.checkpoint_every == 0 and step < tc.steps \
+                    and self.rank == 0:
+                checkpoint.save(checkpoint_path, self.state(step))
         self.bar.close()
-        return self.summary(status, last_eval, step)
+        return self.summary(status, self.last_eval, step)
+
+    def state(self, step: int) -> dict:
+        """Everything the steps after `step` depend on (checkpoint.py)."""
+        return {"run_id": self.cfg.run_id, "step": step, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "rng": checkpoint.rng_state(self.data_gen),
+                "steps": self.steps, "loads": self.loads, "window": self.window, "last_eval": self.last_eval,
+                "vio_history": [v.cpu() for v in self.vio_history],
+                "compute_vio": [float(v) for v in self.compute_vio],
+                "train_time": self.train_time, "train_cpu": self.train_cpu}
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        checkpoint.restore_rng(state["rng"], self.data_gen)
+        self.steps, self.loads, self.window = state["steps"], state["loads"], state["window"]
+        self.last_eval = state["last_eval"]
+        self.vio_history = [v.to(self.device) for v in state["vio_history"]]
+        self.compute_vio = list(state["compute_vio"])
+        self.train_time, self.train_cpu = state["train_time"], state["train_cpu"]
+        self.start_step = state["step"] + 1
 
     def step_row(self, step: int, window: list[float], aux: float, counts_LE, tokens_per_s: float) -> dict:
         row = {"step": step, "tokens": step * self.tokens_per_step, "train_loss": sum(window) / len(window),
@@ -243,9 +300,13 @@ class Trainer:
     def summary(self, status: str, last_eval: dict, steps_done: int) -> dict:
         half = self.vio_history[len(self.vio_history) // 2:]
         vio = torch.stack(half).mean(dim=0).tolist() if half else [math.nan, math.nan]
+        compute = [float(v) for v in self.compute_vio[len(self.compute_vio) // 2:]]
         tail = [r["train_loss"] for r in self.steps[-3:] if "train_loss" in r]
         record = {"status": status, "steps_done": steps_done, "train_loss": sum(tail) / len(tail) if tail else math.nan,
                   "maxvio_batch": vio[0], "maxvio_batch_worst": vio[1],
+                  "maxvio_compute": sum(compute) / len(compute) if compute and self.layers else math.nan,
+                  "world_size": self.world,
+                  "expert_bias": [layer.router.expert_bias.tolist() for layer in self.layers],
                   "tokens_per_s": steps_done * self.tokens_per_step / max(self.train_time, 1e-9),
                   **self.cpu_use(),
                   "num_params": sum(p.numel() for p in self.model.parameters()),
@@ -304,17 +365,29 @@ def corpus_for(cfg: RunConfig) -> Corpus:
     return corpus
 
 
-def run(cfg: RunConfig, *, progress: bool = False, on_eval: EvalCallback | None = None) -> RunResult:
+def run(cfg: RunConfig, *, progress: bool = False, on_eval: EvalCallback | None = None,
+        checkpoint_dir: Path | None = None) -> RunResult:
     """Train one model under `cfg`. A NaN/inf loss ends the run with status 'diverged'; an
-    `on_eval` callback that returns True ends it with status 'pruned'."""
+    `on_eval` callback that returns True ends it with status 'pruned'. With `checkpoint_dir`,
+    the run saves checkpoints there and resumes from one it finds (checkpoint.py)."""
     start = time.perf_counter()
     corpus = corpus_for(cfg)
     dense_tokens_per_s = dense_probe(cfg, corpus)
     trainer = Trainer(cfg, corpus, progress, on_eval)
-    record = {"run_id": cfg.run_id, "config_id": cfg.config_id, **cfg.flat(), **trainer.run()}
+    path = checkpoint.path_for(checkpoint_dir, cfg.run_id) if checkpoint_dir and cfg.train.checkpoint_every else None
+    state = checkpoint.load(path, cfg.run_id) if path else None
+    if state is not None:
+        trainer.restore(state)
+        if trainer.rank == 0:
+            print(f"{cfg.variant} seed {cfg.seed}: resuming from step {state['step']} of {cfg.train.steps} "
+                  f"({path})", file=sys.stderr)
+    record = {"run_id": cfg.run_id, "config_id": cfg.config_id, **cfg.flat(), **trainer.run(path)}
     record["dense_tokens_per_s"] = dense_tokens_per_s
     record["throughput_ratio"] = record["tokens_per_s"] / dense_tokens_per_s  # MoE speed as a fraction of dense
+    record["resumed_from_step"] = state["step"] if state else 0
     record.update(environment(cfg.train.device), **corpus.fingerprint, wall_s=time.perf_counter() - start)
     for row in trainer.steps + trainer.loads:
         row["run_id"] = cfg.run_id
+    if path and not cfg.train.keep_checkpoint and trainer.rank == 0:
+        checkpoint.remove(path)
     return RunResult(record, trainer.steps, trainer.loads)

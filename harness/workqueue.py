@@ -134,11 +134,17 @@ class SuiteQueue:
         return None
 
     def finish(self, trial_id: int, number: int, status: str) -> None:
-        self.storage.set_trial_user_attr(trial_id, "status", status)
-        if status in tables.COMPLETE:
-            self.study.tell(number, float(self.storage.get_trial(trial_id).user_attrs["run"]))
-        else:
-            self.study.tell(number, state=TrialState.FAIL)
+        try:
+            self.storage.set_trial_user_attr(trial_id, "status", status)
+            if status in tables.COMPLETE:
+                self.study.tell(number, float(self.storage.get_trial(trial_id).user_attrs["run"]),
+                                skip_if_finished=True)
+            else:
+                self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # NOTE: this worker was presumed dead (a stalled heartbeat) and its trial failed and
+            # requeued; the files are written, so the retry finds the run complete and only marks it
+            pass
 
 
 def work(suite, folder: Path, storage, run_one, progress: bool = True) -> int:

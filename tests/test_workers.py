@@ -109,7 +109,7 @@ def test_an_old_single_file_folder_is_converted_once_with_a_message(make_suite, 
 def test_two_suite_workers_killed_and_rerun_do_every_run_exactly_once(make_suite, tmp_path, storage_url):
     suite_path = make_suite(FOUR_RUNS, seeds=(0, 1), base=SLOW)
     out = tmp_path / "shared"
-    cmd = cli("run", suite_path, "--out", out, "--storage", storage_url, "--heartbeat", 1, "--no-progress")
+    cmd = cli("run", suite_path, "--out", out, "--storage", storage_url, "--heartbeat", 2, "--no-progress")
     first, second = start(cmd), start(cmd)
     study_name = workqueue.queue_name(load_suite(suite_path))
     wait_until(lambda: running_on(storage_url, study_name, first.pid), what="the first worker to claim a run")
@@ -162,7 +162,7 @@ def test_workers_starting_together_on_an_empty_database_all_open_it(storage_url)
 def test_two_sweep_workers_with_separate_folders_one_killed(tmp_path, storage_url):
     path = write_sweep(tmp_path / "s.toml", RATE_SPACE, base=SLOW)
     cmds = [cli("sweep", path, "--out", tmp_path / name, "--storage", storage_url, "--n-trials", 2,
-                "--heartbeat", 1, "--no-progress") for name in ("a", "b")]
+                "--heartbeat", 2, "--no-progress") for name in ("a", "b")]
     a, b = start(cmds[0]), start(cmds[1])
     wait_until(lambda: running_on(storage_url, "tiny_sweep", a.pid), what="worker a to start a trial")
     a.send_signal(signal.SIGKILL)

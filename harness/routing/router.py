@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness import distributed
 from harness.routing import balancing
 from harness.routing.config import RouterConfig
 
@@ -90,7 +91,9 @@ class Router(nn.Module):
                 shape = (-1, length, self.num_experts)
                 value = balancing.sequence_aux_loss(probs_TE.view(shape), mask_TE.view(shape))
             elif cfg.aux_scope == "global_batch" and self.training:
-                self.step_counts += counts_E
+                # NOTE: F over the whole step: every micro-batch so far, summed over data-parallel
+                # ranks (Megatron's global aux loss); P stays local, and DDP averages the gradients
+                self.step_counts += distributed.all_sum_(counts_E.clone())
                 value = balancing.aux_loss(probs_TE, self.step_counts.clone())
             else:
                 value = balancing.aux_loss(probs_TE, counts_E)
@@ -105,6 +108,8 @@ class Router(nn.Module):
 
     @torch.no_grad()
     def _init_threshold_bias(self, scores_TE: torch.Tensor) -> None:
+        # NOTE: from the scores of every rank's first batch, so every rank starts at the same bias
+        scores_TE = distributed.all_cat(scores_TE.detach())
         self.expert_bias.fill_(balancing.threshold_init_bias(scores_TE, self.top_k))
         self.bias_ready.fill_(True)
         self._bias_ready_seen = True

@@ -1,0 +1,68 @@
+"""Run checkpoints: a preempted run resumes where it stopped and ends as if never stopped.
+
+`OUT/<suite>/checkpoints/<run_id>.pt` holds everything the next step depends on: the model
+(with the router buffers: bias, dynamic-k state), the optimizer, every RNG and the data
+generator, the step reached (the learning-rate schedule is a function of it), and the step
+and load rows so far. It is written to a temporary name and renamed, by rank 0 only, every
+`train.checkpoint_every` steps; it is deleted when the run completes unless
+`train.keep_checkpoint`. A checkpoint names its run_id: one of another config is refused, and
+one that cannot be read is reported and ignored (the run starts over).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import torch
+
+from harness.tables import write_atomic
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint file that names another run: bad input (exit 2), never loaded."""
+
+
+def path_for(folder: Path, run_id: str) -> Path:
+    return Path(folder) / f"{run_id}.pt"
+
+
+def save(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
+
+
+def load(path: Path, run_id: str) -> dict | None:
+    """The checkpoint at `path`, or None if there is none or it cannot be read (said on stderr)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - a torn or foreign file: start over, say so
+        print(f"moe-harness: ignoring unreadable checkpoint {path} ({type(err).__name__}: {err}); "
+              "the run starts from step 0", file=sys.stderr)
+        return None
+    if state.get("run_id") != run_id:
+        raise CheckpointMismatch(f"checkpoint {path} belongs to run {state.get('run_id')!r}, not {run_id!r} (another config); "
+                         "move it away or delete it")
+    return state
+
+
+def remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def rng_state(data_gen: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "data": data_gen.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict, data_gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    data_gen.set_state(state["data"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

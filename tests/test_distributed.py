@@ -1,0 +1,156 @@
+"""One run on several processes (Gloo on CPU) and run checkpoints: the data-parallel run
+matches one process with the whole batch, and a killed run resumes to the same end."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from harness import tables
+from harness.config import resolve
+from harness.train import Trainer, corpus_for
+from tests.conftest import TINY_BASE
+
+STEPS = 8
+CASES = {
+    "loss_free": {"router": "loss_free", "router.bias_rate": 0.01},
+    "dynamic_k": {"router": "dynamic_k", "router.bias_rate": 0.01},
+    "softmax_topk_aux_global": {"router": "softmax_topk_aux", "router.aux_scope": "global_batch",
+                                "router.aux_alpha": 0.1},
+}
+
+
+def trace(settings: dict) -> dict:
+    """Train STEPS steps; per step: the (rank-averaged) lm and aux loss and every layer's bias."""
+    cfg = resolve({**TINY_BASE, **settings})
+    trainer = Trainer(cfg, corpus_for(cfg), progress=False, on_eval=None)
+    out = {"lm": [], "aux": [], "bias": []}
+    for step in range(STEPS):
+        lm, aux, _ = trainer.train_step(step)
+        out["lm"].append(lm.item())
+        out["aux"].append(aux.item())
+        out["bias"].append(torch.stack([layer.router.expert_bias.clone() for layer in trainer.layers]))
+    out["val_loss"] = trainer.evaluate(STEPS, None)["val_loss"]
+    return out
+
+
+def _rank_main(rank: int, world: int, settings: dict, folder: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world)
+    try:
+        torch.save(trace(settings), f"{folder}/trace_{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_processes_of_b_match_one_process_of_2b(case, tmp_path):
+    micro = {"train.batch_size": 2, "train.grad_accum": 2}
+    mp.spawn(_rank_main, args=(2, {**CASES[case], **micro}, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"trace_{r}.pt") for r in range(2)]
+    torch.set_num_threads(1)
+    single = trace({**CASES[case], **micro, "train.batch_size": 4})
+    for step in range(STEPS):  # every rank holds the very same bias after every step
+        assert torch.equal(ranks[0]["bias"][step], ranks[1]["bias"][step]), f"ranks disagree at step {step}"
+    torch.testing.assert_close(torch.stack(ranks[0]["bias"]), torch.stack(single["bias"]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(torch.tensor(ranks[0]["lm"]), torch.tensor(single["lm"]), atol=2e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor(ranks[0]["aux"]), torch.tensor(single["aux"]), atol=2e-5, rtol=0)
+    assert ranks[0]["val_loss"] == ranks[1]["val_loss"]
+    assert ranks[0]["val_loss"] == pytest.approx(single["val_loss"], abs=2e-5)
+    if "aux" in case:
+        assert min(single["aux"]) > 0.05  # alpha 0.1 x about 1
+    else:
+        assert single["bias"][-1].abs().max() > 0  # the bias really moved
+
+
+def cli(*args):
+    return [sys.executable, "-m", "harness.cli", *map(str, args)]
+
+
+def torchrun(*args, nproc=2):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "harness.cli", *map(str, args)]
+
+
+def test_torchrun_suite_writes_one_row_per_run_with_world_size_2(make_suite, tmp_path):
+    suite = make_suite([{"router": "loss_free"}, {"router": "dynamic_k"}])
+    proc = subprocess.run(torchrun("run", suite, "--out", tmp_path, "--device", "cpu", "--no-progress"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = tables.read(tmp_path / "tiny", "runs")
+    assert len(runs) == 2 and set(runs["world_size"]) == {2} and runs["maxvio_compute"].notna().all()
+    assert proc.stdout.count("tiny: 2 runs in") == 1  # only rank 0 prints
+
+
+def test_torchrun_with_nccl_on_cpu_exits_2(make_suite, tmp_path):
+    suite = make_suite([{"router": "loss_free"}])
+    proc = subprocess.run(torchrun("run", suite, "--out", tmp_path, "--device", "cpu", "--dist-backend", "nccl"),
+                          capture_output=True, text=True, timeout=300)
+    # each rank stops with exit 2 and the one-line message (torchrun then prints its own summary)
+    assert proc.stderr.count("error: --dist-backend nccl needs CUDA devices") == 2
+    assert "exitcode  : 2" in proc.stderr and proc.returncode != 0
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+
+RESUME = {"train.steps": 60, "train.eval_every": 20, "train.checkpoint_every": 10, "train.log_every": 5}
+TIMING = {"tokens_per_s", "wall_s", "train_wall_s", "train_cpu_s", "cpu_utilisation", "dense_tokens_per_s",
+          "throughput_ratio", "throughput_reliable", "peak_mem_mb", "resumed_from_step", "git_commit"}
+
+
+@pytest.mark.parametrize("router", ["loss_free", "dynamic_k"])
+def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_end(make_suite, tmp_path, router):
+    suite = make_suite([{"router": router, "router.bias_rate": 0.01}], base=RESUME)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cli("run", suite, "--out", killed, "--no-progress"), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoints = killed / "tiny" / "checkpoints"
+    while not any(checkpoints.glob("*.pt")) if checkpoints.is_dir() else True:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "tiny" / "runs").is_dir() or not list((killed / "tiny" / "runs").iterdir())
+    resumed = subprocess.run(cli("run", suite, "--out", killed, "--no-progress"), env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0 and "resuming from step" in resumed.stderr, resumed.stderr[-2000:]
+    straight = subprocess.run(cli("run", suite, "--out", tmp_path / "straight", "--no-progress"), env=env,
+                              capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0
+    a, b = (tables.read(folder / "tiny", "runs") for folder in (killed, tmp_path / "straight"))
+    assert a.loc[0, "resumed_from_step"] > 0 and b.loc[0, "resumed_from_step"] == 0
+    same = [c for c in a.columns if c not in TIMING]
+    pd.testing.assert_frame_equal(a[same], b[same])  # val_loss, the bias, every metric: bit-identical
+    for table in ("steps", "loads"):
+        x, y = (tables.read(folder / "tiny", table) for folder in (killed, tmp_path / "straight"))
+        keep = [c for c in x.columns if c not in TIMING]
+        pd.testing.assert_frame_equal(x[keep], y[keep])
+    assert not any(checkpoints.glob("*.pt"))  # deleted once the run completed
+
+
+def test_a_corrupt_checkpoint_is_reported_and_ignored_and_a_foreign_one_refused(make_suite, tmp_path, capsys):
+    from harness.cli import main
+    from harness.experiment import load_suite
+
+    suite = make_suite([{"router": "loss_free"}], base=RESUME)
+    run_id = load_suite(suite).runs[0].run_id
+    checkpoints = tmp_path / "tiny" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / f"{run_id}.pt").write_bytes(b"torn write")
+    assert main(["run", str(suite), "--out", str(tmp_path)]) == 0
+    assert "ignoring unreadable checkpoint" in capsys.readouterr().err
+    other = make_suite([{"router": "loss_free"}], base={**RESUME, "train.keep_checkpoint": True}, name="other")
+    assert main(["run", str(other), "--out", str(tmp_path)]) == 0
+    other_id = load_suite(other).runs[0].run_id
+    (tmp_path / "other" / "checkpoints" / f"{other_id}.pt").rename(checkpoints / f"{run_id}.pt")
+    for path in (tmp_path / "tiny" / "runs").iterdir():
+        path.unlink()
+    capsys.readouterr()
+    assert main(["run", str(suite), "--out", str(tmp_path)]) == 2
+    assert f"belongs to run '{other_id}', not '{run_id}'" in capsys.readouterr().err
