@@ -214,8 +214,8 @@ def write_report(folder: str | Path) -> list[Path]:
     paired = paired_table(runs)
     single_seed = int(table["runs"].max()) <= 1 if len(table) else True
     note = ("Mean over seeds [95 % interval; log-scale for MaxVio and speed, so never below zero]. Bold: the best "
-            "mean. Groups are configs (config_id), named by label plus the keys that differ. "
-            + ("Only one seed per variant: noise unknown; run more seeds before trusting small gaps."
+            "mean. Groups are configs (config_id), named by label plus the keys that differ."
+            + (" Only one seed per variant: noise unknown; run more seeds before trusting small gaps."
                if single_seed else ""))
     if not reliable_throughput(runs[runs["status"] == "ok"]):
         note += (" Some runs shared a contended CPU (throughput_reliable = false): tokens/s is not ranked; "

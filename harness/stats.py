@@ -120,10 +120,10 @@ def paired_difference(x: pd.Series, base: pd.Series) -> dict:
 
 def seeds_needed(diff: float, sd: float, limit: int = 1000) -> float:
     """Smallest n whose 95 % paired interval half-width t s / sqrt(n) is below |diff| (inf past `limit`)."""
+    if diff == 0 or not math.isfinite(diff):
+        return math.nan if sd == 0 else math.inf  # nothing to resolve / a zero mean never separates
     if sd == 0:
         return 2.0
-    if diff == 0 or not math.isfinite(diff):
-        return math.inf
     for n in range(2, limit + 1):
         if t975(n) * sd / math.sqrt(n) < abs(diff):
             return float(n)

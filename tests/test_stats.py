@@ -26,6 +26,7 @@ def test_seeds_needed_by_hand():
     assert sps.t.ppf(0.975, n - 1) / math.sqrt(n) < 0.5 <= sps.t.ppf(0.975, n - 2) / math.sqrt(n - 1)
     assert n == 18
     assert stats.seeds_needed(0.0, 0.02) == math.inf and stats.seeds_needed(0.5, 0.0) == 2
+    assert math.isnan(stats.seeds_needed(0.0, 0.0))  # identical in every seed: nothing to resolve
 
 
 def test_positive_metric_interval_never_goes_below_zero():

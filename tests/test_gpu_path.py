@@ -1,0 +1,82 @@
+"""What the CUDA path does, exercised on CPU where CI has no GPU: bf16 autocast for a whole
+training step, the grouped_mm experts, torch.compile, and (on CUDA only) no host sync."""
+
+import contextlib
+import functools
+
+import pytest
+import torch
+import torch._dynamo as dynamo
+
+from harness.config import resolve
+from harness.model import MoETransformer
+from harness.routing import router_names
+from harness.train import Trainer, corpus_for, run
+from tests.conftest import TINY_BASE
+
+GPU_LIKE = {"model.expert_impl": "grouped_mm", "train.dtype": "bfloat16", "model.expert_hidden": 64}
+
+
+@pytest.mark.parametrize("router", ["softmax_topk", "loss_free", "deepseek_v3", "dynamic_k"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_a_training_run_on_the_grouped_mm_path(tiny_settings, router, dtype):
+    result = run(resolve({**tiny_settings, **GPU_LIKE, "router": router, "train.dtype": dtype}))
+    assert result.record["status"] == "ok" and 0 < result.record["val_loss"] < 6
+
+
+def test_grouped_mm_backward_always_gets_a_contiguous_output_gradient(tiny_settings, monkeypatch):
+    real, seen = torch._grouped_mm, []
+
+    def checked(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if out.requires_grad:
+            out.register_hook(lambda grad: seen.append(grad.is_contiguous()))
+        return out
+
+    monkeypatch.setattr(torch, "_grouped_mm", checked)
+    cfg = resolve({**tiny_settings, **GPU_LIKE, "router": "loss_free"})
+    trainer = Trainer(cfg, corpus_for(cfg), progress=False, on_eval=None)
+    trainer.train_step(0)
+    assert seen and all(seen), seen
+
+
+def test_top_k_routers_compile_to_one_graph_on_the_grouped_mm_path():
+    """No graph break in the top-k path: static counts, no data-dependent Python reads."""
+    for name in [n for n in router_names() if not n.startswith("dynamic_k")]:
+        cfg = resolve({"router": name, "train.device": "cpu", **GPU_LIKE})
+        torch.manual_seed(0)
+        model = MoETransformer(cfg.model, cfg.router_cfg)
+        x = torch.randint(0, 256, (2, 64))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            dynamo.reset()
+            explained = dynamo.explain(model)(x)
+        assert explained.graph_break_count == 0, (name, [str(b.reason)[:200] for b in explained.break_reasons])
+
+
+@pytest.mark.parametrize("gpu_like", [True, False])
+def test_train_compile_runs_a_whole_training_run(tiny_settings, monkeypatch, gpu_like):
+    # NOTE: aot_eager traces exactly what inductor would (dynamo + AOT autograd) without its
+    # minutes of C++ code generation on a 2-core CPU; the README gives the inductor timing
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    settings = {**tiny_settings, "router": "loss_free", "train.compile": True, **(GPU_LIKE if gpu_like else {})}
+    eager = run(resolve({**settings, "train.compile": False}))
+    compiled = run(resolve(settings))
+    assert compiled.record["status"] == "ok"
+    assert compiled.record["val_loss"] == pytest.approx(eager.record["val_loss"], abs=5e-2 if gpu_like else 1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("router", ["softmax_topk", "loss_free", "deepseek_v3"])
+def test_a_cuda_training_step_never_syncs_the_host(router):
+    """The only sync of a top-k step is the per-step loss read, made outside train_step."""
+    cfg = resolve({**TINY_BASE, **GPU_LIKE, "router": router, "train.device": "cuda", "model.expert_hidden": 64})
+    trainer = Trainer(cfg, corpus_for(cfg), progress=False, on_eval=None)
+    trainer.train_step(0)  # warm-up: allocator, lazy init
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with contextlib.nullcontext():
+            trainer.train_step(1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
