@@ -106,4 +106,6 @@ def _first_line(err: Exception) -> str:
 
 
 def heartbeat_enabled(storage) -> bool:
-    return isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval() is not None
+    """Whether `storage` (or the cache Optuna wraps around it inside a study) beats a heartbeat."""
+    interval = getattr(storage, "get_heartbeat_interval", None)
+    return interval is not None and interval() is not None

@@ -17,6 +17,8 @@ take over the run of a worker that dies; it exits when nothing is waiting or run
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import hashlib
 import os
 import subprocess
@@ -116,10 +118,23 @@ class SuiteQueue:
             time.sleep(POLL_S)
 
     def fail_stale(self) -> None:
-        if heartbeat_enabled(self.storage):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(self.study)
+        if not heartbeat_enabled(self.storage):
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)
+        # NOTE: Optuna never calls a trial stale that has no heartbeat at all: one whose worker died
+        # between claiming it and its first beat (it has no `worker` attribute yet). Fail those too.
+        limit = datetime.timedelta(seconds=3 * self.storage.grace_period)
+        for trial in self.trials((TrialState.RUNNING,)):
+            started = trial.datetime_start
+            if "worker" not in trial.user_attrs and started and datetime.datetime.now() - started > limit:
+                trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    if self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                        getter = getattr(self.storage, "get_heartbeat_stale_trial_callback", None) or \
+                            self.storage.get_failed_trial_callback  # NOTE: the name before Optuna 4.9
+                        getter()(self.study, self.storage.get_trial(trial_id))
 
     def claim(self):
         """A WAITING trial moved to RUNNING by this worker, or None if nothing is waiting."""
@@ -127,6 +142,8 @@ class SuiteQueue:
             trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
             try:
                 if self.storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                    if heartbeat_enabled(self.storage):  # NOTE: at once: a trial with no beat is never stale
+                        self.storage.record_heartbeat(trial_id)
                     self.storage.set_trial_user_attr(trial_id, "worker", WORKER)
                     return trial, trial_id
             except optuna.exceptions.UpdateFinishedTrialError:
