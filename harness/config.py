@@ -2,7 +2,7 @@
 
 Keys a suite, a sweep or `--set` may use:
   router, size, seed, variant            the preset name, model size, seed and label
-  model.<field>, router.<field>, train.<field>, data.<field>
+  model.<field>, router.<field>, train.<field>, data.<field>, metrics.<field>
 Every value is type-checked against its field; a bad key or value raises ValueError naming it
 and the allowed keys or values.
 """
@@ -20,6 +20,7 @@ import torch
 
 from harness._compat import tomllib
 from harness.data import DataConfig
+from harness.metrics import MetricsConfig
 from harness.model import ModelConfig, model_config
 from harness.routing import RouterConfig, get_router_config
 
@@ -98,11 +99,13 @@ class RunConfig:
     router_cfg: RouterConfig = field(default_factory=RouterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def flat(self) -> dict[str, Any]:
         """Flat dotted keys -> values: the resolved hyper-parameters, as runs.parquet columns."""
         out: dict[str, Any] = {"variant": self.variant, "router": self.router, "size": self.size, "seed": self.seed}
-        for prefix, section in (("model", self.model), ("router", self.router_cfg), ("train", self.train), ("data", self.data)):
+        for prefix, section in (("model", self.model), ("router", self.router_cfg), ("train", self.train),
+                                ("data", self.data), ("metrics", self.metrics)):
             out.update({f"{prefix}.{k}": v for k, v in dataclasses.asdict(section).items()})
         return out
 
@@ -121,7 +124,8 @@ def _digest(flat: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-SECTIONS = {"model": ModelConfig, "router": RouterConfig, "train": TrainConfig, "data": DataConfig}
+SECTIONS = {"model": ModelConfig, "router": RouterConfig, "train": TrainConfig, "data": DataConfig,
+            "metrics": MetricsConfig}
 TOP_LEVEL = {"router": str, "size": str, "seed": int, "variant": str}
 
 
@@ -205,4 +209,5 @@ def resolve(settings: dict[str, Any]) -> RunConfig:
         router_cfg=get_router_config(router, **sections["router"]),
         train=train,
         data=DataConfig(**sections["data"]),
+        metrics=MetricsConfig(**sections["metrics"]),
     )

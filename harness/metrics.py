@@ -5,8 +5,62 @@ Counts are tensors or arrays of shape [E] (one token set) or [L, E] (one row per
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
+
+
+@dataclass(kw_only=True)
+class MetricsConfig:
+    # expert-parallel sizes N to simulate: experts placed contiguously, n/N per device (sizes that
+    # do not divide model.num_experts are skipped)
+    ep_sizes: list[int] = field(default_factory=lambda: [4, 8])
+    # capacity factors c whose drop rate (what a dropping system would lose) every run reports
+    capacity_factors: list[float] = field(default_factory=lambda: [1.0, 1.25])
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.ep_sizes, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1
+                                                          for n in self.ep_sizes):
+            raise ValueError(f"metrics.ep_sizes = {self.ep_sizes!r} must be a list of whole numbers >= 1")
+        if not isinstance(self.capacity_factors, list) or not all(
+                isinstance(c, (int, float)) and not isinstance(c, bool) and 0 < c < math.inf
+                for c in self.capacity_factors):
+            raise ValueError(f"metrics.capacity_factors = {self.capacity_factors!r} must be a list of finite "
+                             "numbers > 0")
+        self.capacity_factors = [float(c) for c in self.capacity_factors]
+
+
+def ep_balance(counts_LE: torch.Tensor, ep_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Simulated expert parallelism (ROUTING.md, "What imbalance costs"): experts placed
+    contiguously on `ep_size` devices; per layer the busiest device's load over the mean, minus 1
+    (imbalance), and mean over max (efficiency: the share of expert compute a synchronous step
+    uses). Layer means, as tensors (no host sync)."""
+    num_layers, num_experts = counts_LE.shape
+    loads_LN = counts_LE.float().view(num_layers, ep_size, num_experts // ep_size).sum(dim=-1)
+    mean_L, max_L = loads_LN.mean(dim=-1), loads_LN.max(dim=-1).values.clamp_min(1e-12)
+    return (max_L / mean_L.clamp_min(1e-12) - 1).mean(), (mean_L / max_L).mean()
+
+
+def capacity_drop_frac(counts_LE: torch.Tensor, num_tokens: int, top_k: int, factor: float) -> torch.Tensor:
+    """Fraction of assignments a capacity-`factor` system would drop: sum_i max(0, c_i - C) /
+    sum_i c_i with C = ceil(factor T k / n), per layer, layer mean."""
+    capacity = math.ceil(factor * num_tokens * top_k / counts_LE.shape[-1])
+    counts_LE = counts_LE.float()
+    return ((counts_LE - capacity).clamp_min(0).sum(dim=-1) / counts_LE.sum(dim=-1).clamp_min(1e-12)).mean()
+
+
+def cost_metrics(micro_LE: torch.Tensor, num_tokens: int, top_k: int, cfg: MetricsConfig) -> dict[str, torch.Tensor]:
+    """What one micro-batch's load pattern would cost: ep{N}_imbalance / ep{N}_efficiency and
+    drop_frac_cf{c}, each a 0-d tensor."""
+    out = {}
+    for size in cfg.ep_sizes:
+        if micro_LE.shape[-1] % size == 0:
+            out[f"ep{size}_imbalance"], out[f"ep{size}_efficiency"] = ep_balance(micro_LE, size)
+    for factor in cfg.capacity_factors:
+        out[f"drop_frac_cf{factor}"] = capacity_drop_frac(micro_LE, num_tokens, top_k, factor)
+    return out
 
 
 def _as_array(counts) -> np.ndarray:

@@ -132,6 +132,7 @@ class Trainer:
         self.loads: list[dict] = []
         self.vio_history: list[torch.Tensor] = []  # per step: [2] layer-mean and worst-layer MaxVio
         self.compute_vio: list[float] = []  # per step: MaxVio of one rank's micro-batches (layer mean)
+        self.costs: list[dict] = []  # per step: simulated EP balance and capacity drops (metrics.cost_metrics)
         self.window: list[float] = []  # train losses since the last step row
         self.last_eval: dict = {}
         self.start_step = 1
@@ -152,6 +153,8 @@ class Trainer:
         lm_total = aux_total = torch.zeros((), device=self.device)
         counts_LE = torch.zeros(len(self.layers), self.cfg.model.num_experts, device=self.device)
         compute_vio = torch.zeros((), device=self.device)
+        costs: dict[str, torch.Tensor] = {}
+        micro_tokens = tc.batch_size * self.cfg.model.seq_len
         for micro in range(tc.grad_accum):
             x, y = (t.to(self.device, non_blocking=True) for t in sample_batch(
                 self.corpus.train, tc.batch_size, self.cfg.model.seq_len, self.data_gen, self.rank, self.world))
@@ -166,12 +169,16 @@ class Trainer:
                 micro_LE = torch.stack([layer.last_route.counts_E for layer in self.layers])
                 counts_LE += micro_LE
                 compute_vio += (micro_LE.max(dim=-1).values / micro_LE.mean(dim=-1).clamp_min(1e-12) - 1).mean()
+                for name, value in metrics.cost_metrics(micro_LE, micro_tokens, self.cfg.model.top_k,
+                                                        self.cfg.metrics).items():
+                    costs[name] = costs.get(name, 0.0) + value / tc.grad_accum
             lm_total, aux_total = lm_total + lm.detach() / tc.grad_accum, aux_total + aux.detach() / tc.grad_accum
         if tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.compute_vio.append(compute_vio / tc.grad_accum)
+        self.costs.append(costs)
         self.balance_update(counts_LE, progress=step / tc.steps)
         return distributed.all_mean(lm_total), distributed.all_mean(aux_total), counts_LE
 
@@ -267,6 +274,7 @@ class Trainer:
                 "steps": self.steps, "loads": self.loads, "window": self.window, "last_eval": self.last_eval,
                 "vio_history": [v.cpu() for v in self.vio_history],
                 "compute_vio": [float(v) for v in self.compute_vio],
+                "costs": [{k: float(v) for k, v in c.items()} for c in self.costs],
                 "train_time": self.train_time, "train_cpu": self.train_cpu}
 
     def restore(self, state: dict) -> None:
@@ -277,6 +285,7 @@ class Trainer:
         self.last_eval = state["last_eval"]
         self.vio_history = [v.to(self.device) for v in state["vio_history"]]
         self.compute_vio = list(state["compute_vio"])
+        self.costs = list(state["costs"])
         self.train_time, self.train_cpu = state["train_time"], state["train_cpu"]
         self.start_step = state["step"] + 1
 
@@ -302,11 +311,13 @@ class Trainer:
         half = self.vio_history[len(self.vio_history) // 2:]
         vio = torch.stack(half).mean(dim=0).tolist() if half else [math.nan, math.nan]
         compute = [float(v) for v in self.compute_vio[len(self.compute_vio) // 2:]]
+        costs = self.costs[len(self.costs) // 2:]  # NOTE: second half, like maxvio_batch
         tail = [r["train_loss"] for r in self.steps[-3:] if "train_loss" in r]
         record = {"status": status, "steps_done": steps_done, "train_loss": sum(tail) / len(tail) if tail else math.nan,
                   "maxvio_batch": vio[0], "maxvio_batch_worst": vio[1],
                   "maxvio_compute": sum(compute) / len(compute) if compute and self.layers else math.nan,
                   "world_size": self.world,
+                  **{name: sum(float(c[name]) for c in costs) / len(costs) for name in (costs[0] if costs else {})},
                   "expert_bias": [layer.router.expert_bias.tolist() for layer in self.layers],
                   "tokens_per_s": steps_done * self.tokens_per_step / max(self.train_time, 1e-9),
                   **self.cpu_use(),

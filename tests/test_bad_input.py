@@ -36,6 +36,8 @@ def assert_clean_error(code, err, message):
     ("train.eval_every=-5", r"train.eval_every = -5 must be >= 0"),
     ("train.data_seed=-2", r"train.data_seed = -2 must be >= 0, or -1"),
     ("model.rope_theta=0", r"model.rope_theta = 0.0 must be a finite number > 0"),
+    ("metrics.ep_sizes=[0]", r"metrics.ep_sizes = \[0\] must be a list of whole numbers >= 1"),
+    ("metrics.capacity_factors=[-1.0]", r"metrics.capacity_factors = \[-1.0\] must be a list of finite"),
 ])
 def test_out_of_range_values_exit_2(make_suite, tmp_path, capsys, override, message):
     code, _, err = run_cli(["run", make_suite(ONE_VARIANT), "--out", tmp_path, "--set", override], capsys)

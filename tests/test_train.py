@@ -130,3 +130,27 @@ def test_grad_accum_counts_feed_the_bias_update(tiny_settings):
     rec = result.record
     assert rec["status"] == "ok" and 0 < rec["mean_k"] <= 8 and not math.isnan(rec["maxvio_batch"])
     assert rec["compute_ratio"] == pytest.approx(rec["mean_k"] / 2)
+
+
+def test_simulated_expert_parallelism_and_capacity_drops_on_hand_counts():
+    from harness.metrics import MetricsConfig, capacity_drop_frac, cost_metrics, ep_balance
+
+    counts_LE = torch.tensor([[8.0, 0, 4, 4, 2, 2, 6, 6], [4.0] * 8])  # 32 assignments per layer
+    imbalance, efficiency = ep_balance(counts_LE, 4)  # devices: [8, 8, 4, 12] and [8, 8, 8, 8]
+    assert imbalance.item() == pytest.approx((12 / 8 - 1 + 0) / 2)
+    assert efficiency.item() == pytest.approx((8 / 12 + 1) / 2)
+    assert ep_balance(counts_LE, 8)[0].item() == pytest.approx((8 / 4 - 1) / 2)  # one expert each: MaxVio
+    # 16 tokens x k 2 over 8 experts: capacity ceil(1.0 x 4) = 4; layer 0 drops 4 + 2 + 2 of 32
+    assert capacity_drop_frac(counts_LE, 16, 2, 1.0).item() == pytest.approx((8 / 32 + 0) / 2)
+    assert capacity_drop_frac(counts_LE, 16, 2, 1.25).item() == pytest.approx((3 + 1 + 1) / 32 / 2)
+    names = set(cost_metrics(counts_LE, 16, 2, MetricsConfig(ep_sizes=[3, 4, 8])))
+    assert names == {"ep4_imbalance", "ep4_efficiency", "ep8_imbalance", "ep8_efficiency",
+                     "drop_frac_cf1.0", "drop_frac_cf1.25"}  # 3 does not divide 8 experts: skipped
+
+
+def test_every_run_records_what_its_load_would_cost(tiny_settings):
+    record = run(resolve({**tiny_settings, "router": "loss_free"})).record
+    for name in ("ep4_imbalance", "ep4_efficiency", "ep8_imbalance", "ep8_efficiency", "drop_frac_cf1.0",
+                 "drop_frac_cf1.25", "maxvio_compute"):
+        assert 0 <= record[name] < 8, name
+    assert record["drop_frac_cf1.25"] <= record["drop_frac_cf1.0"]
