@@ -227,6 +227,9 @@ def write_report(folder: str | Path) -> list[Path]:
     html_parts = [f"<h1>{html.escape(name)}: MoE load-balancing report</h1>",
                   f"<p>{len(runs)} runs, from <code>{html.escape(str(folder))}</code>.</p>",
                   re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", table.to_html(escape=True)), f"<p>{html.escape(note)}</p>"]
+    if failed_lines:
+        md += ["Runs that did not finish: " + "; ".join(failed_lines), ""]
+        html_parts.append("<p>Runs that did not finish: " + html.escape("; ".join(failed_lines)) + "</p>")
     if len(paired):
         shown = paired[[c for c in paired.columns if not c.startswith("_")]].set_index("variant")
         paired_note = ("Paired differences against the baseline over the seeds both share (the seed fixes "

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import dataclasses
 import math
-import platform
 import resource
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,16 +25,13 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-import harness
-from harness import checkpoint, distributed, metrics
+from harness import checkpoint, distributed, metrics, throughput
 from harness.config import RunConfig
 from harness.data import Corpus, load_corpus, sample_batch, validation_batches
 from harness.model import MoETransformer
+from harness.optim import autocast_for, build_optimizer, lr_at  # noqa: F401 (lr_at: public here too)
+from harness.throughput import dense_probe, environment
 
-# NOTE: measured on the 2-core VM (issue 11), tiny and small models: 0.96-0.99 of the threads
-# alone, 0.87-0.89 per rank under torchrun (Gloo waits), 0.40-0.50 beside one or two busy
-# processes (tokens/s cut 3-4x), and one run at 0.77 that lost 40 % of its speed
-MIN_CPU_UTILISATION = 0.8
 EvalCallback = Callable[[int, float], bool]  # (step, val_loss) -> stop now (a pruner said so)
 
 
@@ -46,52 +40,6 @@ class RunResult:
     record: dict  # one row of runs.parquet
     steps: list[dict] = field(default_factory=list)  # rows of steps.parquet
     loads: list[dict] = field(default_factory=list)  # rows of loads.parquet
-
-
-def _git_commit() -> str:
-    """HEAD of the checkout the harness was imported from, '+dirty' if harness/ has edits."""
-    where = Path(__file__).parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=where,
-                              capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."], cwd=where,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (head + ("+dirty" if dirty else "")) if head else "unknown"
-
-
-# NOTE: read once at import, so a run records the code it ran even if HEAD moves meanwhile
-GIT_COMMIT = _git_commit()
-
-
-def environment(device: str) -> dict:
-    name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
-    return {"device": device, "device_name": name, "torch_version": torch.__version__,
-            "python_version": platform.python_version(), "harness_version": harness.__version__,
-            "git_commit": GIT_COMMIT}
-
-
-def lr_at(step: int, cfg) -> float:
-    """Linear warm-up to cfg.lr, then cosine decay to cfg.min_lr_ratio x cfg.lr."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-
-
-def autocast_for(cfg: RunConfig):
-    device, dtype = cfg.train.device, cfg.train.dtype
-    if dtype == "bfloat16" or (dtype == "auto" and device == "cuda"):
-        return torch.autocast(device_type=device, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.train.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95), fused=cfg.train.device == "cuda")
 
 
 # NOTE: renamed in newer PyTorch (the new flag still syncs once at init, harmless here)
@@ -298,15 +246,6 @@ class Trainer:
                         "mean_k": counts_LE.sum().item() / (len(self.layers) * self.tokens_per_step)})
         return row
 
-    def cpu_use(self) -> dict:
-        """Wall and CPU time of the training steps; on CPU, a run that got far less CPU than it has
-        threads shared the machine, and its throughput is flagged unreliable."""
-        threads = torch.get_num_threads() if self.device.type == "cpu" else 1
-        utilisation = self.train_cpu / max(self.train_time, 1e-9) / threads
-        reliable = self.device.type != "cpu" or utilisation >= MIN_CPU_UTILISATION
-        return {"train_wall_s": self.train_time, "train_cpu_s": self.train_cpu, "cpu_threads": threads,
-                "cpu_utilisation": utilisation, "throughput_reliable": bool(reliable)}
-
     def summary(self, status: str, last_eval: dict, steps_done: int) -> dict:
         half = self.vio_history[len(self.vio_history) // 2:]
         vio = torch.stack(half).mean(dim=0).tolist() if half else [math.nan, math.nan]
@@ -320,7 +259,7 @@ class Trainer:
                   **{name: sum(float(c[name]) for c in costs) / len(costs) for name in (costs[0] if costs else {})},
                   "expert_bias": [layer.router.expert_bias.tolist() for layer in self.layers],
                   "tokens_per_s": steps_done * self.tokens_per_step / max(self.train_time, 1e-9),
-                  **self.cpu_use(),
+                  **throughput.cpu_use(self.train_cpu, self.train_time, self.device),
                   "num_params": sum(p.numel() for p in self.model.parameters()),
                   "compute_ratio": last_eval.get("mean_k", math.nan) / self.cfg.model.top_k}
         record.update(last_eval if status in ("ok", "pruned") else {})
@@ -328,39 +267,6 @@ class Trainer:
         record["peak_mem_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda"
                                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         return record
-
-
-def dense_probe(cfg: RunConfig, corpus: Corpus) -> float:
-    """Training tokens/s of the dense-FFN twin of `cfg`'s model (equal active width), timed over
-    `train.dense_probe_steps` steps after one untimed step: the yardstick that cancels most of
-    what the machine is doing meanwhile. NaN when disabled."""
-    steps = cfg.train.dense_probe_steps
-    if steps == 0:
-        return math.nan
-    device = torch.device(cfg.train.device)
-    torch.manual_seed(cfg.seed)  # NOTE: the run reseeds after this, so the probe changes nothing in it
-    model = MoETransformer(dataclasses.replace(cfg.model, ffn="dense"), cfg.router_cfg).to(device)
-    optimizer = build_optimizer(model, cfg)
-    gen, amp = torch.Generator().manual_seed(0), autocast_for(cfg)
-    tokens = cfg.train.batch_size * cfg.model.seq_len
-
-    def step() -> None:
-        x, y = (t.to(device) for t in sample_batch(corpus.train, cfg.train.batch_size, cfg.model.seq_len, gen))
-        with amp:
-            logits = model(x)
-        F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * tokens / (time.perf_counter() - start)
 
 
 def corpus_for(cfg: RunConfig) -> Corpus:

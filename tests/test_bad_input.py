@@ -135,6 +135,8 @@ def test_a_run_that_fails_makes_the_command_exit_1_after_the_others(make_suite, 
     runs = tables.read(tmp_path / "tiny", "runs").set_index("variant")
     assert runs.loc["softmax_topk", "status"] == "ok" and runs.loc["loss_free", "status"] == "failed"
     assert "simulated" in out
+    assert main(["report", str(tmp_path / "tiny")]) == 0
+    assert "Runs that did not finish: loss_free (seed 0): failed" in (tmp_path / "tiny" / "report.md").read_text()
 
 
 def test_the_issue_repro_gives_two_groups_per_variant_named_by_steps(tmp_path, capsys):
