@@ -200,7 +200,7 @@ def resolve(settings: dict[str, Any]) -> RunConfig:
     router = values.get("router", "softmax_topk")
     train = TrainConfig(**sections["train"])
     train = dataclasses.replace(train, device=resolve_device(train.device))
-    return RunConfig(
+    cfg = RunConfig(
         variant=values.get("variant", router),
         router=router,
         size=values.get("size", "tiny"),
@@ -211,3 +211,9 @@ def resolve(settings: dict[str, Any]) -> RunConfig:
         data=DataConfig(**sections["data"]),
         metrics=MetricsConfig(**sections["metrics"]),
     )
+    groups, experts = cfg.router_cfg.n_group, cfg.model.num_experts
+    if experts % groups or cfg.router_cfg.topk_group * (experts // groups) < cfg.model.top_k:
+        raise ValueError(f"router.n_group = {groups} must divide model.num_experts = {experts}, and the "
+                         f"router.topk_group = {cfg.router_cfg.topk_group} eligible groups must hold at least "
+                         f"model.top_k = {cfg.model.top_k} experts")
+    return cfg

@@ -1,6 +1,7 @@
 """Router behaviour a user would notice, parametrized over every registered preset."""
 
 import dataclasses
+from dataclasses import replace
 
 import pytest
 import torch
@@ -254,3 +255,49 @@ def test_global_batch_scope_counts_the_whole_step():
 
 def test_presets_are_copies_that_change_one_field():
     assert dataclasses.replace(get_router_config("loss_free"), bias_update="rms") == get_router_config("loss_free_rms")
+
+
+@pytest.mark.parametrize("n_group, topk_group, top_k", [(4, 2, 2), (4, 1, 2), (8, 3, 3), (2, 1, 1)])
+def test_group_limited_routing_never_selects_outside_the_best_groups(n_group, topk_group, top_k):
+    torch.manual_seed(0)
+    cfg = replace(get_router_config("loss_free"), n_group=n_group, topk_group=topk_group)
+    router = Router(16, 8, top_k, cfg)
+    router.expert_bias.copy_(torch.randn(8) * 0.1)  # the bias counts in the group scores
+    out = router(torch.randn(64, 16))
+    biased = out.scores_TE + router.expert_bias
+    size = 8 // n_group
+    for t in range(64):  # naive reference: score each group by its two best, keep the topk_group best
+        group_scores = [sorted(biased[t, g * size:(g + 1) * size].tolist(), reverse=True)[:2] for g in range(n_group)]
+        best = sorted(range(n_group), key=lambda g: -sum(group_scores[g]))[:topk_group]
+        chosen = out.expert_idx_A[out.token_idx_A == t].tolist()
+        assert len(chosen) == top_k and all(e // size in best for e in chosen), (t, chosen, best)
+        eligible = [e for g in best for e in range(g * size, (g + 1) * size)]
+        expected = sorted(eligible, key=lambda e: -biased[t, e].item())[:top_k]
+        assert sorted(chosen) == sorted(expected)
+
+
+def test_group_limited_routing_that_cannot_hold_k_experts_is_refused():
+    with pytest.raises(ValueError, match="router.n_group = 3 must divide model.num_experts = 8"):
+        Router(16, 8, 2, replace(get_router_config("loss_free"), n_group=3, topk_group=1))
+    with pytest.raises(ValueError, match="eligible groups must hold at least top_k = 3"):
+        Router(16, 8, 3, replace(get_router_config("loss_free"), n_group=8, topk_group=2))
+
+
+def test_aux_counts_unbiased_ignores_the_bias_dispatched_follows_it():
+    torch.manual_seed(0)
+    x = torch.randn(256, 16)
+    losses = {}
+    for counts in ("dispatched", "unbiased"):
+        cfg = replace(get_router_config("deepseek_v3"), aux_scope="micro_batch", aux_alpha=1.0, aux_counts=counts)
+        torch.manual_seed(1)
+        router = Router(16, 8, 2, cfg)
+        router.expert_bias.copy_(torch.tensor([50.0, 50.0, 0, 0, 0, 0, 0, 0]))  # dispatch all to experts 0, 1
+        out = router(x)
+        probs = out.scores_TE / out.scores_TE.sum(-1, keepdim=True)
+        assert out.counts_E[:2].tolist() == [256.0, 256.0]
+        mask = torch.zeros_like(out.scores_TE, dtype=torch.bool).scatter_(
+            1, (out.scores_TE if counts == "unbiased" else out.scores_TE + router.expert_bias).topk(2).indices, True)
+        frac = mask.sum(0) / mask.sum()
+        losses[counts] = out.aux_losses["aux_loss"].item()
+        assert losses[counts] == pytest.approx(8 * (frac * probs.mean(0)).sum().item(), rel=1e-5)
+    assert losses["dispatched"] != pytest.approx(losses["unbiased"])

@@ -33,6 +33,17 @@ def sequence_aux_loss(probs_BLE: torch.Tensor, mask_BLE: torch.Tensor) -> torch.
     return (num_experts * (frac_BE * probs_BLE.mean(dim=1)).sum(dim=-1)).mean()
 
 
+def mask_ineligible_groups(biased_TE: torch.Tensor, n_group: int, topk_group: int) -> torch.Tensor:
+    """Group-limited routing: experts in `n_group` equal groups; a group scores the sum of its 2
+    highest (biased) scores; experts outside the `topk_group` best groups get -inf."""
+    num_tokens, num_experts = biased_TE.shape
+    grouped_TGS = biased_TE.view(num_tokens, n_group, num_experts // n_group)
+    group_score_TG = grouped_TGS.topk(min(2, grouped_TGS.shape[-1]), dim=-1).values.sum(dim=-1)
+    keep_TG = torch.zeros_like(group_score_TG, dtype=torch.bool).scatter_(
+        1, group_score_TG.topk(topk_group, dim=-1).indices, True)
+    return biased_TE.masked_fill(~keep_TG.repeat_interleave(num_experts // n_group, dim=1), float("-inf"))
+
+
 def z_loss(logits_TE: torch.Tensor) -> torch.Tensor:
     """ST-MoE router z-loss without beta: mean_t logsumexp(z_t)^2."""
     return torch.logsumexp(logits_TE.float(), dim=-1).square().mean()

@@ -19,6 +19,7 @@ AuxScope = Literal["micro_batch", "sequence", "global_batch"]
 BiasMode = Literal["none", "loss_free", "dynamic_k"]
 BiasUpdate = Literal["sign", "rms", "linear"]
 DynamicKRule = Literal["eq3", "eq4", "eq5"]
+AuxCounts = Literal["dispatched", "unbiased"]
 
 
 @dataclass(kw_only=True)
@@ -31,12 +32,20 @@ class RouterConfig:
     route_norm: bool = False
     # constant multiplier on the gates (DeepSeek-V3's routed scaling factor)
     route_scale: float = 1.0
+    # group-limited routing (DeepSeek-V3 node-limited, HF/Megatron n_group / topk_group): experts in
+    # n_group equal groups, a group scored by the sum of its 2 best (biased) scores, only the
+    # topk_group best groups eligible; n_group = 1 disables it
+    n_group: int = 1
+    topk_group: int = 1
     # --- expert output form: gate x E(x), or score x unit-RMS E(x) (Su part 1)
     output_form: OutputForm = "plain"
     # --- auxiliary loss, F/(T k) convention: value 1 when uniform (HF's is k times larger)
     aux_alpha: float = 0.0
     # tokens over which F and P are computed (global_batch: F over the whole optimizer step)
     aux_scope: AuxScope = "micro_batch"
+    # F of the aux loss from the experts actually dispatched (Megatron), or from the top-k of the
+    # unbiased scores (the DeepSeek-V3 paper's formula read literally); top-k selection only
+    aux_counts: AuxCounts = "dispatched"
     # router z-loss coefficient (ST-MoE), combinable with any method; 0 disables it
     z_loss_beta: float = 0.0
     # --- bias controller: none, Loss-Free (top-k), or the dynamic-k budget controller
@@ -70,6 +79,13 @@ def validate_router_config(cfg: RouterConfig) -> None:
     for name in ("aux_alpha", "z_loss_beta", "bias_rate"):
         if not 0 <= getattr(cfg, name) < math.inf:
             raise ValueError(f"router.{name} = {getattr(cfg, name)!r} must be a finite number >= 0")
+    if cfg.n_group < 1 or not 1 <= cfg.topk_group <= cfg.n_group:
+        raise ValueError(f"router.n_group = {cfg.n_group!r}, router.topk_group = {cfg.topk_group!r}: need "
+                         "n_group >= 1 and 1 <= topk_group <= n_group")
+    if cfg.n_group > 1 and cfg.selection != "topk":
+        raise ValueError("router.n_group > 1 (group-limited routing) needs router.selection = 'topk'")
+    if cfg.aux_counts == "unbiased" and cfg.selection != "topk":
+        raise ValueError("router.aux_counts = 'unbiased' needs router.selection = 'topk'")
     if not 0 < cfg.route_scale < math.inf:
         raise ValueError(f"router.route_scale = {cfg.route_scale!r} must be a finite number > 0")
     if not 0.0 <= cfg.bias_freeze_frac < 1.0:

@@ -62,6 +62,12 @@ def deepseek_v3() -> RouterConfig:
     return replace(loss_free(), aux_alpha=1e-4, aux_scope="sequence")
 
 
+@register_router("deepseek_v3_grouped")
+def deepseek_v3_grouped() -> RouterConfig:
+    """DeepSeek-V3 with group-limited routing: 4 expert groups, tokens pick within the best 2."""
+    return replace(deepseek_v3(), n_group=4, topk_group=2)
+
+
 @register_router("dynamic_k")
 def dynamic_k() -> RouterConfig:
     """Dynamic k (Su part 4): sigmoid threshold s + b > 0, eq. 3 controller holds mean k."""

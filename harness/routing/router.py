@@ -43,6 +43,10 @@ class Router(nn.Module):
         super().__init__()
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k = {top_k} must be between 1 and num_experts = {num_experts}")
+        if num_experts % cfg.n_group or cfg.topk_group * (num_experts // cfg.n_group) < top_k:
+            raise ValueError(f"router.n_group = {cfg.n_group} must divide model.num_experts = {num_experts}, and the "
+                             f"router.topk_group = {cfg.topk_group} eligible groups must hold at least top_k = {top_k} "
+                             "experts")
         self.cfg, self.num_experts, self.top_k = cfg, num_experts, top_k
         self.gate = nn.Linear(dim, num_experts, bias=False)
         # NOTE: the expert bias is state, not a parameter: float32, no gradient, only used for
@@ -67,11 +71,17 @@ class Router(nn.Module):
             gate_A = gate_A / denom_T[token_idx_A].clamp_min(1e-20)
         gate_A = gate_A * cfg.route_scale
         counts_E = mask_TE.sum(dim=0, dtype=torch.float32)
-        aux = self._aux_losses(logits_TE, scores_TE, mask_TE, counts_E, seq_len)
+        aux_mask_TE = mask_TE
+        if cfg.aux_counts == "unbiased" and cfg.aux_alpha > 0:  # F from the top-k the bias did not move
+            aux_mask_TE = self._select(scores_TE.detach())[2]
+        aux = self._aux_losses(logits_TE, scores_TE, aux_mask_TE, aux_mask_TE.sum(dim=0, dtype=torch.float32),
+                               seq_len)
         return RouterOutput(token_idx_A, expert_idx_A, gate_A, counts_E, scores_TE, aux)
 
     def _select(self, biased_TE: torch.Tensor):
         num_tokens = biased_TE.shape[0]
+        if self.cfg.n_group > 1:
+            biased_TE = balancing.mask_ineligible_groups(biased_TE, self.cfg.n_group, self.cfg.topk_group)
         if self.cfg.selection == "topk":
             expert_ids_TK = biased_TE.topk(self.top_k, dim=-1).indices
             token_idx_A = torch.arange(num_tokens, device=biased_TE.device).repeat_interleave(self.top_k)
