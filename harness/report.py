@@ -75,7 +75,7 @@ def figures(data: dict[str, pd.DataFrame]) -> list[tuple[str, plt.Figure, str]]:
 
 def sweep_figures(trials: pd.DataFrame, runs: pd.DataFrame) -> list[tuple[str, plt.Figure, str]]:
     objectives = [c.removeprefix("objective_") for c in trials.columns if c.startswith("objective_")]
-    params = [c for c in trials.columns if "." in c and not c.startswith(("user_attrs", "system_attrs"))]
+    params = [c for c in trials.columns if c.startswith(stats.CONFIG_PREFIXES)]
     numeric = [p for p in params if pd.api.types.is_numeric_dtype(trials[p])]
     categorical = [p for p in params if p not in numeric]
     constraint = sweep_constraint(trials)

@@ -35,6 +35,7 @@ from scipy import stats as sps
 
 # NOTE: columns that identify or describe a run rather than configure it; left out of group names
 NOT_CONFIG = {"run_id", "config_id", "seed", "variant", "suite", "baseline", "trial"}
+CONFIG_PREFIXES = ("model.", "router.", "train.", "data.", "metrics.")  # the resolved config's columns
 POSITIVE = ("maxvio", "tokens_per_s", "throughput_ratio", "dense_tokens_per_s", "cv_")
 
 
@@ -48,7 +49,7 @@ def group_keys(runs: pd.DataFrame) -> pd.Series:
     keys = pd.Series([{} for _ in range(len(runs))], index=runs.index, dtype=object)
     if "config_id" not in runs:
         return keys
-    config_cols = [c for c in runs.columns if "." in c and c not in NOT_CONFIG]
+    config_cols = [c for c in runs.columns if c.startswith(CONFIG_PREFIXES) and c not in NOT_CONFIG]
     for _, part in runs.groupby("variant", sort=False):
         configs = part.drop_duplicates("config_id")
         if len(configs) < 2:
