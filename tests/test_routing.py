@@ -84,7 +84,8 @@ def expected_gates(cfg: RouterConfig, scores_TE, token_A, expert_A):
     return gate_A * cfg.route_scale
 
 
-@pytest.mark.parametrize("name", router_names())
+# NOTE: Sinkhorn's training selection reads the balanced logits, not s + b (tested below)
+@pytest.mark.parametrize("name", [n for n in router_names() if not get_router_config(n).sinkhorn_iters])
 def test_bias_changes_selection_but_never_the_gates(name):
     router = make_router(name)
     x = torch.randn(32, DIM)
@@ -301,3 +302,19 @@ def test_aux_counts_unbiased_ignores_the_bias_dispatched_follows_it():
         losses[counts] = out.aux_losses["aux_loss"].item()
         assert losses[counts] == pytest.approx(8 * (frac * probs.mean(0)).sum().item(), rel=1e-5)
     assert losses["dispatched"] != pytest.approx(losses["unbiased"])
+
+
+def test_sinkhorn_balances_the_training_selection_and_leaves_the_gates_alone():
+    torch.manual_seed(0)
+    router = Router(16, 8, 2, get_router_config("sinkhorn"))
+    with torch.no_grad():
+        router.gate.weight[:2] += 0.1  # with inputs around 1: two experts everyone prefers
+    x = torch.randn(2048, 16) + 1.0
+    out = router(x)
+    router.eval()
+    plain = router(x)
+    assert maxvio(plain.counts_E) > 1.0 and maxvio(out.counts_E) < 0.15  # balanced within 15 %
+    torch.testing.assert_close(out.gate_A, plain.scores_TE[out.token_idx_A, out.expert_idx_A]
+                               / plain.scores_TE.gather(1, out.expert_idx_A.view(-1, 2)).sum(1).repeat_interleave(2))
+    log_p = balancing.sinkhorn(torch.randn(512, 8) * 3, 50).exp()
+    torch.testing.assert_close(log_p.sum(0), torch.full((8,), 64.0), rtol=1e-3, atol=1e-3)

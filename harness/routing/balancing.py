@@ -44,6 +44,18 @@ def mask_ineligible_groups(biased_TE: torch.Tensor, n_group: int, topk_group: in
     return biased_TE.masked_fill(~keep_TG.repeat_interleave(num_experts // n_group, dim=1), float("-inf"))
 
 
+def sinkhorn(logits_TE: torch.Tensor, iters: int) -> torch.Tensor:
+    """Log of the Sinkhorn-balanced assignment of exp(logits): alternately each token's row
+    normalised to 1 and each expert's column to T/n, `iters` times (S-BASE, Clark et al. 2022)."""
+    num_tokens, num_experts = logits_TE.shape
+    log_p = logits_TE.float()
+    col_target = torch.log(torch.tensor(num_tokens / num_experts, device=log_p.device))
+    for _ in range(iters):
+        log_p = log_p - torch.logsumexp(log_p, dim=1, keepdim=True)
+        log_p = log_p - torch.logsumexp(log_p, dim=0, keepdim=True) + col_target
+    return log_p
+
+
 def z_loss(logits_TE: torch.Tensor) -> torch.Tensor:
     """ST-MoE router z-loss without beta: mean_t logsumexp(z_t)^2."""
     return torch.logsumexp(logits_TE.float(), dim=-1).square().mean()

@@ -32,6 +32,10 @@ class RouterConfig:
     route_norm: bool = False
     # constant multiplier on the gates (DeepSeek-V3's routed scaling factor)
     route_scale: float = 1.0
+    # S-BASE / Megatron sinkhorn: in training, select the top-k of the router logits after this many
+    # Sinkhorn iterations (every expert's column normalised to T/n); plain top-k at evaluation;
+    # gates from the plain scores. 0 disables it
+    sinkhorn_iters: int = 0
     # group-limited routing (DeepSeek-V3 node-limited, HF/Megatron n_group / topk_group): experts in
     # n_group equal groups, a group scored by the sum of its 2 best (biased) scores, only the
     # topk_group best groups eligible; n_group = 1 disables it
@@ -79,6 +83,11 @@ def validate_router_config(cfg: RouterConfig) -> None:
     for name in ("aux_alpha", "z_loss_beta", "bias_rate"):
         if not 0 <= getattr(cfg, name) < math.inf:
             raise ValueError(f"router.{name} = {getattr(cfg, name)!r} must be a finite number >= 0")
+    if cfg.sinkhorn_iters < 0:
+        raise ValueError(f"router.sinkhorn_iters = {cfg.sinkhorn_iters!r} must be >= 0")
+    if cfg.sinkhorn_iters and (cfg.selection != "topk" or cfg.bias_mode != "none"):
+        raise ValueError("router.sinkhorn_iters > 0 balances the selection itself: it needs selection = 'topk' and "
+                         "bias_mode = 'none'")
     if cfg.n_group < 1 or not 1 <= cfg.topk_group <= cfg.n_group:
         raise ValueError(f"router.n_group = {cfg.n_group!r}, router.topk_group = {cfg.topk_group!r}: need "
                          "n_group >= 1 and 1 <= topk_group <= n_group")

@@ -68,6 +68,12 @@ def deepseek_v3_grouped() -> RouterConfig:
     return replace(deepseek_v3(), n_group=4, topk_group=2)
 
 
+@register_router("sinkhorn")
+def sinkhorn() -> RouterConfig:
+    """S-BASE / Megatron sinkhorn: top-k of Sinkhorn-balanced logits in training (8 iterations), plain at eval."""
+    return replace(softmax_topk(), sinkhorn_iters=8)
+
+
 @register_router("dynamic_k")
 def dynamic_k() -> RouterConfig:
     """Dynamic k (Su part 4): sigmoid threshold s + b > 0, eq. 3 controller holds mean k."""

@@ -64,7 +64,10 @@ class Router(nn.Module):
         scores_TE = SCORE_FUNCS[cfg.score_func](logits_TE)
         if not self._bias_ready_seen and not self._check_bias_ready():
             self._init_threshold_bias(scores_TE)
-        token_idx_A, expert_idx_A, mask_TE = self._select(scores_TE.detach() + self.expert_bias)
+        selection_TE = scores_TE.detach() + self.expert_bias
+        if cfg.sinkhorn_iters and self.training:  # NOTE: selection only; the gates stay the plain scores
+            selection_TE = balancing.sinkhorn(logits_TE.detach(), cfg.sinkhorn_iters)
+        token_idx_A, expert_idx_A, mask_TE = self._select(selection_TE)
         gate_A = scores_TE[token_idx_A, expert_idx_A]
         if cfg.route_norm:
             denom_T = torch.zeros_like(scores_TE[:, 0]).index_add(0, token_idx_A, gate_A)
