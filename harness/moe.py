@@ -181,8 +181,7 @@ class MoELayer(nn.Module):
         self.last_route = route
         order_A = route.expert_idx_A.argsort(stable=True)
         token_A = route.token_idx_A[order_A]
-        # NOTE: the router's mask counts, not bincount: a static shape, so torch.compile does not break here
-        counts_E = route.counts_E.long()
+        counts_E = route.dispatch_E
         # NOTE: index_select, not x_TD[token_A]: the latter's backward adds duplicates with CPU
         # atomics, so a token routed to 3+ experts (dynamic k) got a run-to-run different gradient.
         y_AD = self.experts(x_TD.index_select(0, token_A), counts_E)

@@ -80,6 +80,7 @@ class Trainer:
         self.loads: list[dict] = []
         self.vio_history: list[torch.Tensor] = []  # per step: [2] layer-mean and worst-layer MaxVio
         self.compute_vio: list[float] = []  # per step: MaxVio of one rank's micro-batches (layer mean)
+        self.drops = torch.zeros(2, device=self.device)  # dropped and routed assignments over training
         self.costs: list[dict] = []  # per step: simulated EP balance and capacity drops (metrics.cost_metrics)
         self.window: list[float] = []  # train losses since the last step row
         self.last_eval: dict = {}
@@ -116,6 +117,9 @@ class Trainer:
             if self.layers:
                 micro_LE = torch.stack([layer.last_route.counts_E for layer in self.layers])
                 counts_LE += micro_LE
+                if self.cfg.router_cfg.capacity_factor > 0:  # [dropped, routed] assignments, all layers
+                    self.drops += torch.stack([sum(layer.last_route.num_dropped for layer in self.layers),
+                                               micro_LE.sum()]).float()
                 compute_vio += (micro_LE.max(dim=-1).values / micro_LE.mean(dim=-1).clamp_min(1e-12) - 1).mean()
                 for name, value in metrics.cost_metrics(micro_LE, micro_tokens, self.cfg.model.top_k,
                                                         self.cfg.metrics).items():
@@ -223,6 +227,7 @@ class Trainer:
                 "vio_history": [v.cpu() for v in self.vio_history],
                 "compute_vio": [float(v) for v in self.compute_vio],
                 "costs": [{k: float(v) for k, v in c.items()} for c in self.costs],
+                "drops": self.drops.cpu(),
                 "train_time": self.train_time, "train_cpu": self.train_cpu}
 
     def restore(self, state: dict) -> None:
@@ -234,6 +239,7 @@ class Trainer:
         self.vio_history = [v.to(self.device) for v in state["vio_history"]]
         self.compute_vio = list(state["compute_vio"])
         self.costs = list(state["costs"])
+        self.drops = state["drops"].to(self.device)
         self.train_time, self.train_cpu = state["train_time"], state["train_cpu"]
         self.start_step = state["step"] + 1
 
@@ -256,6 +262,7 @@ class Trainer:
                   "maxvio_batch": vio[0], "maxvio_batch_worst": vio[1],
                   "maxvio_compute": sum(compute) / len(compute) if compute and self.layers else math.nan,
                   "world_size": self.world,
+                  "drop_frac": (self.drops[0] / self.drops[1].clamp_min(1)).item(),
                   **{name: sum(float(c[name]) for c in costs) / len(costs) for name in (costs[0] if costs else {})},
                   "expert_bias": [layer.router.expert_bias.tolist() for layer in self.layers],
                   "tokens_per_s": steps_done * self.tokens_per_step / max(self.train_time, 1e-9),

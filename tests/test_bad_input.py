@@ -36,6 +36,8 @@ def assert_clean_error(code, err, message):
     ("train.eval_every=-5", r"train.eval_every = -5 must be >= 0"),
     ("train.data_seed=-2", r"train.data_seed = -2 must be >= 0, or -1"),
     ("model.rope_theta=0", r"model.rope_theta = 0.0 must be a finite number > 0"),
+    ("router.capacity_factor=-1.0", r"router.capacity_factor = -1.0 must be a finite number >= 0"),
+    ("router.drop_policy=random", r"router.drop_policy = 'random' is not allowed; choose one of \['probs', 'position'\]"),
     ("router.n_group=3", r"router.n_group = 3 must divide model.num_experts = 8"),
     ("router.aux_counts=biased", r"router.aux_counts = 'biased' is not allowed; choose one of \['dispatched', 'unbiased'\]"),
     ("metrics.ep_sizes=[0]", r"metrics.ep_sizes = \[0\] must be a list of whole numbers >= 1"),

@@ -1,6 +1,7 @@
 """Router behaviour a user would notice, parametrized over every registered preset."""
 
 import dataclasses
+import math
 from dataclasses import replace
 
 import pytest
@@ -11,7 +12,9 @@ from harness.routing import balancing
 from harness.metrics import maxvio
 
 DIM, NUM_EXPERTS, TOP_K = 16, 8, 2
-TOPK_PRESETS = [n for n in router_names() if get_router_config(n).selection == "topk"]
+# NOTE: a capacity preset drops assignments by design, so it is not held to exactly k per token
+TOPK_PRESETS = [n for n in router_names() if get_router_config(n).selection == "topk"
+                and not get_router_config(n).capacity_factor]
 THRESHOLD_PRESETS = [n for n in router_names() if get_router_config(n).selection == "threshold"]
 
 
@@ -64,7 +67,9 @@ def test_output_shapes_and_counts(name):
     num_assign = out.token_idx_A.numel()
     assert out.expert_idx_A.shape == out.gate_A.shape == (num_assign,)
     assert out.scores_TE.shape == (12, NUM_EXPERTS)
-    assert out.counts_E.shape == (NUM_EXPERTS,) and out.counts_E.sum().item() == num_assign
+    dropped = 0 if out.num_dropped is None else out.num_dropped.item()  # capacity presets drop some
+    assert out.counts_E.shape == (NUM_EXPERTS,) and out.counts_E.sum().item() == num_assign + dropped
+    assert out.dispatch_E.tolist() == torch.bincount(out.expert_idx_A, minlength=NUM_EXPERTS).tolist()
     assert not out.counts_E.requires_grad
 
 
@@ -84,8 +89,10 @@ def expected_gates(cfg: RouterConfig, scores_TE, token_A, expert_A):
     return gate_A * cfg.route_scale
 
 
-# NOTE: Sinkhorn's training selection reads the balanced logits, not s + b (tested below)
-@pytest.mark.parametrize("name", [n for n in router_names() if not get_router_config(n).sinkhorn_iters])
+# NOTE: Sinkhorn's training selection reads the balanced logits, not s + b, and capacity caps how
+# many tokens expert 3 may take (both tested below)
+@pytest.mark.parametrize("name", [n for n in router_names() if not get_router_config(n).sinkhorn_iters
+                                  and not get_router_config(n).capacity_factor])
 def test_bias_changes_selection_but_never_the_gates(name):
     router = make_router(name)
     x = torch.randn(32, DIM)
@@ -318,3 +325,32 @@ def test_sinkhorn_balances_the_training_selection_and_leaves_the_gates_alone():
                                / plain.scores_TE.gather(1, out.expert_idx_A.view(-1, 2)).sum(1).repeat_interleave(2))
     log_p = balancing.sinkhorn(torch.randn(512, 8) * 3, 50).exp()
     torch.testing.assert_close(log_p.sum(0), torch.full((8,), 64.0), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("policy", ["probs", "position"])
+@pytest.mark.parametrize("factor", [0.5, 1.0, 1.25])
+def test_capacity_keeps_exactly_the_right_assignments(policy, factor):
+    torch.manual_seed(0)
+    cfg = replace(get_router_config("switch_capacity"), capacity_factor=factor, drop_policy=policy)
+    router = Router(16, 8, 2, cfg)
+    with torch.no_grad():
+        router.gate.weight[:2] += 0.1  # an imbalance for capacity to bite on
+    x = torch.randn(96, 16) + 1.0
+    out = router(x)
+    full = replace(cfg, capacity_factor=0.0)
+    router.cfg = full
+    ref = router(x)
+    capacity = math.ceil(factor * 96 * 2 / 8)
+    expected = set()
+    for e in range(8):  # naive: each expert's assignments in priority order, the first `capacity` kept
+        mine = [(t, g) for t, ex, g in zip(ref.token_idx_A.tolist(), ref.expert_idx_A.tolist(), ref.gate_A.tolist())
+                if ex == e]
+        mine.sort(key=(lambda tg: -tg[1]) if policy == "probs" else (lambda tg: tg[0]))
+        expected |= {(t, e) for t, _ in mine[:capacity]}
+    kept = set(zip(out.token_idx_A.tolist(), out.expert_idx_A.tolist()))
+    assert kept == expected
+    assert out.num_dropped.item() == len(ref.token_idx_A) - len(expected) > 0
+    lookup = {(t, e): g for t, e, g in zip(ref.token_idx_A.tolist(), ref.expert_idx_A.tolist(), ref.gate_A.tolist())}
+    assert all(abs(lookup[k] - g) < 1e-6 for k, g in zip(kept, [dict(zip(zip(out.token_idx_A.tolist(),
+               out.expert_idx_A.tolist()), out.gate_A.tolist()))[k] for k in kept]))  # gates as before the drop
+    torch.testing.assert_close(out.counts_E, ref.counts_E)  # balancing sees what was routed

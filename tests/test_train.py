@@ -153,4 +153,6 @@ def test_every_run_records_what_its_load_would_cost(tiny_settings):
     for name in ("ep4_imbalance", "ep4_efficiency", "ep8_imbalance", "ep8_efficiency", "drop_frac_cf1.0",
                  "drop_frac_cf1.25", "maxvio_compute"):
         assert 0 <= record[name] < 8, name
-    assert record["drop_frac_cf1.25"] <= record["drop_frac_cf1.0"]
+    assert record["drop_frac_cf1.25"] <= record["drop_frac_cf1.0"] and record["drop_frac"] == 0  # dropless
+    capped = run(resolve({**tiny_settings, "router": "switch_capacity", "router.capacity_factor": 1.0})).record
+    assert 0 < capped["drop_frac"] < 1 and capped["status"] == "ok"

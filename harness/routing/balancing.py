@@ -44,6 +44,24 @@ def mask_ineligible_groups(biased_TE: torch.Tensor, n_group: int, topk_group: in
     return biased_TE.masked_fill(~keep_TG.repeat_interleave(num_experts // n_group, dim=1), float("-inf"))
 
 
+def capacity_keep(token_idx_A: torch.Tensor, expert_idx_A: torch.Tensor, gate_A: torch.Tensor, num_experts: int,
+                  capacity: int, policy: str) -> torch.Tensor:
+    """[A] bool: the assignments kept when each expert takes at most `capacity`, by highest gate
+    (`probs`) or earliest token (`position`) first."""
+    if policy == "probs":
+        order_A = gate_A.argsort(descending=True, stable=True)
+        order_A = order_A[expert_idx_A[order_A].argsort(stable=True)]
+    else:
+        order_A = (expert_idx_A * 2**31 + token_idx_A).argsort()  # NOTE: one key, no host sync
+    sorted_expert_A = expert_idx_A[order_A]
+    counts_E = torch.bincount(sorted_expert_A, minlength=num_experts)
+    starts_E = counts_E.cumsum(0) - counts_E
+    rank_A = torch.arange(len(order_A), device=order_A.device) - starts_E[sorted_expert_A]
+    keep_A = torch.empty_like(rank_A, dtype=torch.bool)
+    keep_A[order_A] = rank_A < capacity
+    return keep_A
+
+
 def sinkhorn(logits_TE: torch.Tensor, iters: int) -> torch.Tensor:
     """Log of the Sinkhorn-balanced assignment of exp(logits): alternately each token's row
     normalised to 1 and each expert's column to T/n, `iters` times (S-BASE, Clark et al. 2022)."""

@@ -20,6 +20,7 @@ BiasMode = Literal["none", "loss_free", "dynamic_k"]
 BiasUpdate = Literal["sign", "rms", "linear"]
 DynamicKRule = Literal["eq3", "eq4", "eq5"]
 AuxCounts = Literal["dispatched", "unbiased"]
+DropPolicy = Literal["probs", "position"]
 
 
 @dataclass(kw_only=True)
@@ -32,6 +33,11 @@ class RouterConfig:
     route_norm: bool = False
     # constant multiplier on the gates (DeepSeek-V3's routed scaling factor)
     route_scale: float = 1.0
+    # capacity factor c (Switch, GShard, Megatron moe_expert_capacity_factor): each expert keeps at
+    # most ceil(c T k / n) assignments of a micro-batch; 0 = dropless
+    capacity_factor: float = 0.0
+    # which over-capacity assignments are dropped: lowest gate first (probs) or latest token (position)
+    drop_policy: DropPolicy = "probs"
     # S-BASE / Megatron sinkhorn: in training, select the top-k of the router logits after this many
     # Sinkhorn iterations (every expert's column normalised to T/n); plain top-k at evaluation;
     # gates from the plain scores. 0 disables it
@@ -83,6 +89,9 @@ def validate_router_config(cfg: RouterConfig) -> None:
     for name in ("aux_alpha", "z_loss_beta", "bias_rate"):
         if not 0 <= getattr(cfg, name) < math.inf:
             raise ValueError(f"router.{name} = {getattr(cfg, name)!r} must be a finite number >= 0")
+    if not 0 <= cfg.capacity_factor < math.inf:
+        raise ValueError(f"router.capacity_factor = {cfg.capacity_factor!r} must be a finite number >= 0 "
+                         "(0: no dropping)")
     if cfg.sinkhorn_iters < 0:
         raise ValueError(f"router.sinkhorn_iters = {cfg.sinkhorn_iters!r} must be >= 0")
     if cfg.sinkhorn_iters and (cfg.selection != "topk" or cfg.bias_mode != "none"):

@@ -68,6 +68,12 @@ def deepseek_v3_grouped() -> RouterConfig:
     return replace(deepseek_v3(), n_group=4, topk_group=2)
 
 
+@register_router("switch_capacity")
+def switch_capacity() -> RouterConfig:
+    """Switch/GShard style: softmax top-k, aux loss 1e-2, capacity factor 1.25, lowest gates dropped."""
+    return replace(softmax_topk(), route_norm=False, aux_alpha=1e-2, capacity_factor=1.25, drop_policy="probs")
+
+
 @register_router("sinkhorn")
 def sinkhorn() -> RouterConfig:
     """S-BASE / Megatron sinkhorn: top-k of Sinkhorn-balanced logits in training (8 iterations), plain at eval."""

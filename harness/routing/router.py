@@ -10,6 +10,7 @@ counts of the whole step.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +37,8 @@ class RouterOutput:
     counts_E: torch.Tensor  # [E] float32, no grad: assignments per expert in this forward
     scores_TE: torch.Tensor  # [T, E] float32: s = h(z), before any bias
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)  # already multiplied by coefficients
+    num_dropped: torch.Tensor | None = None  # 0-d: assignments dropped over capacity (None: dropless)
+    dispatch_E: torch.Tensor | None = None  # [E] long: assignments each expert computes (counts_E less drops)
 
 
 class Router(nn.Module):
@@ -73,13 +76,22 @@ class Router(nn.Module):
             denom_T = torch.zeros_like(scores_TE[:, 0]).index_add(0, token_idx_A, gate_A)
             gate_A = gate_A / denom_T[token_idx_A].clamp_min(1e-20)
         gate_A = gate_A * cfg.route_scale
-        counts_E = mask_TE.sum(dim=0, dtype=torch.float32)
+        counts_E = mask_TE.sum(dim=0, dtype=torch.float32)  # NOTE: routed, before any drop: what balancing sees
+        num_dropped = None
+        if cfg.capacity_factor > 0:  # NOTE: after the gates are normalised over the k chosen, as Megatron does
+            keep_A = balancing.capacity_keep(token_idx_A, expert_idx_A, gate_A.detach(), self.num_experts,
+                                             math.ceil(cfg.capacity_factor * x_TD.shape[0] * self.top_k
+                                                       / self.num_experts), cfg.drop_policy)
+            num_dropped = (~keep_A).sum()
+            token_idx_A, expert_idx_A, gate_A = token_idx_A[keep_A], expert_idx_A[keep_A], gate_A[keep_A]
         aux_mask_TE = mask_TE
         if cfg.aux_counts == "unbiased" and cfg.aux_alpha > 0:  # F from the top-k the bias did not move
             aux_mask_TE = self._select(scores_TE.detach())[2]
         aux = self._aux_losses(logits_TE, scores_TE, aux_mask_TE, aux_mask_TE.sum(dim=0, dtype=torch.float32),
                                seq_len)
-        return RouterOutput(token_idx_A, expert_idx_A, gate_A, counts_E, scores_TE, aux)
+        # NOTE: without drops, the mask counts: a static shape, so torch.compile does not break there
+        dispatch_E = counts_E.long() if num_dropped is None else torch.bincount(expert_idx_A, minlength=self.num_experts)
+        return RouterOutput(token_idx_A, expert_idx_A, gate_A, counts_E, scores_TE, aux, num_dropped, dispatch_E)
 
     def _select(self, biased_TE: torch.Tensor):
         num_tokens = biased_TE.shape[0]
