@@ -50,6 +50,7 @@ def test_top_k_routers_compile_to_one_graph_on_the_grouped_mm_path():
         model = MoETransformer(cfg.model, cfg.router_cfg)
         x = torch.randint(0, 256, (2, 64))
         with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x)  # the first forward sets a quantile bias up (once, eagerly, as in training)
             dynamo.reset()
             explained = dynamo.explain(model)(x)
         assert explained.graph_break_count == 0, (name, [str(b.reason)[:200] for b in explained.break_reasons])

@@ -62,6 +62,12 @@ def capacity_keep(token_idx_A: torch.Tensor, expert_idx_A: torch.Tensor, gate_A:
     return keep_A
 
 
+def expert_quantiles(scores_TE: torch.Tensor, top_k: int) -> torch.Tensor:
+    """[E] each expert's (1 - k/n) quantile of its scores over these tokens: the score above which
+    it fires on its fair share k/n of them (quantile balancing)."""
+    return torch.quantile(scores_TE.detach().float(), 1 - top_k / scores_TE.shape[-1], dim=0)
+
+
 def sinkhorn(logits_TE: torch.Tensor, iters: int) -> torch.Tensor:
     """Log of the Sinkhorn-balanced assignment of exp(logits): alternately each token's row
     normalised to 1 and each expert's column to T/n, `iters` times (S-BASE, Clark et al. 2022)."""

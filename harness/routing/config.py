@@ -16,7 +16,7 @@ ScoreFunc = Literal["softmax", "sigmoid", "relu", "softplus"]
 Selection = Literal["topk", "threshold"]
 OutputForm = Literal["plain", "magnitude"]
 AuxScope = Literal["micro_batch", "sequence", "global_batch"]
-BiasMode = Literal["none", "loss_free", "dynamic_k"]
+BiasMode = Literal["none", "loss_free", "dynamic_k", "quantile"]
 BiasUpdate = Literal["sign", "rms", "linear"]
 DynamicKRule = Literal["eq3", "eq4", "eq5"]
 AuxCounts = Literal["dispatched", "unbiased"]
@@ -68,6 +68,9 @@ class RouterConfig:
     bias_center: bool = False
     # freeze the bias (u = 0) for this last fraction of training (DeepSeek-V3)
     bias_freeze_frac: float = 0.0
+    # quantile balancing (Su parts 6-7): b = -(1 - k/n) quantile of each expert's scores over the
+    # step's tokens, smoothed b <- m b + (1 - m) b_new with m = qb_ema
+    qb_ema: float = 0.9
     # dynamic-k update: Su eq. 3 (target k), eq. 4 (k as a ceiling), eq. 5 (simple)
     dynamic_k_rule: DynamicKRule = "eq3"
 
@@ -108,12 +111,15 @@ def validate_router_config(cfg: RouterConfig) -> None:
         raise ValueError(f"router.route_scale = {cfg.route_scale!r} must be a finite number > 0")
     if not 0.0 <= cfg.bias_freeze_frac < 1.0:
         raise ValueError(f"router.bias_freeze_frac = {cfg.bias_freeze_frac!r} must be in [0, 1)")
-    if (cfg.selection == "threshold") != (cfg.bias_mode == "dynamic_k"):
+    if not 0 <= cfg.qb_ema < 1:
+        raise ValueError(f"router.qb_ema = {cfg.qb_ema!r} must be in [0, 1)")
+    threshold = cfg.selection == "threshold"
+    if (threshold and cfg.bias_mode not in ("dynamic_k", "quantile")) or (cfg.bias_mode == "dynamic_k" and not threshold):
         raise ValueError(
             f"router.selection = {cfg.selection!r} with router.bias_mode = {cfg.bias_mode!r}: threshold "
-            "selection needs the dynamic_k controller to set its budget and dynamic_k needs threshold "
-            "selection; use selection='threshold' with bias_mode='dynamic_k', or selection='topk' "
-            "with bias_mode in ['none', 'loss_free']"
+            "selection needs a controller that sets its budget (dynamic_k or quantile) and dynamic_k needs "
+            "threshold selection; use selection='threshold' with bias_mode in ['dynamic_k', 'quantile'], or "
+            "selection='topk' with bias_mode in ['none', 'loss_free', 'quantile']"
         )
     if cfg.output_form == "magnitude" and (cfg.score_func == "softmax" or cfg.route_norm):
         raise ValueError(

@@ -80,6 +80,18 @@ def sinkhorn() -> RouterConfig:
     return replace(softmax_topk(), sinkhorn_iters=8)
 
 
+@register_router("quantile_balancing")
+def quantile_balancing() -> RouterConfig:
+    """Quantile balancing (Su parts 6-7): sigmoid top-k, bias set to minus each expert's (1 - k/n) score quantile, EMA 0.9."""
+    return replace(sigmoid_topk(), bias_mode="quantile", qb_ema=0.9)
+
+
+@register_router("quantile_threshold")
+def quantile_threshold() -> RouterConfig:
+    """Quantile balancing with threshold selection: each expert fires above its own quantile (causal expert choice)."""
+    return replace(quantile_balancing(), selection="threshold", route_norm=False)
+
+
 @register_router("dynamic_k")
 def dynamic_k() -> RouterConfig:
     """Dynamic k (Su part 4): sigmoid threshold s + b > 0, eq. 3 controller holds mean k."""

@@ -56,10 +56,12 @@ class Router(nn.Module):
         # selection, saved in state_dict.
         self.register_buffer("expert_bias", torch.zeros(num_experts, dtype=torch.float32))
         # dynamic k starts its bias at a common value that fires about k experts per token
-        self.register_buffer("bias_ready", torch.tensor(cfg.bias_mode != "dynamic_k"))
+        self.register_buffer("bias_ready", torch.tensor(cfg.bias_mode not in ("dynamic_k", "quantile")))
+        # quantile balancing: the sum of per-micro-batch quantiles this step, and how many
+        self.register_buffer("step_quantile", torch.zeros(num_experts + 1), persistent=False)
         # counts so far in this optimizer step, for the global_batch aux scope (Qwen's buffer)
         self.register_buffer("step_counts", torch.zeros(num_experts), persistent=False)
-        self._bias_ready_seen = cfg.bias_mode != "dynamic_k"  # host copy: no device sync per forward
+        self._bias_ready_seen = bool(self.bias_ready)  # host copy: no device sync per forward
 
     def forward(self, x_TD: torch.Tensor, seq_len: int | None = None) -> RouterOutput:
         cfg = self.cfg
@@ -67,6 +69,10 @@ class Router(nn.Module):
         scores_TE = SCORE_FUNCS[cfg.score_func](logits_TE)
         if not self._bias_ready_seen and not self._check_bias_ready():
             self._init_threshold_bias(scores_TE)
+        if cfg.bias_mode == "quantile" and self.training:
+            with torch.no_grad():
+                self.step_quantile[:-1] += balancing.expert_quantiles(scores_TE, self.top_k)
+                self.step_quantile[-1] += 1
         selection_TE = scores_TE.detach() + self.expert_bias
         if cfg.sinkhorn_iters and self.training:  # NOTE: selection only; the gates stay the plain scores
             selection_TE = balancing.sinkhorn(logits_TE.detach(), cfg.sinkhorn_iters)
@@ -135,7 +141,10 @@ class Router(nn.Module):
     def _init_threshold_bias(self, scores_TE: torch.Tensor) -> None:
         # NOTE: from the scores of every rank's first batch, so every rank starts at the same bias
         scores_TE = distributed.all_cat(scores_TE.detach())
-        self.expert_bias.fill_(balancing.threshold_init_bias(scores_TE, self.top_k))
+        if self.cfg.bias_mode == "quantile":  # each expert starts at its own quantile
+            self.expert_bias.copy_(-balancing.expert_quantiles(scores_TE, self.top_k))
+        else:
+            self.expert_bias.fill_(balancing.threshold_init_bias(scores_TE, self.top_k))
         self.bias_ready.fill_(True)
         self._bias_ready_seen = True
 
@@ -151,6 +160,12 @@ class Router(nn.Module):
         if cfg.bias_mode == "none" or progress >= 1.0 - cfg.bias_freeze_frac:
             return
         counts_E = counts_E.to(self.expert_bias.device, torch.float32)
+        if cfg.bias_mode == "quantile":
+            step_quantile, self.step_quantile = distributed.all_sum_(self.step_quantile.clone()), \
+                torch.zeros_like(self.step_quantile)
+            target_E = -step_quantile[:-1] / step_quantile[-1].clamp_min(1)  # the step's mean quantile
+            self.expert_bias.mul_(cfg.qb_ema).add_((1 - cfg.qb_ema) * target_E)
+            return
         if cfg.bias_mode == "loss_free":
             new_bias = balancing.loss_free_update(self.expert_bias, counts_E, cfg, cfg.bias_rate)
         else:
