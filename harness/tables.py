@@ -98,6 +98,15 @@ def complete_run_ids(folder: Path) -> set[str]:
     return set(runs.loc[runs["status"].isin(COMPLETE), "run_id"])
 
 
+def is_complete(folder: Path, run_id: str) -> bool:
+    """Whether `run_id`'s runs/ file is there with a complete status (reads that one file only)."""
+    path = Path(folder) / "runs" / f"{run_id}.parquet"
+    if not path.is_file():
+        return False
+    part = _read_file(path, ["status"])
+    return part is not None and part.num_rows > 0 and part.column("status")[0].as_py() in COMPLETE
+
+
 def append_run(folder: Path, result, key: str | None = None) -> None:
     """Write one run's steps, loads and record, in that order (the record marks completion)."""
     folder = Path(folder)

@@ -189,7 +189,7 @@ def work(suite, folder: Path, storage, run_one, progress: bool = True) -> int:
         assert cfg.run_id == trial.user_attrs["run_id"], "the queue does not match the suite"
         status = "interrupted"
         try:
-            if cfg.run_id in tables.complete_run_ids(folder):  # its worker died after writing the files
+            if tables.is_complete(folder, cfg.run_id):  # its worker died after writing the files
                 status = "ok"
             else:
                 with Heartbeat(storage, trial_id):

@@ -250,3 +250,12 @@ def test_ctrl_c_ends_a_worker_with_one_line_and_the_rerun_resumes(make_suite, tm
     assert "Run the same command again to resume" in err and len(err.strip().splitlines()) == 1, err
     wait_ok(start(cmd))
     assert len(tables.read(tmp_path / "tiny", "runs")) == 4
+
+
+def test_is_complete_reads_one_run_file(tmp_path):
+    from harness.train import RunResult
+
+    tables.append_run(tmp_path, RunResult({"run_id": "a", "status": "ok"}))
+    tables.append_run(tmp_path, RunResult({"run_id": "b", "status": "failed"}))
+    assert tables.is_complete(tmp_path, "a") and not tables.is_complete(tmp_path, "b")
+    assert not tables.is_complete(tmp_path, "c")
