@@ -88,7 +88,7 @@ def test_interrupted_suite_completes_on_rerun_with_each_run_once(make_suite, tmp
     assert (steps.groupby("run_id")["step"].apply(lambda s: s.is_unique)).all()
 
 
-def test_a_failing_run_is_recorded_and_retried(make_suite, tmp_path, monkeypatch):
+def test_a_failing_run_is_recorded_reported_exits_1_and_is_retried(make_suite, tmp_path, monkeypatch, capsys):
     suite = make_suite(TWO_VARIANTS)
     real_run = experiment.run
 
@@ -98,6 +98,10 @@ def test_a_failing_run_is_recorded_and_retried(make_suite, tmp_path, monkeypatch
         return real_run(cfg, **kwargs)
 
     monkeypatch.setattr(experiment, "run", broken_loss_free)
+    code, out, err = run_cli(["run", str(suite), "--out", str(tmp_path)], capsys)  # the others still run
+    assert code == 1 and "1 of 2 runs failed (loss_free)" in err and "Traceback" not in err and "simulated" in out
+    assert main(["report", str(tmp_path / "tiny")]) == 0
+    assert "Runs that did not finish: loss_free (seed 0): failed" in (tmp_path / "tiny" / "report.md").read_text()
     with pytest.raises(RunsFailed, match="1 of 2 runs failed"):
         experiment.run_suite_file(str(suite), out_dir=str(tmp_path), progress=False)
     runs = tables.read(tmp_path / "tiny", "runs").set_index("variant")
