@@ -92,6 +92,7 @@ def expected_gates(cfg: RouterConfig, scores_TE, token_A, expert_A):
 # NOTE: Sinkhorn's training selection reads the balanced logits, not s + b, and capacity caps how
 # many tokens expert 3 may take (both tested below)
 @pytest.mark.parametrize("name", [n for n in router_names() if not get_router_config(n).sinkhorn_iters
+                                  and get_router_config(n).selection != "expert_choice"  # it has no bias
                                   and not get_router_config(n).capacity_factor])
 def test_bias_changes_selection_but_never_the_gates(name):
     router = make_router(name)
@@ -374,3 +375,64 @@ def test_quantile_bias_fires_each_expert_on_about_k_over_n_of_tokens(name):
     torch.testing.assert_close(fire_rate, torch.full((NUM_EXPERTS,), TOP_K / NUM_EXPERTS), atol=0.03, rtol=0)
     expected = -torch.quantile(scores, 1 - TOP_K / NUM_EXPERTS, dim=0)  # the bias is the quantile itself
     torch.testing.assert_close(router.expert_bias, expected, atol=0.02, rtol=0)
+
+
+@pytest.mark.parametrize("chunk", [0, 16, 32])
+def test_expert_choice_gives_each_expert_exactly_c_tokens_per_chunk(chunk):
+    router = make_router("expert_choice", ec_chunk=chunk)
+    x = torch.randn(64, DIM)
+    out = router(x)
+    size = chunk or 64
+    capacity = balancing.expert_choice_capacity(size, TOP_K, NUM_EXPERTS)
+    assert capacity == size * TOP_K // NUM_EXPERTS
+    scores_TE = out.scores_TE.detach()
+    for start in range(0, 64, size):  # naive loop: per chunk and expert, its C best tokens
+        in_chunk = (out.token_idx_A >= start) & (out.token_idx_A < start + size)
+        for e in range(NUM_EXPERTS):
+            taken = set(out.token_idx_A[in_chunk & (out.expert_idx_A == e)].tolist())
+            best = set((scores_TE[start:start + size, e].topk(capacity).indices + start).tolist())
+            assert taken == best
+    assert out.counts_E.tolist() == [64 * TOP_K / NUM_EXPERTS] * NUM_EXPERTS
+    assert torch.equal(out.token_idx_A, out.token_idx_A.sort().values)  # token-major, as the contract says
+    k_T = torch.bincount(out.token_idx_A, minlength=64)
+    assert k_T.float().mean() == TOP_K and k_T.max() > TOP_K  # a variable number per token, mean k
+
+
+def test_expert_choice_causal_topk_picks_k_per_token_from_the_same_scores():
+    router = make_router("expert_choice")
+    x = torch.randn(32, DIM)
+    router.causal_topk = True
+    out = router(x)
+    assert torch.bincount(out.token_idx_A, minlength=32).tolist() == [TOP_K] * 32
+    expected = out.scores_TE.topk(TOP_K, dim=-1).indices.sort(dim=-1).values
+    assert torch.equal(out.expert_idx_A.view(32, TOP_K).sort(dim=-1).values, expected)
+
+
+def test_expert_choice_depends_on_later_tokens_and_causal_topk_does_not():
+    router = make_router("expert_choice")
+    x = torch.randn(32, DIM)
+    changed = x.clone()
+    changed[16:] = torch.randn(16, DIM) * 5  # only the later half of the chunk changes
+    first_half = lambda out: out.expert_idx_A[out.token_idx_A < 16].tolist()  # noqa: E731
+    assert first_half(router(x)) != first_half(router(changed))
+    router.causal_topk = True
+    assert first_half(router(x)) == first_half(router(changed))
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"ec_chunk": -1}, "router.ec_chunk"),
+    ({"bias_mode": "loss_free"}, "expert_choice.*bias_mode"),
+    ({"capacity_factor": 1.0}, "expert_choice.*capacity_factor"),
+])
+def test_expert_choice_refuses_what_it_cannot_combine_with(bad, match):
+    with pytest.raises(ValueError, match=match):
+        get_router_config("expert_choice", **bad)
+
+
+def test_expert_choice_chunk_must_divide_the_micro_batch():
+    from harness.config import resolve
+
+    with pytest.raises(ValueError, match=r"router.ec_chunk = 100 must divide the 2048 tokens.*batch_size 16"):
+        resolve({"router": "expert_choice", "router.ec_chunk": 100, "model.seq_len": 128})
+    with pytest.raises(ValueError, match="ec_chunk = 24 must divide the 32 tokens"):
+        make_router("expert_choice", ec_chunk=24)(torch.randn(32, DIM))

@@ -62,6 +62,26 @@ def capacity_keep(token_idx_A: torch.Tensor, expert_idx_A: torch.Tensor, gate_A:
     return keep_A
 
 
+def expert_choice_capacity(chunk: int, top_k: int, num_experts: int) -> int:
+    """Tokens each expert takes per chunk in expert choice: C = chunk k / n, rounded, at least 1."""
+    return min(chunk, max(1, round(chunk * top_k / num_experts)))
+
+
+def expert_choice_mask(scores_TE: torch.Tensor, chunk: int, top_k: int) -> torch.Tensor:
+    """[T, E] bool: expert choice (Zhou et al. 2022). Tokens in consecutive chunks of `chunk`
+    (0: all T); in each chunk every expert takes its C highest-scoring tokens (C =
+    `expert_choice_capacity`), so a token gets 0..n experts. Not causal: a token's experts
+    depend on the later tokens of its chunk."""
+    num_tokens, num_experts = scores_TE.shape
+    chunk = chunk or num_tokens
+    if num_tokens % chunk:
+        raise ValueError(f"router.ec_chunk = {chunk} must divide the {num_tokens} tokens of a micro-batch "
+                         "(train.batch_size x model.seq_len)")
+    scores_GCE = scores_TE.reshape(num_tokens // chunk, chunk, num_experts)
+    picked_GCE = scores_GCE.topk(expert_choice_capacity(chunk, top_k, num_experts), dim=1).indices
+    return torch.zeros_like(scores_GCE, dtype=torch.bool).scatter_(1, picked_GCE, True).view(num_tokens, num_experts)
+
+
 def expert_quantiles(scores_TE: torch.Tensor, top_k: int) -> torch.Tensor:
     """[E] each expert's (1 - k/n) quantile of its scores over these tokens: the score above which
     it fires on its fair share k/n of them (quantile balancing)."""

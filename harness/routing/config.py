@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args, get_type_hints
 
 ScoreFunc = Literal["softmax", "sigmoid", "relu", "softplus"]
-Selection = Literal["topk", "threshold"]
+Selection = Literal["topk", "threshold", "expert_choice"]
 OutputForm = Literal["plain", "magnitude"]
 AuxScope = Literal["micro_batch", "sequence", "global_batch"]
 BiasMode = Literal["none", "loss_free", "dynamic_k", "quantile"]
@@ -27,8 +27,11 @@ DropPolicy = Literal["probs", "position"]
 class RouterConfig:
     # --- score function h: scores s = h(z), z = x W_r
     score_func: ScoreFunc = "softmax"
-    # --- selection rule: top-k of s + b, or every expert with s + b > 0 (dynamic k)
+    # --- selection rule: top-k of s + b, every expert with s + b > 0 (dynamic k), or expert choice
+    # (Zhou et al. 2022: each expert takes its C = chunk k / n best tokens of a chunk; not causal)
     selection: Selection = "topk"
+    # expert choice: tokens per chunk (must divide a micro-batch's tokens); 0 = the whole micro-batch
+    ec_chunk: int = 0
     # renormalise the gates over the selected experts (Mixtral, DeepSeek-V3)
     route_norm: bool = False
     # constant multiplier on the gates (DeepSeek-V3's routed scaling factor)
@@ -95,6 +98,12 @@ def validate_router_config(cfg: RouterConfig) -> None:
     if not 0 <= cfg.capacity_factor < math.inf:
         raise ValueError(f"router.capacity_factor = {cfg.capacity_factor!r} must be a finite number >= 0 "
                          "(0: no dropping)")
+    if cfg.ec_chunk < 0:
+        raise ValueError(f"router.ec_chunk = {cfg.ec_chunk!r} must be >= 0 (0: the whole micro-batch)")
+    if cfg.selection == "expert_choice" and (cfg.bias_mode != "none" or cfg.capacity_factor > 0 or cfg.n_group > 1):
+        raise ValueError("router.selection = 'expert_choice' balances by construction: it needs bias_mode = 'none', "
+                         f"capacity_factor = 0 and n_group = 1; got bias_mode={cfg.bias_mode!r}, "
+                         f"capacity_factor={cfg.capacity_factor!r}, n_group={cfg.n_group!r}")
     if cfg.sinkhorn_iters < 0:
         raise ValueError(f"router.sinkhorn_iters = {cfg.sinkhorn_iters!r} must be >= 0")
     if cfg.sinkhorn_iters and (cfg.selection != "topk" or cfg.bias_mode != "none"):

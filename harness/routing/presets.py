@@ -74,6 +74,12 @@ def switch_capacity() -> RouterConfig:
     return replace(softmax_topk(), route_norm=False, aux_alpha=1e-2, capacity_factor=1.25, drop_policy="probs")
 
 
+@register_router("expert_choice")
+def expert_choice() -> RouterConfig:
+    """Expert choice (Zhou et al. 2022): each expert takes its top k/n share of a micro-batch's tokens; not causal."""
+    return RouterConfig(score_func="softmax", selection="expert_choice", ec_chunk=0)
+
+
 @register_router("sinkhorn")
 def sinkhorn() -> RouterConfig:
     """S-BASE / Megatron sinkhorn: top-k of Sinkhorn-balanced logits in training (8 iterations), plain at eval."""

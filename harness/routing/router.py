@@ -62,6 +62,9 @@ class Router(nn.Module):
         # counts so far in this optimizer step, for the global_batch aux scope (Qwen's buffer)
         self.register_buffer("step_counts", torch.zeros(num_experts), persistent=False)
         self._bias_ready_seen = bool(self.bias_ready)  # host copy: no device sync per forward
+        # expert choice only: route by a causal top-k of the same scores instead (the driver sets it
+        # for a second validation pass, val_loss_causal)
+        self.causal_topk = False
 
     def forward(self, x_TD: torch.Tensor, seq_len: int | None = None) -> RouterOutput:
         cfg = self.cfg
@@ -103,7 +106,11 @@ class Router(nn.Module):
         num_tokens = biased_TE.shape[0]
         if self.cfg.n_group > 1:
             biased_TE = balancing.mask_ineligible_groups(biased_TE, self.cfg.n_group, self.cfg.topk_group)
-        if self.cfg.selection == "topk":
+        selection = "topk" if self.causal_topk else self.cfg.selection
+        if selection == "expert_choice":  # a variable number per token, exactly C tokens per expert and chunk
+            mask_TE = balancing.expert_choice_mask(biased_TE, self.cfg.ec_chunk, self.top_k)
+            token_idx_A, expert_idx_A = mask_TE.nonzero(as_tuple=True)
+        elif selection == "topk":
             expert_ids_TK = biased_TE.topk(self.top_k, dim=-1).indices
             token_idx_A = torch.arange(num_tokens, device=biased_TE.device).repeat_interleave(self.top_k)
             expert_idx_A = expert_ids_TK.flatten()
