@@ -216,4 +216,9 @@ def resolve(settings: dict[str, Any]) -> RunConfig:
         raise ValueError(f"router.n_group = {groups} must divide model.num_experts = {experts}, and the "
                          f"router.topk_group = {cfg.router_cfg.topk_group} eligible groups must hold at least "
                          f"model.top_k = {cfg.model.top_k} experts")
+    micro_tokens = cfg.train.batch_size * cfg.model.seq_len
+    if cfg.router_cfg.selection == "expert_choice" and micro_tokens % (cfg.router_cfg.ec_chunk or micro_tokens):
+        raise ValueError(f"router.ec_chunk = {cfg.router_cfg.ec_chunk} must divide the {micro_tokens} tokens of a "
+                         f"micro-batch (train.batch_size {cfg.train.batch_size} x model.seq_len {cfg.model.seq_len}); "
+                         "0 takes the whole micro-batch")
     return cfg

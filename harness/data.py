@@ -38,6 +38,18 @@ class Corpus:
     val: torch.Tensor  # [M] token ids
     vocab_size: int
     fingerprint: dict = field(default_factory=dict)  # source, files, bytes, sha256
+    # validation documents: where each starts in `val` and its domain (index into `domains`); the
+    # stdlib's domain is a file's top-level module, a text glob's its file. Empty: no domains
+    val_doc_starts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    val_doc_domain: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    domains: list[str] = field(default_factory=list)
+
+    def val_domains(self, positions: torch.Tensor) -> torch.Tensor | None:
+        """Domain index of each position of `val` (any shape), or None without domains."""
+        if not self.domains:
+            return None
+        doc = np.searchsorted(self.val_doc_starts, positions.numpy(), side="right") - 1
+        return torch.from_numpy(np.asarray(self.val_doc_domain[doc]))
 
 
 def _is_val_file(rel: str, val_fraction: float) -> bool:
@@ -57,28 +69,60 @@ def _bytes_to_tensor(chunks: list[bytes]) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(b"".join(chunks), dtype=np.uint8).copy())
 
 
-def _split_text_files(source: str, root: Path | None, paths: list[Path], val_fraction: float) -> Corpus:
+@dataclass
+class TextSplit:
+    """A text corpus split by file, before tokenisation: each split's documents and domains."""
+    train: list[bytes]
+    val: list[bytes]
+    val_domains: list[str]  # one per validation document
+    fingerprint: dict
+
+
+def split_text_files(source: str, root: Path | None, paths: list[Path], val_fraction: float,
+                     domain_of=None) -> TextSplit:
+    """Train and validation documents of text files: by a hash of each file's path, or the tail of
+    a single file. `domain_of(relative path)` names a document's domain (default: the path)."""
     contents = [p.read_bytes() for p in paths]
+    rels = [str(p.relative_to(root)) if root else str(p) for p in paths]
     if len(paths) == 1:
         data = contents[0]
         cut = int(len(data) * (1 - val_fraction))
-        train, val = [data[:cut]], [data[cut:]]
+        train, val, val_rels = [data[:cut]], [data[cut:]], rels
     else:
-        rels = [str(p.relative_to(root)) if root else str(p) for p in paths]
         flags = [_is_val_file(rel, val_fraction) for rel in rels]
         if all(flags) or not any(flags):  # too few files for a hash split: hold out the last
             flags = [i == len(paths) - 1 for i in range(len(paths))]
         train = [c for c, v in zip(contents, flags) if not v]
         val = [c for c, v in zip(contents, flags) if v]
+        val_rels = [r for r, v in zip(rels, flags) if v]
     if not any(train) or not any(val):
         raise ValueError(f"data.source = {source!r} is too small to give both a train and a validation split")
-    return Corpus(_bytes_to_tensor(train), _bytes_to_tensor(val), 256, _fingerprint(source, contents))
+    return TextSplit(train, val, [(domain_of or str)(r) for r in val_rels], _fingerprint(source, contents))
 
 
-def _stdlib(val_fraction: float) -> Corpus:
+def with_domains(corpus: Corpus, doc_lengths: list[int], doc_domains: list[str]) -> Corpus:
+    """`corpus` with its validation documents' starts (from their lengths in tokens) and domains."""
+    names = sorted(set(doc_domains))
+    corpus.val_doc_starts = np.concatenate([[0], np.cumsum(doc_lengths)[:-1]]).astype(np.int64)
+    corpus.val_doc_domain = np.array([names.index(d) for d in doc_domains], dtype=np.int64)
+    corpus.domains = names
+    return corpus
+
+
+def _byte_corpus(split: TextSplit) -> Corpus:
+    corpus = Corpus(_bytes_to_tensor(split.train), _bytes_to_tensor(split.val), 256, split.fingerprint)
+    return with_domains(corpus, [len(d) for d in split.val], split.val_domains)
+
+
+def stdlib_domain(rel: str) -> str:
+    """A stdlib file's domain: its top-level module (`email/parser.py` -> `email`, `os.py` -> `os`)."""
+    return Path(rel).parts[0].removesuffix(".py")
+
+
+def _stdlib_split(val_fraction: float) -> TextSplit:
     root = Path(sysconfig.get_paths()["stdlib"])
     paths = sorted((p for p in root.rglob("*.py") if "site-packages" not in p.parts), key=lambda p: str(p.relative_to(root)))
-    return _split_text_files("stdlib", root, paths, val_fraction)
+    return split_text_files("stdlib", root, paths, val_fraction, stdlib_domain)
 
 
 def _bin_shards(source: str, paths: list[Path], val_fraction: float) -> Corpus:
@@ -121,7 +165,7 @@ def load_corpus(source: str = "stdlib", val_fraction: float = 0.05) -> Corpus:
     if not 0 < val_fraction < 1:
         raise ValueError(f"data.val_fraction = {val_fraction!r} must be strictly between 0 and 1")
     if source == "stdlib":
-        return _stdlib(val_fraction)
+        return _byte_corpus(_stdlib_split(val_fraction))
     if source.startswith("hf:"):
         return _hf_dataset(source, val_fraction)
     paths = sorted(Path(p) for p in glob.glob(os.path.expanduser(source), recursive=True) if os.path.isfile(p))
@@ -133,7 +177,7 @@ def load_corpus(source: str = "stdlib", val_fraction: float = 0.05) -> Corpus:
     if all(p.suffix == ".bin" for p in paths):
         return _bin_shards(source, paths, val_fraction)
     root = Path(os.path.commonpath([str(p.parent) for p in paths]))
-    return _split_text_files(source, root, paths, val_fraction)
+    return _byte_corpus(split_text_files(source, root, paths, val_fraction))
 
 
 def sample_batch(tokens: torch.Tensor, batch_size: int, seq_len: int, gen: torch.Generator,
@@ -149,12 +193,23 @@ def sample_batch(tokens: torch.Tensor, batch_size: int, seq_len: int, gen: torch
     return window[:, :-1], window[:, 1:]
 
 
-def validation_batches(tokens: torch.Tensor, num_batches: int, batch_size: int, seq_len: int):
-    """A fixed validation set: evenly spaced windows, the same for every run and evaluation."""
-    num_windows = num_batches * batch_size
-    last = len(tokens) - seq_len - 1
+def validation_starts(num_tokens: int, num_windows: int, seq_len: int) -> torch.Tensor:
+    """Starts of the fixed validation windows: evenly spaced, the same for every run and evaluation."""
+    last = num_tokens - seq_len - 1
     if last < 1:
-        raise ValueError(f"the validation split ({len(tokens)} tokens) is shorter than model.seq_len = {seq_len}")
-    starts = torch.linspace(0, last, num_windows).long()
+        raise ValueError(f"the validation split ({num_tokens} tokens) is shorter than model.seq_len = {seq_len}")
+    return torch.linspace(0, last, num_windows).long()
+
+
+def validation_batches(tokens: torch.Tensor, num_batches: int, batch_size: int, seq_len: int):
+    """A fixed validation set: [B, L] inputs and targets of evenly spaced windows."""
+    starts = validation_starts(len(tokens), num_batches * batch_size, seq_len)
     window = torch.stack([tokens[s : s + seq_len + 1] for s in starts.tolist()]).long()
     return [(w[:, :-1], w[:, 1:]) for w in window.split(batch_size)]
+
+
+def validation_domains(corpus: Corpus, num_batches: int, batch_size: int, seq_len: int):
+    """Per validation batch, the [B, L] domain index of each input token (None without domains)."""
+    starts = validation_starts(len(corpus.val), num_batches * batch_size, seq_len)
+    domains = corpus.val_domains(starts[:, None] + torch.arange(seq_len))
+    return None if domains is None else list(domains.split(batch_size))

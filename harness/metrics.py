@@ -100,6 +100,42 @@ def normalized_entropy(counts) -> float | np.ndarray:
     return float(out) if np.ndim(out) == 0 else out
 
 
+def specialisation(joint_LED) -> float:
+    """Normalised mutual information between an assignment's expert and its token's domain, from
+    [L, E, D] assignment counts: I(expert; domain) / mean(H(expert), H(domain)) per layer (0: the
+    expert says nothing of the domain, 1: it determines it), layer mean. NaN with < 2 domains."""
+    joint = _as_array(joint_LED)
+    if joint.ndim == 2:
+        joint = joint[None]
+    values = []
+    for table in joint:
+        table = table[:, table.sum(axis=0) > 0]
+        total = table.sum()
+        if table.shape[1] < 2 or total == 0:
+            return math.nan
+        p = table / total
+        pe, pd = p.sum(axis=1, keepdims=True), p.sum(axis=0, keepdims=True)
+        nz = p > 0
+        mutual = float((p[nz] * np.log(p[nz] / (pe @ pd)[nz])).sum())
+        entropy = [float(-(q[q > 0] * np.log(q[q > 0])).sum()) for q in (pe, pd)]
+        values.append(mutual / max(sum(entropy) / 2, 1e-12))
+    return float(np.mean(values))
+
+
+def k_loss_correlation(k_LT, loss_T, bins: int = 10) -> tuple[float, list[float]]:
+    """Dynamic k against difficulty: Spearman's rho between a token's number of experts and its
+    loss per layer (layer mean; NaN where k does not vary), and the layer-mean k of each loss
+    decile (easiest first)."""
+    from scipy.stats import spearmanr
+
+    k, loss = _as_array(k_LT), _as_array(loss_T)
+    rhos = [spearmanr(row, loss).statistic if row.std() > 0 else math.nan for row in k]
+    rho = float(np.nanmean(rhos)) if not all(map(math.isnan, rhos)) else math.nan
+    decile = np.minimum((np.argsort(np.argsort(loss, kind="stable")) * bins) // len(loss), bins - 1)
+    mean_k = k.mean(axis=0)
+    return rho, [float(mean_k[decile == b].mean()) for b in range(bins)]
+
+
 def experts_per_token_summary(num_selected_T) -> dict[str, float]:
     """Mean, quantiles and the fraction with none, of the number of experts each token used."""
     k = _as_array(num_selected_T)

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from harness import checkpoint, distributed, metrics, throughput
 from harness.config import RunConfig
-from harness.data import Corpus, load_corpus, sample_batch, validation_batches
+from harness.data import Corpus, load_corpus, sample_batch, validation_batches, validation_domains
 from harness.model import MoETransformer
 from harness.optim import autocast_for, build_optimizer, lr_at  # noqa: F401 (lr_at: public here too)
 from harness.throughput import dense_probe, environment
@@ -74,6 +74,13 @@ class Trainer:
                                      cfg.model.seq_len)
         self.val_total = len(val_set)
         self.val_set = val_set[self.rank::self.world]  # each rank evaluates its share, once
+        val_domains = validation_domains(corpus, cfg.train.eval_batches * self.world, cfg.train.batch_size,
+                                         cfg.model.seq_len)
+        self.val_domains = val_domains[self.rank::self.world] if val_domains else None
+        # expert choice is not causal: also evaluate a causal top-k of its scores (val_loss_causal)
+        self.non_causal = cfg.router_cfg.selection == "expert_choice"
+        # a variable number of experts per token: correlate it with the token's loss (k_loss_corr)
+        self.variable_k = cfg.router_cfg.selection != "topk"
         self.amp = autocast_for(cfg)
         self.bar = tqdm(total=cfg.train.steps, desc=cfg.variant, leave=False, disable=not progress or self.rank > 0)
         self.steps: list[dict] = []
@@ -148,22 +155,37 @@ class Trainer:
     def evaluate(self, step: int, batch_counts_LE: torch.Tensor | None) -> dict:
         """Loss and global load over the fixed validation set, each batch once (shared out over ranks)."""
         self.model.eval()
-        num_experts = self.cfg.model.num_experts
+        num_experts, num_layers = self.cfg.model.num_experts, len(self.layers)
+        num_domains = len(self.corpus.domains) if self.val_domains else 0
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        counts_LE = torch.zeros(len(self.layers), num_experts, device=self.device)
+        counts_LE = torch.zeros(num_layers, num_experts, device=self.device)
         k_hist = torch.zeros(num_experts + 1, dtype=torch.long, device=self.device)  # (layer, token) pairs by k
-        for x, y in self.val_set:
+        joint_LED = torch.zeros(num_layers, num_experts * num_domains, dtype=torch.long, device=self.device)
+        token_loss, token_k = [], []  # variable k only: per validation token
+        for b, (x, y) in enumerate(self.val_set):
             with self.amp:  # NOTE: the bare model: no DDP hooks, and ranks may hold unequal shares
                 logits = self.model(x.to(self.device))
-            loss_sum += F.cross_entropy(logits.float().flatten(0, 1), y.to(self.device).flatten())
+            loss_T = F.cross_entropy(logits.float().flatten(0, 1), y.to(self.device).flatten(), reduction="none")
+            loss_sum += loss_T.mean()
+            k_LT = []
             for i, layer in enumerate(self.layers):
-                counts_LE[i] += layer.last_route.counts_E
-                k_T = torch.bincount(layer.last_route.token_idx_A, minlength=x.numel())
-                k_hist += torch.bincount(k_T, minlength=num_experts + 1)
+                route = layer.last_route
+                counts_LE[i] += route.counts_E
+                k_LT.append(torch.bincount(route.token_idx_A, minlength=x.numel()))
+                k_hist += torch.bincount(k_LT[-1], minlength=num_experts + 1)
+                if num_domains:
+                    domain_A = self.val_domains[b].to(self.device).flatten()[route.token_idx_A]
+                    joint_LED[i] += torch.bincount(route.expert_idx_A * num_domains + domain_A,
+                                                   minlength=num_experts * num_domains)
+            if self.variable_k and self.layers:
+                token_loss.append(loss_T)
+                token_k.append(torch.stack(k_LT))
+        out = {"val_loss": distributed.all_sum_(loss_sum).item() / self.val_total}
+        if self.non_causal:
+            out["val_loss_causal"] = self.causal_val_loss()
         self.model.train()
-        for total in (loss_sum, counts_LE, k_hist):
+        for total in (counts_LE, k_hist, joint_LED):
             distributed.all_sum_(total)
-        out = {"val_loss": loss_sum.item() / self.val_total}
         if self.layers:
             counts_LE = counts_LE.cpu()
             summary = metrics.load_summary(counts_LE)
@@ -173,10 +195,36 @@ class Trainer:
             hist = k_hist.cpu()
             out.update(metrics.experts_per_token_summary(torch.repeat_interleave(torch.arange(len(hist)), hist)))
             out["k_hist"] = (hist.float() / hist.sum()).tolist()  # fraction of (layer, token) pairs using k experts
+            joint_LED = joint_LED.view(num_layers, num_experts, num_domains).cpu()
+            out["specialisation"] = metrics.specialisation(joint_LED) if num_domains else math.nan
+            if token_loss:
+                loss_T = distributed.all_cat(torch.cat(token_loss)).cpu()
+                k_LT = distributed.all_cat(torch.cat(token_k, dim=1).T.contiguous()).T.cpu()
+                out["k_loss_corr"], out["k_by_loss_decile"] = metrics.k_loss_correlation(k_LT, loss_T)
             self.record_loads(step, "global", counts_LE)
             if batch_counts_LE is not None:
                 self.record_loads(step, "batch", batch_counts_LE.cpu())
+            if num_domains and step == self.cfg.train.steps:  # NOTE: the final evaluation only: L E D rows
+                for d, name in enumerate(self.corpus.domains):
+                    if joint_LED[:, :, d].sum():
+                        self.record_loads(step, f"domain:{name}", joint_LED[:, :, d].float())
         return out
+
+    @torch.no_grad()
+    def causal_val_loss(self) -> float:
+        """Validation loss with each expert-choice router replaced by a causal top-k of its scores."""
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for layer in self.layers:
+            layer.router.causal_topk = True
+        try:
+            for x, y in self.val_set:
+                with self.amp:
+                    logits = self.model(x.to(self.device))
+                loss_sum += F.cross_entropy(logits.float().flatten(0, 1), y.to(self.device).flatten())
+        finally:
+            for layer in self.layers:
+                layer.router.causal_topk = False
+        return distributed.all_sum_(loss_sum).item() / self.val_total
 
     def record_loads(self, step: int, scope: str, counts_LE: torch.Tensor) -> None:
         frac_LE = counts_LE / counts_LE.sum(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -33,6 +33,45 @@ def test_other_load_metrics_on_hand_counts():
     assert ks["mean_k"] == 2.0 and ks["k_zero_frac"] == pytest.approx(0.2) and ks["k_p50"] == 2.0
 
 
+def naive_nmi(experts: list[int], domains: list[int]) -> float:
+    """NMI of two labelings, one sample at a time, with arithmetic-mean normalisation."""
+    n = len(experts)
+    pairs = {}
+    for e, d in zip(experts, domains):
+        pairs[e, d] = pairs.get((e, d), 0) + 1
+    pe = {e: experts.count(e) / n for e in set(experts)}
+    pd = {d: domains.count(d) / n for d in set(domains)}
+    mutual = sum(c / n * math.log(c / n / (pe[e] * pd[d])) for (e, d), c in pairs.items())
+    entropy = lambda p: -sum(v * math.log(v) for v in p.values())  # noqa: E731
+    return mutual / ((entropy(pe) + entropy(pd)) / 2)
+
+
+def test_specialisation_is_the_nmi_of_expert_and_domain():
+    gen = np.random.default_rng(0)
+    experts, domains = gen.integers(0, 4, 500).tolist(), gen.integers(0, 3, 500).tolist()
+    experts = [e if gen.random() < 0.5 else d for e, d in zip(experts, domains)]  # partly informative
+    joint = np.zeros((4, 3))
+    np.add.at(joint, (experts, domains), 1)
+    assert metrics.specialisation(joint) == pytest.approx(naive_nmi(experts, domains))
+    assert metrics.specialisation(np.eye(4)[:, :4] * 10) == pytest.approx(1.0)  # expert = domain
+    assert metrics.specialisation(np.ones((4, 3))) == pytest.approx(0.0)  # independent
+    assert math.isnan(metrics.specialisation(np.ones((4, 1))))  # one domain: undefined
+    assert metrics.specialisation(np.stack([np.eye(3), np.ones((3, 3))])) == pytest.approx(0.5)  # layer mean
+
+
+def test_k_loss_correlation_is_spearman_per_layer_and_bins_by_loss():
+    from scipy.stats import spearmanr
+
+    gen = np.random.default_rng(0)
+    loss = gen.random(1000)
+    k = np.stack([np.round(loss * 4 + gen.random(1000)), gen.integers(0, 4, 1000)])
+    rho, by_decile = metrics.k_loss_correlation(k, loss)
+    assert rho == pytest.approx((spearmanr(k[0], loss).statistic + spearmanr(k[1], loss).statistic) / 2)
+    assert len(by_decile) == 10 and by_decile[-1] > by_decile[0]
+    assert by_decile[0] == pytest.approx(k.mean(axis=0)[loss <= np.quantile(loss, 0.1)].mean(), rel=1e-6)
+    assert math.isnan(metrics.k_loss_correlation(np.full((2, 50), 2.0), gen.random(50))[0])  # top-k: k never varies
+
+
 # --- data ---------------------------------------------------------------------------------
 def test_stdlib_corpus_is_deterministic_bytes_with_a_fingerprint():
     corpus = load_corpus("stdlib")
@@ -49,6 +88,24 @@ def test_text_glob_splits_by_file(tmp_path):
     corpus = load_corpus(str(tmp_path / "*.txt"), 0.1)
     assert corpus.fingerprint["data_files"] == 30
     assert len(corpus.train) + len(corpus.val) == corpus.fingerprint["data_bytes"] and len(corpus.val) > 0
+
+
+def test_validation_documents_carry_their_domain(tmp_path):
+    from harness.data import stdlib_domain
+
+    assert stdlib_domain("email/mime/text.py") == "email" and stdlib_domain("os.py") == "os"
+    corpus = load_corpus("stdlib")
+    assert "email" in corpus.domains or "asyncio" in corpus.domains
+    starts = torch.tensor([0, len(corpus.val) - 1])
+    assert corpus.val_domains(starts).tolist() == [corpus.val_doc_domain[0], corpus.val_doc_domain[-1]]
+    for i in range(12):
+        (tmp_path / f"doc{i:02d}.txt").write_text(f"document {i} " * 50)
+    glob = load_corpus(str(tmp_path / "*.txt"), 0.3)
+    assert all(name.endswith(".txt") for name in glob.domains) and len(glob.domains) == len(glob.val_doc_starts)
+    first = glob.val_doc_starts[1] if len(glob.val_doc_starts) > 1 else 0
+    text = bytes(glob.val[first:first + 12].tolist()).decode()
+    assert text.startswith("document ") and glob.domains[glob.val_domains(torch.tensor(first)).item()] == \
+        f"doc{int(text.split()[1]):02d}.txt"
 
 
 def test_single_text_file_holds_out_its_tail(tmp_path):
@@ -156,3 +213,20 @@ def test_every_run_records_what_its_load_would_cost(tiny_settings):
     assert record["drop_frac_cf1.25"] <= record["drop_frac_cf1.0"] and record["drop_frac"] == 0  # dropless
     capped = run(resolve({**tiny_settings, "router": "switch_capacity", "router.capacity_factor": 1.0})).record
     assert 0 < capped["drop_frac"] < 1 and capped["status"] == "ok"
+    assert 0 <= record["specialisation"] < 1 and "k_loss_corr" not in record  # top-k: k never varies
+
+
+def test_expert_choice_reports_its_causal_loss_and_threshold_runs_their_k_loss_correlation(tiny_settings):
+    chooser = run(resolve({**tiny_settings, "router": "expert_choice"}))
+    record = chooser.record
+    assert record["val_loss_causal"] > 0 and record["val_loss_causal"] != record["val_loss"]
+    assert record["mean_k"] == pytest.approx(2.0) and record["maxvio_global"] == pytest.approx(0.0, abs=1e-6)
+    assert -1 <= record["k_loss_corr"] <= 1 and len(record["k_by_loss_decile"]) == 10
+    domain_rows = [r for r in chooser.loads if r["scope"].startswith("domain:")]
+    assert {r["step"] for r in domain_rows} == {tiny_settings["train.steps"]}
+    per_domain = {}
+    for r in domain_rows:
+        per_domain[r["scope"], r["layer"]] = per_domain.get((r["scope"], r["layer"]), 0) + r["load"]
+    assert per_domain and all(v == pytest.approx(1.0) for v in per_domain.values())  # each domain's experts
+    threshold = run(resolve({**tiny_settings, "router": "dynamic_k"})).record
+    assert -1 <= threshold["k_loss_corr"] <= 1 and "val_loss_causal" not in threshold
