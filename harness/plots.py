@@ -138,6 +138,47 @@ def experts_per_token(runs: pd.DataFrame, palette: dict | None = None) -> Figure
     return fig
 
 
+def k_against_loss(runs: pd.DataFrame, palette: dict | None = None) -> Figure:
+    """Mean experts per token by decile of validation loss (`k_by_loss_decile`), a line per variant
+    (band: seeds), for routers whose k varies."""
+    rows = []
+    for _, run in runs.dropna(subset=["k_by_loss_decile"]).iterrows():
+        rows += [{"variant": run["variant"], "decile": d + 1, "k": k} for d, k in enumerate(run["k_by_loss_decile"])]
+    data = pd.DataFrame(rows, columns=["variant", "decile", "k"])
+    fig, ax = _figure()
+    sns.lineplot(data=data, x="decile", y="k", hue="variant", marker="o", errorbar=("pi", 100),
+                 palette=palette or variant_palette(data["variant"]), ax=ax)
+    ax.set(xlabel="validation-loss decile (1 = easiest tokens)", ylabel="mean experts per token",
+           title="Experts per token against difficulty", xticks=range(1, 11))
+    _legend_outside(ax)
+    return fig
+
+
+def specialisation_heatmaps(loads: pd.DataFrame, top_domains: int = 12) -> Figure:
+    """Expert x domain: each domain's share of assignments to an expert over the fair share 1/n,
+    layer mean, first seed, the `top_domains` domains in most runs' data; a panel per variant.
+    Input: loads rows of scope `domain:<name>` (the final evaluation), with variant and seed."""
+    data = loads[loads["seed"] == loads.groupby("variant")["seed"].transform("min")].copy()
+    data["domain"] = data["scope"].str.removeprefix("domain:")
+    data["share"] = data["load"] * data.groupby("run_id")["expert"].transform("nunique")
+    keep = data.groupby("domain").size().sort_values(ascending=False).index[:top_domains]
+    data = data[data["domain"].isin(keep)]
+    variants = sorted(data["variant"].unique())
+    cols = min(3, max(1, len(variants)))
+    rows = max(1, -(-len(variants) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows + 0.6), layout="constrained", squeeze=False)
+    vmax = max(2.0, float(data["share"].max())) if len(data) else 2.0
+    norm = TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=vmax)
+    for ax, variant in zip(axes.flat, variants):
+        grid = data[data["variant"] == variant].pivot_table(index="domain", columns="expert", values="share")
+        sns.heatmap(grid, ax=ax, cmap="RdBu_r", norm=norm, cbar_kws={"label": "share / fair share"})
+        ax.set(title=variant, xlabel="expert", ylabel="")
+    for ax in list(axes.flat)[len(variants):]:
+        ax.set_visible(False)
+    fig.suptitle("Expert specialisation by domain (layer mean, final evaluation)")
+    return fig
+
+
 def throughput(runs: pd.DataFrame, palette: dict | None = None, reliable: bool = True) -> Figure:
     """Training speed per variant as a fraction of a dense model of equal active width timed in the
     same process (`throughput_ratio`; bare tokens/s for runs without it); bars = mean, lines = sd."""

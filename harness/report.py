@@ -30,6 +30,24 @@ SUMMARY_METRICS = {  # metric -> (label, better, number format)
 }
 
 
+def cost_metrics_spec(columns) -> dict[str, tuple]:
+    """The second table's metrics, as the runs have them: what a load pattern would cost at each
+    simulated EP size and capacity factor (metrics.py), plus the method-specific diagnostics."""
+    spec = {}
+    for column in sorted(columns, key=lambda c: (len(c), c)):
+        if m := re.fullmatch(r"ep(\d+)_efficiency", column):
+            spec[column] = (f"EP{m[1]} efficiency", "max", "{:.3f}")
+    for column in sorted(c for c in columns if re.fullmatch(r"drop_frac_cf[\d.]+", c)):
+        spec[column] = (f"drops at c={column.removeprefix('drop_frac_cf')}", "min", "{:.3f}")
+    spec.update({
+        "drop_frac": ("dropped (own capacity)", None, "{:.3f}"),
+        "specialisation": ("specialisation (NMI)", None, "{:.3f}"),
+        "val_loss_causal": ("val loss, causal top-k", "min", "{:.3f}"),
+        "k_loss_corr": ("k-loss Spearman", None, "{:+.3f}"),
+    })
+    return spec
+
+
 def read_tables(folder: Path) -> dict[str, pd.DataFrame]:
     folder = Path(folder)
     if not tables.has_results(folder):
@@ -70,6 +88,16 @@ def figures(data: dict[str, pd.DataFrame]) -> list[tuple[str, plt.Figure, str]]:
     if varying_k:
         out.append(("experts_per_token", plots.experts_per_token(ok, palette),
                     "For dynamic k: how many experts tokens really use, and how many use none."))
+    if "k_by_loss_decile" in ok and ok["k_by_loss_decile"].notna().any():
+        out.append(("k_vs_loss", plots.k_against_loss(ok, palette),
+                    "Do hard tokens get more experts? Mean experts per token in each decile of validation loss; "
+                    "a rising line is Su's premise for dynamic k."))
+    domain_loads = data["loads"][data["loads"]["scope"].astype(str).str.startswith("domain:")] \
+        if len(data["loads"]) else data["loads"]
+    if len(domain_loads):
+        out.append(("specialisation", plots.specialisation_heatmaps(plots.with_variant(domain_loads, runs)),
+                    "Do experts specialise by domain? Each domain's share of assignments per expert over its fair "
+                    "share (layer mean, largest domains); stripes of red mean an expert serves one domain."))
     return out
 
 
@@ -125,30 +153,35 @@ def reliable_throughput(runs: pd.DataFrame) -> bool:
     return "throughput_reliable" not in runs or bool(runs["throughput_reliable"].fillna(True).all())
 
 
-def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per group (label + what differs): runs, and per metric mean [95 % interval] (stats.py).
-    Bold: the best mean; tokens/s is not ranked when any run's machine was contended."""
+def summary_table(runs: pd.DataFrame, spec: dict[str, tuple] | None = None) -> pd.DataFrame:
+    """Per group (label + what differs): runs, and per metric of `spec` (default SUMMARY_METRICS)
+    mean [95 % interval] (stats.py); '–' where a group lacks the metric. Bold: the best mean;
+    tokens/s is not ranked when any run's machine was contended. Rows by global MaxVio."""
+    spec = SUMMARY_METRICS if spec is None else spec
     ok = stats.with_groups(runs[runs["status"] == "ok"])
-    metrics = [m for m in SUMMARY_METRICS if m in ok and ok[m].notna().any()]
+    metrics = [m for m in spec if m in ok and ok[m].notna().any()]
     table = stats.comparison(ok, metrics, baseline_label(ok)) if len(ok) else pd.DataFrame()
     out = pd.DataFrame(index=pd.Index(ok["variant"].unique(), name="variant"))
     out["runs"] = ok.groupby("variant").size()
     for metric in metrics:
         rows = table[table["metric"] == metric].set_index("variant")
-        label, better, fmt = SUMMARY_METRICS[metric]
+        label, better, fmt = spec[metric]
         if metric == "tokens_per_s" and not reliable_throughput(ok):
             better = None
         best = (rows["mean"].idxmin() if better == "min" else rows["mean"].idxmax() if better == "max" else None)
         cells = []
         for group in out.index:
             r = rows.loc[group]
+            if pd.isna(r["mean"]):
+                cells.append("–")
+                continue
             cell = fmt.format(r["mean"])
             if r["n"] > 1:
                 cell += f" [{fmt.format(r['low'])}, {fmt.format(r['high'])}]"
             cells.append(f"**{cell}**" if group == best and len(out) > 1 else cell)
         out[label] = cells
-    if "maxvio_global" in metrics:
-        order = table[table["metric"] == "maxvio_global"].set_index("variant")["mean"].sort_values().index
+    if "maxvio_global" in ok and len(ok):
+        order = ok.groupby("variant", sort=False)["maxvio_global"].mean().sort_values().index
         out = out.loc[order]
     return out
 
@@ -227,6 +260,18 @@ def write_report(folder: str | Path) -> list[Path]:
     html_parts = [f"<h1>{html.escape(name)}: MoE load-balancing report</h1>",
                   f"<p>{len(runs)} runs, from <code>{html.escape(str(folder))}</code>.</p>",
                   re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", table.to_html(escape=True)), f"<p>{html.escape(note)}</p>"]
+    costs = summary_table(runs, cost_metrics_spec(runs.columns))
+    if len(costs.columns) > 1:
+        cost_note = ("What each load pattern would cost in expert-parallel training, per micro-batch in the second "
+                     "half of training: EP N efficiency = mean over busiest of N devices holding contiguous experts "
+                     "(1 = no device waits); drops at c = assignments a capacity-c system would drop. "
+                     "Specialisation: NMI of expert and domain on validation data; causal top-k loss: expert "
+                     "choice evaluated without seeing later tokens; k-loss Spearman: do harder tokens get more "
+                     "experts (variable-k routers).")
+        md += ["## What imbalance costs", "", markdown_table(costs), "", cost_note, ""]
+        html_parts += ["<h2>What imbalance costs</h2>",
+                       re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", costs.to_html(escape=True)),
+                       f"<p>{html.escape(cost_note)}</p>"]
     if failed_lines:
         md += ["Runs that did not finish: " + "; ".join(failed_lines), ""]
         html_parts.append("<p>Runs that did not finish: " + html.escape("; ".join(failed_lines)) + "</p>")

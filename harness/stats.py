@@ -36,7 +36,8 @@ from scipy import stats as sps
 # NOTE: columns that identify or describe a run rather than configure it; left out of group names
 NOT_CONFIG = {"run_id", "config_id", "seed", "variant", "suite", "baseline", "trial"}
 CONFIG_PREFIXES = ("model.", "router.", "train.", "data.", "metrics.")  # the resolved config's columns
-POSITIVE = ("maxvio", "tokens_per_s", "throughput_ratio", "dense_tokens_per_s", "cv_")
+POSITIVE = ("maxvio", "tokens_per_s", "throughput_ratio", "dense_tokens_per_s", "cv_", "ep", "drop_frac",
+            "specialisation")
 
 
 def t975(n: int) -> float:

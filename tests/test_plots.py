@@ -101,6 +101,21 @@ def test_variant_colours_are_consistent_across_figures(frames):
         assert np.allclose(plots.matplotlib.colors.to_rgb(colours[variant]), palette[variant])
 
 
+def test_k_against_loss_and_specialisation_heatmaps():
+    runs = pd.DataFrame([{"run_id": f"{v}-{s}", "variant": v, "seed": s,
+                          "k_by_loss_decile": [1 + d / 10 + s / 100 for d in range(10)]}
+                         for v in ("dynamic_k", "expert_choice") for s in (0, 1)])
+    fig = plots.k_against_loss(runs)
+    assert legend_labels(fig) == {"dynamic_k", "expert_choice"} and len(fig.axes[0].lines) >= 2
+    loads = pd.DataFrame([{"run_id": f"{v}-{s}", "step": 10, "layer": layer, "expert": e, "scope": f"domain:d{d}",
+                           "load": 0.5 if e == d % 4 else 0.5 / 3}
+                          for v in ("a", "b") for s in (0, 1) for layer in (0, 1) for d in range(15) for e in range(4)])
+    owners = pd.DataFrame([{"run_id": f"{v}-{s}", "variant": v, "seed": s} for v in ("a", "b") for s in (0, 1)])
+    fig = plots.specialisation_heatmaps(plots.with_variant(loads, owners), top_domains=12)
+    panels = [ax for ax in fig.axes if ax.get_title() in ("a", "b")]
+    assert len(panels) == 2 and len(panels[0].get_yticklabels()) == 12  # the 12 largest domains
+
+
 def test_sweep_plots():
     trials = pd.DataFrame({"trial": range(6), "state": ["COMPLETE"] * 5 + ["FAIL"],
                            "router.bias_rate": [1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 1e-3],
@@ -133,7 +148,8 @@ def test_summary_table_bolds_the_best_and_pairing_separates_what_overlaps():
 
 @pytest.fixture
 def tiny_suite_folder(make_suite, tmp_path, capsys):
-    suite = make_suite([{"router": "softmax_topk"}, {"router": "loss_free"}, {"router": "dynamic_k"}], seeds=(0, 1))
+    suite = make_suite([{"router": "softmax_topk"}, {"router": "loss_free"}, {"router": "dynamic_k"},
+                        {"router": "expert_choice"}], seeds=(0, 1))
     assert main(["run", str(suite), "--out", str(tmp_path / "out")]) == 0
     capsys.readouterr()
     return tmp_path / "out" / "tiny"
@@ -154,6 +170,13 @@ def test_plot_and_report_on_a_real_suite(tiny_suite_folder, capsys):
         stem = path.rsplit("/", 1)[1]
         assert f"plots/{stem}" in markdown
     assert "loss_free" in markdown and re.search(r"\| dynamic_k \| 2 \|", markdown)
+    assert {"specialisation.png", "k_vs_loss.png"} <= {p.rsplit("/", 1)[1] for p in written}
+    costs = markdown.split("## What imbalance costs")[1].split("\n\n")[1]
+    header = costs.splitlines()[0]
+    assert "EP4 efficiency" in header and "EP8 efficiency" in header and "drops at c=1.25" in header
+    assert "val loss, causal top-k" in header and "k-loss Spearman" in header and "specialisation (NMI)" in header
+    softmax_row = next(line for line in costs.splitlines() if line.startswith("| softmax_topk |"))
+    assert softmax_row.count("–") == 2  # no causal loss, no k-loss correlation
 
 
 def test_plot_svg_format(tiny_suite_folder, capsys):
