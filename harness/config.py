@@ -20,9 +20,11 @@ import torch
 
 from harness._compat import tomllib
 from harness.data import DataConfig
+from harness.livelog import check_log_to
 from harness.metrics import MetricsConfig
 from harness.model import ModelConfig, model_config
 from harness.routing import RouterConfig, get_router_config
+from harness.tokenizer import check_tokenizer
 
 
 def check_number(key: str, value: float, low: float | None = None, high: float | None = None,
@@ -73,8 +75,12 @@ class TrainConfig:
     # steps of a dense-FFN model of equal active width timed right before the run, as the
     # throughput yardstick (dense_tokens_per_s); 0 disables the probe
     dense_probe_steps: int = 4
+    # live curves while the run trains: any of "tensorboard", "wandb" (extras of the same names),
+    # under OUT/<suite>/logs/ (livelog.py)
+    log_to: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        check_log_to(self.log_to)
         for name in ("steps", "batch_size", "grad_accum", "eval_batches", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} = {getattr(self, name)!r} must be >= 1")
@@ -198,6 +204,14 @@ def resolve(settings: dict[str, Any]) -> RunConfig:
             prefix, _, name = key.partition(".")
             sections[prefix][name] = value
     router = values.get("router", "softmax_topk")
+    data = DataConfig(**sections["data"])
+    bpe_vocab = check_tokenizer(data.tokenizer)
+    if bpe_vocab is not None:  # NOTE: the embedding follows the tokenizer unless the user sized it
+        given = sections["model"].setdefault("vocab_size", bpe_vocab)
+        if given < bpe_vocab:
+            raise ValueError(f"model.vocab_size = {given} is smaller than data.tokenizer = {data.tokenizer!r}'s "
+                             f"{bpe_vocab} tokens; leave model.vocab_size out (it follows the tokenizer) or set it "
+                             f">= {bpe_vocab}")
     train = TrainConfig(**sections["train"])
     train = dataclasses.replace(train, device=resolve_device(train.device))
     cfg = RunConfig(
@@ -208,7 +222,7 @@ def resolve(settings: dict[str, Any]) -> RunConfig:
         model=model_config(values.get("size", "tiny"), **sections["model"]),
         router_cfg=get_router_config(router, **sections["router"]),
         train=train,
-        data=DataConfig(**sections["data"]),
+        data=data,
         metrics=MetricsConfig(**sections["metrics"]),
     )
     groups, experts = cfg.router_cfg.n_group, cfg.model.num_experts

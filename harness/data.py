@@ -1,19 +1,24 @@
 """Corpora -> token streams, with a fingerprint recorded in every run.
 
 Sources (`data.source`):
-  - `stdlib` (default): the running interpreter's standard-library `.py` sources, byte-level
-    (vocab 256), read in sorted order, split into train/validation by file. No download.
-  - a path or glob of UTF-8 text files: byte-level; split by file, or the tail of a single file.
+  - `stdlib` (default): the running interpreter's standard-library `.py` sources, read in
+    sorted order, split into train/validation by file. No download.
+  - a path or glob of UTF-8 text files: split by file, or the tail of a single file.
   - a path or glob ending in `.bin`: nanoGPT-style uint16 token shards (files with `val` in
     their name are the validation split, else the tail of the stream).
   - `hf:NAME[:CONFIG]`: a Hugging Face dataset's `text` column through `datasets` (optional
     extra `moe-harness[hf]`; it must already be in the local cache).
+
+Text sources are bytes (vocab 256, `data.tokenizer = "bytes"`) or subwords (`"bpe:V"`: a
+byte-level BPE trained on the training split only and cached, tokenizer.py).
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import json
+import math
 import os
 import sysconfig
 from dataclasses import dataclass, field
@@ -30,6 +35,13 @@ class DataConfig:
     source: str = "stdlib"
     # fraction of files (or of the stream's tail) held out for validation
     val_fraction: float = 0.05
+    # text sources: bytes (vocab 256) or bpe:V, a byte-level BPE of V tokens trained on the training split
+    tokenizer: str = "bytes"
+
+    def __post_init__(self) -> None:
+        from harness.tokenizer import check_tokenizer
+
+        check_tokenizer(self.tokenizer)
 
 
 @dataclass
@@ -37,7 +49,10 @@ class Corpus:
     train: torch.Tensor  # [N] token ids (uint8 for bytes, int32 for shards)
     val: torch.Tensor  # [M] token ids
     vocab_size: int
-    fingerprint: dict = field(default_factory=dict)  # source, files, bytes, sha256
+    fingerprint: dict = field(default_factory=dict)  # source, files, bytes, sha256 (+ tokenizer)
+    # validation tokens per byte of validation text (1 for bytes; NaN unknown): bits per byte =
+    # val loss / ln 2 x this
+    tokens_per_byte: float = 1.0
     # validation documents: where each starts in `val` and its domain (index into `domains`); the
     # stdlib's domain is a file's top-level module, a text glob's its file. Empty: no domains
     val_doc_starts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
@@ -110,8 +125,29 @@ def with_domains(corpus: Corpus, doc_lengths: list[int], doc_domains: list[str])
 
 
 def _byte_corpus(split: TextSplit) -> Corpus:
-    corpus = Corpus(_bytes_to_tensor(split.train), _bytes_to_tensor(split.val), 256, split.fingerprint)
+    corpus = Corpus(_bytes_to_tensor(split.train), _bytes_to_tensor(split.val), 256,
+                    {**split.fingerprint, "tokenizer_vocab": 256})
     return with_domains(corpus, [len(d) for d in split.val], split.val_domains)
+
+
+def _bpe_corpus(split: TextSplit, vocab: int, val_fraction: float) -> Corpus:
+    from harness import tokenizer
+
+    folder = tokenizer.build(split.train, split.val, split.val_domains, split.fingerprint, val_fraction, vocab)
+    meta = json.loads((folder / "meta.json").read_text())
+    docs = np.load(folder / "val_docs.npz")
+    train, val = (torch.from_numpy(np.load(folder / f"{name}.npy").astype(np.int32)) for name in ("train", "val"))
+    fingerprint = {**split.fingerprint, "tokenizer_vocab": meta["vocab_size"], "tokenizer_train_s": meta["train_s"],
+                   "tokenizer_path": str(folder)}
+    corpus = Corpus(train, val, meta["vocab_size"], fingerprint, meta["val_tokens"] / max(meta["val_bytes"], 1))
+    return with_domains(corpus, docs["lengths"].tolist(), docs["domains"].tolist())
+
+
+def _text_corpus(split: TextSplit, tokenizer_spec: str, val_fraction: float) -> Corpus:
+    from harness.tokenizer import check_tokenizer
+
+    vocab = check_tokenizer(tokenizer_spec)
+    return _byte_corpus(split) if vocab is None else _bpe_corpus(split, vocab, val_fraction)
 
 
 def stdlib_domain(rel: str) -> str:
@@ -125,7 +161,10 @@ def _stdlib_split(val_fraction: float) -> TextSplit:
     return split_text_files("stdlib", root, paths, val_fraction, stdlib_domain)
 
 
-def _bin_shards(source: str, paths: list[Path], val_fraction: float) -> Corpus:
+def _bin_shards(source: str, paths: list[Path], val_fraction: float, tokenizer_spec: str) -> Corpus:
+    if tokenizer_spec != "bytes":
+        raise ValueError(f"data.tokenizer = {tokenizer_spec!r} does not apply to data.source = {source!r}: .bin "
+                         "shards hold token ids already; use data.tokenizer = 'bytes' (the default) with them")
     arrays = [np.fromfile(p, dtype=np.uint16) for p in paths]
     is_val = ["val" in p.name for p in paths]
     if any(is_val) and not all(is_val):
@@ -140,10 +179,11 @@ def _bin_shards(source: str, paths: list[Path], val_fraction: float) -> Corpus:
     vocab = int(max(train.max(), val.max())) + 1
     vocab = (vocab + 63) // 64 * 64  # NOTE: round up, as nanoGPT pads GPT-2's 50257 to 50304
     fingerprint = _fingerprint(source, [a.tobytes() for a in arrays])
-    return Corpus(torch.from_numpy(train.astype(np.int32)), torch.from_numpy(val.astype(np.int32)), vocab, fingerprint)
+    return Corpus(torch.from_numpy(train.astype(np.int32)), torch.from_numpy(val.astype(np.int32)), vocab,
+                  {**fingerprint, "tokenizer_vocab": vocab}, math.nan)
 
 
-def _hf_dataset(source: str, val_fraction: float) -> Corpus:
+def _hf_split(source: str, val_fraction: float) -> TextSplit:
     try:
         import datasets
     except ImportError as err:
@@ -156,18 +196,19 @@ def _hf_dataset(source: str, val_fraction: float) -> Corpus:
         raise ValueError(f"data.source = {source!r} has no 'text' column; columns: {ds.column_names}")
     texts = [t.encode("utf-8") for t in ds["text"]]
     cut = max(1, int(len(texts) * (1 - val_fraction)))
-    return Corpus(_bytes_to_tensor(texts[:cut]), _bytes_to_tensor(texts[cut:]), 256, _fingerprint(source, texts))
+    return TextSplit(texts[:cut], texts[cut:], [source] * (len(texts) - cut), _fingerprint(source, texts))
 
 
 @lru_cache(maxsize=4)
-def load_corpus(source: str = "stdlib", val_fraction: float = 0.05) -> Corpus:
-    """The corpus named by `source` (see the module docstring); cached per process."""
+def load_corpus(source: str = "stdlib", val_fraction: float = 0.05, tokenizer: str = "bytes") -> Corpus:
+    """The corpus named by `source` (see the module docstring) in `tokenizer`'s tokens; cached per
+    process (and, for BPE, on disk)."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"data.val_fraction = {val_fraction!r} must be strictly between 0 and 1")
     if source == "stdlib":
-        return _byte_corpus(_stdlib_split(val_fraction))
+        return _text_corpus(_stdlib_split(val_fraction), tokenizer, val_fraction)
     if source.startswith("hf:"):
-        return _hf_dataset(source, val_fraction)
+        return _text_corpus(_hf_split(source, val_fraction), tokenizer, val_fraction)
     paths = sorted(Path(p) for p in glob.glob(os.path.expanduser(source), recursive=True) if os.path.isfile(p))
     if not paths:
         raise ValueError(
@@ -175,9 +216,9 @@ def load_corpus(source: str = "stdlib", val_fraction: float = 0.05) -> Corpus:
             "a glob of uint16 .bin shards, or 'hf:NAME'"
         )
     if all(p.suffix == ".bin" for p in paths):
-        return _bin_shards(source, paths, val_fraction)
+        return _bin_shards(source, paths, val_fraction, tokenizer)
     root = Path(os.path.commonpath([str(p.parent) for p in paths]))
-    return _byte_corpus(split_text_files(source, root, paths, val_fraction))
+    return _text_corpus(split_text_files(source, root, paths, val_fraction), tokenizer, val_fraction)
 
 
 def sample_batch(tokens: torch.Tensor, batch_size: int, seq_len: int, gen: torch.Generator,

@@ -21,9 +21,11 @@ TINY_BASE = {
 
 
 @pytest.fixture(autouse=True)
-def one_process(monkeypatch):
-    """Suites run in the test's own process unless a test asks for --jobs: monkeypatches reach them."""
+def one_process(monkeypatch, tmp_path_factory):
+    """Suites run in the test's own process unless a test asks for --jobs: monkeypatches reach them.
+    Tokenizer caches go to a folder of this test session, not the user's ~/.cache."""
     monkeypatch.setenv("MOE_HARNESS_JOBS", "1")
+    monkeypatch.setenv("MOE_HARNESS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
 @pytest.fixture
