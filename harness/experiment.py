@@ -179,7 +179,8 @@ def execute(suite: Suite, out_dir: str | Path, progress: bool = True, storage=No
     lead = distributed.rank() == 0  # under torchrun every rank trains each run; rank 0 writes
 
     def run_one(cfg: RunConfig) -> str:
-        result = run_or_fail(cfg, progress and lead, checkpoint_dir=folder / "checkpoints")
+        result = run_or_fail(cfg, progress and lead, checkpoint_dir=folder / "checkpoints", log_dir=folder / "logs",
+                             group=suite.name)
         result.record = {"suite": suite.name, "baseline": suite.baseline, **result.record}
         if lead:
             tables.append_run(folder, result)

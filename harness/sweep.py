@@ -244,7 +244,8 @@ class Objective:
             for i, seed in enumerate(sweep.seeds):
                 cfg = resolve({**sweep.base, **params, "seed": seed, "variant": trial_label(trial.number, params)})
                 on_eval = self.pruning_callback(trial) if i == 0 and sweep.pruner != "none" else None
-                result = run_or_fail(cfg, self.progress, on_eval=on_eval)
+                result = run_or_fail(cfg, self.progress, on_eval=on_eval, log_dir=self.folder / "logs",
+                                     group=sweep.study_name)
                 result.record.update(suite=sweep.name, trial=trial.number)
                 results.append(result)
                 if result.record["status"] != "ok":

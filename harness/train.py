@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 from harness import checkpoint, distributed, metrics, throughput
 from harness.config import RunConfig
 from harness.data import Corpus, load_corpus, sample_batch, validation_batches, validation_domains
+from harness.livelog import LiveLog, heatmap_image
 from harness.model import MoETransformer
 from harness.optim import autocast_for, build_optimizer, lr_at  # noqa: F401 (lr_at: public here too)
 from harness.throughput import dense_probe, environment
@@ -51,8 +53,10 @@ NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
 class Trainer:
     """Holds the state of one run; `run()` below is the entry point."""
 
-    def __init__(self, cfg: RunConfig, corpus: Corpus, progress: bool, on_eval: EvalCallback | None):
-        self.cfg, self.corpus, self.on_eval = cfg, corpus, on_eval
+    def __init__(self, cfg: RunConfig, corpus: Corpus, progress: bool, on_eval: EvalCallback | None,
+                 live: LiveLog | None = None):
+        self.cfg, self.corpus, self.on_eval, self.live = cfg, corpus, on_eval, live
+        self.live_layers: tuple | None = None  # (per-layer MaxVio, [L, E] load) of the last evaluation
         self.device = distributed.device_for(cfg.train.device)
         self.rank, self.world = distributed.rank(), distributed.world_size()
         torch.manual_seed(cfg.seed)
@@ -189,6 +193,9 @@ class Trainer:
         if self.layers:
             counts_LE = counts_LE.cpu()
             summary = metrics.load_summary(counts_LE)
+            if self.live:  # NOTE: for the live heatmap only; not a runs.parquet column
+                self.live_layers = (np.atleast_1d(metrics.maxvio(counts_LE)).tolist(),
+                                    (counts_LE / counts_LE.sum(dim=-1, keepdim=True).clamp_min(1e-12)).numpy())
             out.update({"maxvio_global": summary["maxvio"], "maxvio_global_worst": summary["maxvio_worst"],
                         "cv_global": summary["cv"], "dead_experts": summary["dead_experts"],
                         "entropy_global": summary["entropy"]})
@@ -258,6 +265,8 @@ class Trainer:
                     row.update({k: self.last_eval[k] for k in ("val_loss", "maxvio_global") if k in self.last_eval})
                     self.bar.set_postfix(val_loss=f"{self.last_eval['val_loss']:.3f}")
                 self.steps.append(row)
+                if self.live:
+                    self.log_live(step, row, is_eval)
                 if is_eval and self.on_eval and self.on_eval(step, self.last_eval["val_loss"]):
                     status = "pruned"
                     break
@@ -266,6 +275,18 @@ class Trainer:
                 checkpoint.save(checkpoint_path, self.state(step))
         self.bar.close()
         return self.summary(status, self.last_eval, step)
+
+    def log_live(self, step: int, row: dict, is_eval: bool) -> None:
+        self.live.scalars(step, {f"train/{k}": row[k] for k in ("train_loss", "aux_loss", "lr", "maxvio_batch",
+                                                                 "mean_k", "tokens_per_s") if k in row})
+        if is_eval:
+            ev = self.last_eval
+            self.live.scalars(step, {f"val/{k}": ev[k] for k in ("val_loss", "maxvio_global", "val_loss_causal",
+                                                                  "specialisation", "k_loss_corr") if k in ev})
+            if self.live_layers:
+                layer_vio, load_LE = self.live_layers
+                self.live.scalars(step, {f"val/maxvio_layer{i}": v for i, v in enumerate(layer_vio)})
+                self.live.image(step, "val/expert_load", heatmap_image(load_LE))
 
     def state(self, step: int) -> dict:
         """Everything the steps after `step` depend on (checkpoint.py)."""
@@ -318,7 +339,8 @@ class Trainer:
                   "num_params": sum(p.numel() for p in self.model.parameters()),
                   "compute_ratio": last_eval.get("mean_k", math.nan) / self.cfg.model.top_k}
         record.update(last_eval if status in ("ok", "pruned") else {})
-        record["val_bpb"] = record.get("val_loss", math.nan) / math.log(2) if self.corpus.vocab_size == 256 else math.nan
+        # NOTE: bits per byte of validation text, comparable across tokenizers (NaN for .bin shards)
+        record["val_bpb"] = record.get("val_loss", math.nan) / math.log(2) * self.corpus.tokens_per_byte
         record["peak_mem_mb"] = (torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda"
                                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         return record
@@ -326,10 +348,10 @@ class Trainer:
 
 def corpus_for(cfg: RunConfig) -> Corpus:
     """The run's corpus (cached), checked against the model's vocabulary."""
-    corpus = load_corpus(cfg.data.source, cfg.data.val_fraction)
+    corpus = load_corpus(cfg.data.source, cfg.data.val_fraction, cfg.data.tokenizer)
     if corpus.vocab_size > cfg.model.vocab_size:
-        raise ValueError(f"data.source = {cfg.data.source!r} has token ids up to {corpus.vocab_size - 1}; "
-                         f"set model.vocab_size >= {corpus.vocab_size}")
+        raise ValueError(f"data.source = {cfg.data.source!r} with data.tokenizer = {cfg.data.tokenizer!r} has token "
+                         f"ids up to {corpus.vocab_size - 1}; set model.vocab_size >= {corpus.vocab_size}")
     shortest = min(len(corpus.train), len(corpus.val))
     if shortest < cfg.model.seq_len + 2:
         raise ValueError(f"model.seq_len = {cfg.model.seq_len} does not fit data.source = {cfg.data.source!r}: its "
@@ -339,14 +361,28 @@ def corpus_for(cfg: RunConfig) -> Corpus:
 
 
 def run(cfg: RunConfig, *, progress: bool = False, on_eval: EvalCallback | None = None,
-        checkpoint_dir: Path | None = None) -> RunResult:
+        checkpoint_dir: Path | None = None, log_dir: Path | None = None, group: str = "") -> RunResult:
     """Train one model under `cfg`. A NaN/inf loss ends the run with status 'diverged'; an
     `on_eval` callback that returns True ends it with status 'pruned'. With `checkpoint_dir`,
-    the run saves checkpoints there and resumes from one it finds (checkpoint.py)."""
+    the run saves checkpoints there and resumes from one it finds (checkpoint.py). With
+    `train.log_to`, rank 0 logs live curves under `log_dir` (default results/logs), W&B runs
+    grouped by `group` (livelog.py)."""
     start = time.perf_counter()
     corpus = corpus_for(cfg)
     dense_tokens_per_s = dense_probe(cfg, corpus)
-    trainer = Trainer(cfg, corpus, progress, on_eval)
+    live = None
+    if cfg.train.log_to and distributed.rank() == 0:
+        live = LiveLog(cfg.train.log_to, Path(log_dir or Path("results") / "logs"),
+                       f"{cfg.variant}-s{cfg.seed}-{cfg.run_id}", group or cfg.variant, cfg.flat())
+    try:
+        return _run(cfg, corpus, dense_tokens_per_s, start, progress, on_eval, checkpoint_dir, live)
+    finally:
+        if live:
+            live.close()
+
+
+def _run(cfg, corpus, dense_tokens_per_s, start, progress, on_eval, checkpoint_dir, live) -> RunResult:
+    trainer = Trainer(cfg, corpus, progress, on_eval, live)
     path = checkpoint.path_for(checkpoint_dir, cfg.run_id) if checkpoint_dir and cfg.train.checkpoint_every else None
     state = checkpoint.load(path, cfg.run_id) if path else None
     if state is not None:

@@ -230,3 +230,46 @@ def test_expert_choice_reports_its_causal_loss_and_threshold_runs_their_k_loss_c
     assert per_domain and all(v == pytest.approx(1.0) for v in per_domain.values())  # each domain's experts
     threshold = run(resolve({**tiny_settings, "router": "dynamic_k"})).record
     assert -1 <= threshold["k_loss_corr"] <= 1 and "val_loss_causal" not in threshold
+
+
+def test_live_tensorboard_logging_reads_back(tiny_settings, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = resolve({**tiny_settings, "router": "dynamic_k", "train.log_to": ["tensorboard"]})
+    record = run(cfg, log_dir=tmp_path / "logs", group="g").record
+    (folder,) = (tmp_path / "logs" / "tensorboard").iterdir()
+    assert folder.name == f"dynamic_k-s0-{cfg.run_id}"
+    events = EventAccumulator(str(folder), size_guidance={"images": 0, "scalars": 0}).Reload()
+    tags = events.Tags()
+    for tag in ("train/train_loss", "train/aux_loss", "train/lr", "train/maxvio_batch", "train/mean_k",
+                "train/tokens_per_s", "val/val_loss", "val/maxvio_global", "val/maxvio_layer0", "val/maxvio_layer1",
+                "val/k_loss_corr"):
+        assert tag in tags["scalars"], tag
+    val = events.Scalars("val/val_loss")
+    assert [e.step for e in val] == [3, 6] and val[-1].value == pytest.approx(record["val_loss"], rel=1e-6)
+    assert [e.step for e in events.Scalars("train/train_loss")] == [2, 3, 4, 6]
+    assert "val/expert_load" in tags["images"] and len(events.Images("val/expert_load")) == 2
+
+
+def test_live_logging_refuses_unknown_loggers_and_names_a_missing_extra(monkeypatch):
+    import importlib.util
+
+    with pytest.raises(ValueError, match=r"train.log_to: 'mlflow' is not allowed; choose from \['tensorboard', 'wandb'\]"):
+        resolve({"train.log_to": ["mlflow"]})
+    with pytest.raises(ValueError, match="must be a list"):
+        resolve({"train.log_to": "tensorboard"})
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ValueError, match=r"needs the optional package 'wandb': pip install 'moe-harness\[wandb\]'"):
+        resolve({"train.log_to": ["wandb"]})
+
+
+def test_live_wandb_logging_works_offline(tiny_settings, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # offline is the default: no network, no account
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = resolve({**tiny_settings, "train.log_to": ["wandb"]})
+    run(cfg, log_dir=tmp_path / "logs", group="g")
+    runs = list((tmp_path / "logs" / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
