@@ -42,6 +42,10 @@ def assert_clean_error(code, err, message):
     ("router.aux_counts=biased", r"router.aux_counts = 'biased' is not allowed; choose one of \['dispatched', 'unbiased'\]"),
     ("metrics.ep_sizes=[0]", r"metrics.ep_sizes = \[0\] must be a list of whole numbers >= 1"),
     ("metrics.capacity_factors=[-1.0]", r"metrics.capacity_factors = \[-1.0\] must be a list of finite"),
+    ("router.ec_chunk=-1", r"router.ec_chunk = -1 must be >= 0"),
+    ("data.tokenizer=bpe:99", r"data.tokenizer = 'bpe:99': V must be between 260"),
+    ("data.tokenizer=wordpiece", r"data.tokenizer = 'wordpiece' is not allowed; use 'bytes'"),
+    ('train.log_to=["mlflow"]', r"train.log_to: 'mlflow' is not allowed; choose from \['tensorboard', 'wandb'\]"),
 ])
 def test_out_of_range_values_exit_2(make_suite, tmp_path, capsys, override, message):
     code, _, err = run_cli(["run", make_suite(ONE_VARIANT), "--out", tmp_path, "--set", override], capsys)
