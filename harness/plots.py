@@ -155,23 +155,27 @@ def k_against_loss(runs: pd.DataFrame, palette: dict | None = None) -> Figure:
 
 
 def specialisation_heatmaps(loads: pd.DataFrame, top_domains: int = 12) -> Figure:
-    """Expert x domain: each domain's share of assignments to an expert over the fair share 1/n,
-    layer mean, first seed, the `top_domains` domains in most runs' data; a panel per variant.
+    """Expert x domain lift: the share of a domain's assignments an expert takes over that expert's
+    share in the average domain (1 = no preference), layer mean, first seed, a panel per variant;
+    the `top_domains` domains whose lift varies most. Dividing by the expert's own share removes
+    plain imbalance (an expert hot for every domain), leaving specialisation.
     Input: loads rows of scope `domain:<name>` (the final evaluation), with variant and seed."""
     data = loads[loads["seed"] == loads.groupby("variant")["seed"].transform("min")].copy()
     data["domain"] = data["scope"].str.removeprefix("domain:")
-    data["share"] = data["load"] * data.groupby("run_id")["expert"].transform("nunique")
-    keep = data.groupby("domain").size().sort_values(ascending=False).index[:top_domains]
-    data = data[data["domain"].isin(keep)]
-    variants = sorted(data["variant"].unique())
+    overall = data.groupby(["run_id", "layer", "expert"])["load"].transform("mean")
+    data["lift"] = data["load"] / overall.where(overall > 0)
+    lift = data.groupby(["variant", "domain", "expert"], as_index=False)["lift"].mean()
+    spread = lift.groupby(["variant", "domain"])["lift"].std().groupby("domain").mean()
+    lift = lift[lift["domain"].isin(spread.sort_values(ascending=False).index[:top_domains])]
+    variants = sorted(lift["variant"].unique())
     cols = min(3, max(1, len(variants)))
     rows = max(1, -(-len(variants) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows + 0.6), layout="constrained", squeeze=False)
-    vmax = max(2.0, float(data["share"].max())) if len(data) else 2.0
+    vmax = max(2.0, float(lift["lift"].max())) if len(lift) else 2.0
     norm = TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=vmax)
     for ax, variant in zip(axes.flat, variants):
-        grid = data[data["variant"] == variant].pivot_table(index="domain", columns="expert", values="share")
-        sns.heatmap(grid, ax=ax, cmap="RdBu_r", norm=norm, cbar_kws={"label": "share / fair share"})
+        grid = lift[lift["variant"] == variant].pivot_table(index="domain", columns="expert", values="lift")
+        sns.heatmap(grid, ax=ax, cmap="RdBu_r", norm=norm, cbar_kws={"label": "lift over the expert's mean share"})
         ax.set(title=variant, xlabel="expert", ylabel="")
     for ax in list(axes.flat)[len(variants):]:
         ax.set_visible(False)

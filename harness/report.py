@@ -96,8 +96,8 @@ def figures(data: dict[str, pd.DataFrame]) -> list[tuple[str, plt.Figure, str]]:
         if len(data["loads"]) else data["loads"]
     if len(domain_loads):
         out.append(("specialisation", plots.specialisation_heatmaps(plots.with_variant(domain_loads, runs)),
-                    "Do experts specialise by domain? Each domain's share of assignments per expert over its fair "
-                    "share (layer mean, largest domains); stripes of red mean an expert serves one domain."))
+                    "Do experts specialise by domain? How much more (red) or less (blue) a domain uses each expert "
+                    "than the average domain does, for the domains that differ most; a pale panel: no specialisation."))
     return out
 
 
