@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from harness.cli import main
 from harness.routing import describe, router_names
 
@@ -18,3 +20,16 @@ def test_list_prints_every_preset_with_its_description(capsys):
 def test_console_script_runs_as_a_module():
     out = subprocess.run([sys.executable, "-m", "harness.cli", "list"], capture_output=True, text=True, check=True)
     assert "loss_free" in out.stdout and "dynamic_k" in out.stdout
+
+
+def test_a_suite_logs_live_to_tensorboard_under_its_folder(make_suite, tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    suite = make_suite([{"router": "loss_free"}, {"router": "softmax_topk"}])
+    assert main(["run", str(suite), "--out", str(tmp_path / "out"), "--set", 'train.log_to=["tensorboard"]']) == 0
+    capsys.readouterr()
+    logs = sorted((tmp_path / "out" / "tiny" / "logs" / "tensorboard").iterdir())
+    assert [p.name.split("-s0-")[0] for p in logs] == ["loss_free", "softmax_topk"]
+    events = EventAccumulator(str(logs[0])).Reload()
+    assert "val/maxvio_global" in events.Tags()["scalars"]
