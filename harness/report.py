@@ -153,6 +153,15 @@ def reliable_throughput(runs: pd.DataFrame) -> bool:
     return "throughput_reliable" not in runs or bool(runs["throughput_reliable"].fillna(True).all())
 
 
+def summary_spec(runs: pd.DataFrame) -> dict[str, tuple]:
+    """SUMMARY_METRICS, plus bits per byte beside val loss when any run is on subword tokens (val
+    loss is per token, so only bits per byte compares tokenizers)."""
+    if "data.tokenizer" in runs and (runs["data.tokenizer"].fillna("bytes") != "bytes").any():
+        return {"val_loss": SUMMARY_METRICS["val_loss"], "val_bpb": ("val bits/byte", "min", "{:.3f}"),
+                **SUMMARY_METRICS}
+    return SUMMARY_METRICS
+
+
 def summary_table(runs: pd.DataFrame, spec: dict[str, tuple] | None = None) -> pd.DataFrame:
     """Per group (label + what differs): runs, and per metric of `spec` (default SUMMARY_METRICS)
     mean [95 % interval] (stats.py); '–' where a group lacks the metric. Bold: the best mean;
@@ -243,7 +252,7 @@ def write_report(folder: str | Path) -> list[Path]:
     data = read_tables(folder)
     runs = data["runs"]
     name = str(runs["suite"].iloc[0]) if "suite" in runs else folder.name
-    table = summary_table(runs)
+    table = summary_table(runs, summary_spec(runs))
     paired = paired_table(runs)
     single_seed = int(table["runs"].max()) <= 1 if len(table) else True
     note = ("Mean over seeds [95 % interval; log-scale for MaxVio and speed, so never below zero]. Bold: the best "

@@ -113,3 +113,14 @@ def test_a_subword_run_records_its_tokenizer_and_bits_per_byte(text_glob, tiny_s
     byte_record = run(resolve({**tiny_settings, "data.source": source, "data.val_fraction": 0.2})).record
     assert byte_record["val_bpb"] == pytest.approx(byte_record["val_loss"] / 0.6931471805599453)
     assert byte_record["tokenizer_vocab"] == 256
+
+
+def test_the_report_shows_bits_per_byte_when_a_run_is_on_subwords():
+    import pandas as pd
+
+    from harness import report
+
+    runs = pd.DataFrame({"variant": ["a", "b"], "seed": 0, "status": "ok", "val_loss": [1.4, 3.1],
+                         "val_bpb": [2.02, 1.31], "data.tokenizer": ["bytes", "bpe:4096"]})
+    assert list(report.summary_table(runs, report.summary_spec(runs)).columns[:3]) == ["runs", "val loss", "val bits/byte"]
+    assert "val bits/byte" not in report.summary_table(runs.iloc[:1], report.summary_spec(runs.iloc[:1])).columns
