@@ -41,7 +41,7 @@ from harness.checkpoint import CheckpointMismatch
 from harness._compat import tomllib
 from harness.errors import RunsFailed
 from harness.config import RunConfig, parse_overrides, resolve
-from harness.storage import open_storage
+from harness.storage import close_storage, open_storage
 from harness.train import RunResult, corpus_for, run
 
 SUITE_KEYS = {"name", "description", "seeds", "base", "variants", "grid", "baseline"}
@@ -234,11 +234,14 @@ def run_suite_file(path: str, out_dir: str = "results", device: str = "auto",
     if jobs > 1:
         folder = prepare_folder(suite, out_dir)
         url = storage or f"sqlite:///{(folder / 'queue.db').resolve()}"
-        open_storage(url, folder / "queue.db", heartbeat_s)  # a bad URL fails here, once, not in every worker
+        close_storage(open_storage(url, folder / "queue.db", heartbeat_s))  # a bad URL fails here, not in each worker
         workqueue.local_workers(argv or [], jobs, url, folder, {r.run_id for r in suite.runs})
     else:
         store = open_storage(storage, Path(out_dir) / suite.name / "queue.db", heartbeat_s) if storage else None
-        folder = execute(suite, out_dir, progress, store)
+        try:
+            folder = execute(suite, out_dir, progress, store)
+        finally:
+            close_storage(store)
     runs = tables.read(folder, "runs")
     runs = runs[runs["run_id"].isin([r.run_id for r in suite.runs])]
     if os.environ.get("MOE_HARNESS_WORKER") or distributed.rank() > 0:  # the parent / rank 0 prints it

@@ -85,6 +85,16 @@ def open_storage(url: str | None, default: Path, heartbeat_s: int | None = HEART
     raise AssertionError("unreachable")
 
 
+def close_storage(storage) -> None:
+    """Give a relational storage's pooled connections back to the server now, not at garbage
+    collection: a process that opens many storages (tests, notebooks) would otherwise hold one
+    pool per storage and exhaust PostgreSQL's max_connections."""
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        storage.remove_session()
+        engine.dispose()
+
+
 def _journal(url: str):
     from optuna.storages.journal import JournalFileBackend
 

@@ -41,7 +41,7 @@ from harness import tables
 from harness.config import coerce, parse_overrides, resolve
 from harness.errors import RunsFailed
 from harness.experiment import NAME_RE, SUMMARY_COLUMNS, check_data, flatten, read_toml, run_or_fail
-from harness.storage import HEARTBEAT_S, heartbeat_enabled, open_storage
+from harness.storage import HEARTBEAT_S, close_storage, heartbeat_enabled, open_storage
 from harness.workqueue import POLL_S, WORKER
 
 SWEEP_KEYS = {"name", "description", "n_trials", "seeds", "base", "objective", "space"}
@@ -357,15 +357,19 @@ def run_sweep(sweep: Sweep, out_dir: str | Path = "results", storage: str | None
         raise ValueError(f"--out {out_dir!r}: cannot write the results folder {folder} ({err.strerror})") from err
     # NOTE: runs record their own failures; Optuna's warnings would print a Ctrl-C as a traceback
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = make_study(sweep, open_storage(storage, folder / "study.db", heartbeat_s))
-    objective = Objective(sweep, folder, progress=False)
-    callbacks = [lambda study, trial: write_trials(study, sweep, folder)]
-    study.optimize(objective, n_trials=n_trials or sweep.n_trials, catch=(Exception,),
-                   show_progress_bar=progress, callbacks=callbacks)
-    finish_in_flight(study, objective, callbacks)
-    write_trials(study, sweep, folder)
-    print_best(study, sweep)
-    failed = [t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "failed"]
+    store = open_storage(storage, folder / "study.db", heartbeat_s)
+    try:
+        study = make_study(sweep, store)
+        objective = Objective(sweep, folder, progress=False)
+        callbacks = [lambda study, trial: write_trials(study, sweep, folder)]
+        study.optimize(objective, n_trials=n_trials or sweep.n_trials, catch=(Exception,),
+                       show_progress_bar=progress, callbacks=callbacks)
+        finish_in_flight(study, objective, callbacks)
+        write_trials(study, sweep, folder)
+        print_best(study, sweep)
+        failed = [t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "failed"]
+    finally:
+        close_storage(store)
     if failed:
         raise RunsFailed(f"trial(s) {failed} had a run that failed (see the error column of the runs table); "
                          "the study went on without them")

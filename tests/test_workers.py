@@ -16,7 +16,7 @@ import pytest
 from harness import tables, workqueue
 from harness.cli import main
 from harness.experiment import load_suite
-from harness.storage import open_storage
+from harness.storage import close_storage, open_storage
 from tests.test_sweep import RATE_SPACE, write_sweep
 
 FOUR_RUNS = [{"router": "softmax_topk"}, {"router": "loss_free", "router.bias_rate": 0.01}]
@@ -63,13 +63,16 @@ def wait_until(predicate, timeout=120, what="condition"):
 
 def running_on(storage_url, study_name, pid):
     """True once the worker with this pid holds a RUNNING trial of the study."""
+    # NOTE: polled 5 times a second: each poll's connection is closed, or PostgreSQL runs out of clients
+    storage = open_storage(storage_url, None, heartbeat_s=None)
     try:
-        study = optuna.load_study(study_name=study_name, storage=storage_url.replace("postgresql://",
-                                                                                     "postgresql+psycopg://"))
+        running = optuna.load_study(study_name=study_name, storage=storage).get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     except KeyError:
         return False
-    return any(t.user_attrs.get("worker", "").endswith(f":{pid}")
-               for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+    finally:
+        close_storage(storage)
+    return any(t.user_attrs.get("worker", "").endswith(f":{pid}") for t in running)
 
 
 # -- per-run files -------------------------------------------------------------------------------
@@ -259,3 +262,19 @@ def test_is_complete_reads_one_run_file(tmp_path):
     tables.append_run(tmp_path, RunResult({"run_id": "b", "status": "failed"}))
     assert tables.is_complete(tmp_path, "a") and not tables.is_complete(tmp_path, "b")
     assert not tables.is_complete(tmp_path, "c")
+
+
+def test_a_storage_suite_and_sweep_give_their_connections_back(make_suite, tmp_path, storage_url, capsys):
+    if not storage_url.startswith("postgresql"):
+        pytest.skip("connection counting needs the PostgreSQL test server")
+    import psycopg
+
+    suite = make_suite([{"router": "loss_free"}])
+    assert main(["run", str(suite), "--out", str(tmp_path / "a"), "--storage", storage_url]) == 0
+    assert main(["sweep", str(write_sweep(tmp_path / "s.toml", RATE_SPACE)), "--out", str(tmp_path / "b"),
+                 "--storage", storage_url, "--n-trials", "1"]) == 0
+    capsys.readouterr()
+    database = storage_url.rsplit("/", 1)[1]
+    with psycopg.connect(storage_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        left = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)).fetchone()[0]
+    assert left == 0  # this process holds no pooled connection once the commands return
