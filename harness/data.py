@@ -28,6 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness import tokenizer
+from harness.tokenizer import check_tokenizer
+
 
 @dataclass(kw_only=True)
 class DataConfig:
@@ -39,8 +42,6 @@ class DataConfig:
     tokenizer: str = "bytes"
 
     def __post_init__(self) -> None:
-        from harness.tokenizer import check_tokenizer
-
         check_tokenizer(self.tokenizer)
 
 
@@ -118,8 +119,9 @@ def split_text_files(source: str, root: Path | None, paths: list[Path], val_frac
 def with_domains(corpus: Corpus, doc_lengths: list[int], doc_domains: list[str]) -> Corpus:
     """`corpus` with its validation documents' starts (from their lengths in tokens) and domains."""
     names = sorted(set(doc_domains))
+    index = {name: i for i, name in enumerate(names)}
     corpus.val_doc_starts = np.concatenate([[0], np.cumsum(doc_lengths)[:-1]]).astype(np.int64)
-    corpus.val_doc_domain = np.array([names.index(d) for d in doc_domains], dtype=np.int64)
+    corpus.val_doc_domain = np.array([index[d] for d in doc_domains], dtype=np.int64)
     corpus.domains = names
     return corpus
 
@@ -131,8 +133,6 @@ def _byte_corpus(split: TextSplit) -> Corpus:
 
 
 def _bpe_corpus(split: TextSplit, vocab: int, val_fraction: float) -> Corpus:
-    from harness import tokenizer
-
     folder = tokenizer.build(split.train, split.val, split.val_domains, split.fingerprint, val_fraction, vocab)
     meta = json.loads((folder / "meta.json").read_text())
     docs = np.load(folder / "val_docs.npz")
@@ -144,8 +144,6 @@ def _bpe_corpus(split: TextSplit, vocab: int, val_fraction: float) -> Corpus:
 
 
 def _text_corpus(split: TextSplit, tokenizer_spec: str, val_fraction: float) -> Corpus:
-    from harness.tokenizer import check_tokenizer
-
     vocab = check_tokenizer(tokenizer_spec)
     return _byte_corpus(split) if vocab is None else _bpe_corpus(split, vocab, val_fraction)
 

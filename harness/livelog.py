@@ -36,12 +36,14 @@ def check_log_to(names: list[str]) -> None:
         raise ValueError(f"train.log_to = {names!r} names a logger twice")
 
 
-def heatmap_image(frac_LE: np.ndarray, cell: int = 12) -> np.ndarray:
-    """[H, W, 3] uint8: layer x expert load over the fair share, white = fair, red = over, blue = under."""
+def heatmap_image(counts_LE, cell: int = 12) -> np.ndarray:
+    """[H, W, 3] uint8: layer x expert load over the fair share (a layer's mean), white = fair,
+    red = over, blue = under."""
     from matplotlib import colormaps
     from matplotlib.colors import TwoSlopeNorm
 
-    share = np.asarray(frac_LE, dtype=float) * frac_LE.shape[-1]
+    counts = np.asarray(counts_LE, dtype=float)
+    share = counts / np.clip(counts.mean(axis=-1, keepdims=True), 1e-12, None)
     norm = TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=max(2.0, float(share.max())))
     rgb = (colormaps["RdBu_r"](norm(share))[..., :3] * 255).astype(np.uint8)
     return np.kron(rgb, np.ones((cell, cell, 1), dtype=np.uint8))

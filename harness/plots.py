@@ -95,27 +95,35 @@ def loss_vs_balance(runs: pd.DataFrame, palette: dict | None = None) -> Figure:
     return fig
 
 
+def _panel_heatmaps(grids: dict[str, pd.DataFrame], panel: tuple[float, float], xlabel: str, ylabel: str,
+                    cbar_label: str, title: str) -> Figure:
+    """One heatmap per variant (up to 3 a row) of values where 1 is neutral, on one colour scale:
+    white = 1, red above, blue below."""
+    cols = min(3, max(1, len(grids)))
+    rows = max(1, -(-len(grids) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(panel[0] * cols, panel[1] * rows + 0.6), layout="constrained",
+                             squeeze=False)
+    vmax = max([2.0] + [float(np.nanmax(g.to_numpy())) for g in grids.values() if g.size])
+    norm = TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=vmax)
+    for ax, (variant, grid) in zip(axes.flat, grids.items()):
+        sns.heatmap(grid, ax=ax, cmap="RdBu_r", norm=norm, cbar_kws={"label": cbar_label})
+        ax.set(title=variant, xlabel=xlabel, ylabel=ylabel)
+    for ax in list(axes.flat)[len(grids):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return fig
+
+
 def load_heatmaps(loads: pd.DataFrame, scope: str = "global") -> Figure:
     """Layer x expert load (fraction x n: 1 = fair share) at the last evaluation, a panel per variant."""
     data = loads[loads["scope"] == scope]
     data = data[data["step"] == data.groupby("run_id")["step"].transform("max")]
     data = data[data["seed"] == data.groupby("variant")["seed"].transform("min")]  # one seed per variant
-    variants = sorted(data["variant"].unique())
-    cols = min(3, max(1, len(variants)))
-    rows = -(-len(variants) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.6 * rows + 0.6), layout="constrained", squeeze=False)
-    share = data["load"] * data.groupby("run_id")["expert"].transform("nunique")  # 1 = fair share
-    vmax = max(2.0, float(share.max())) if len(share) else 2.0  # one scale for every panel
-    norm = TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=vmax)  # NOTE: white = fair share, red over, blue under
-    for ax, variant in zip(axes.flat, variants):
-        part = data.assign(share=share)[data["variant"] == variant]
-        grid = part.pivot_table(index="layer", columns="expert", values="share")
-        sns.heatmap(grid, ax=ax, cmap="RdBu_r", norm=norm, cbar_kws={"label": "load / fair share"})
-        ax.set(title=variant, xlabel="expert", ylabel="layer")
-    for ax in list(axes.flat)[len(variants):]:
-        ax.set_visible(False)
-    fig.suptitle(f"Expert load at the final evaluation ({scope} scope)")
-    return fig
+    data = data.assign(share=data["load"] * data.groupby("run_id")["expert"].transform("nunique"))  # 1 = fair share
+    grids = {variant: data[data["variant"] == variant].pivot_table(index="layer", columns="expert", values="share")
+             for variant in sorted(data["variant"].unique())}
+    return _panel_heatmaps(grids, (4.2, 2.6), "expert", "layer", "load / fair share",
+                           f"Expert load at the final evaluation ({scope} scope)")
 
 
 def experts_per_token(runs: pd.DataFrame, palette: dict | None = None) -> Figure:
@@ -167,20 +175,10 @@ def specialisation_heatmaps(loads: pd.DataFrame, top_domains: int = 12) -> Figur
     lift = data.groupby(["variant", "domain", "expert"], as_index=False)["lift"].mean()
     spread = lift.groupby(["variant", "domain"])["lift"].std().groupby("domain").mean()
     lift = lift[lift["domain"].isin(spread.sort_values(ascending=False).index[:top_domains])]
-    variants = sorted(lift["variant"].unique())
-    cols = min(3, max(1, len(variants)))
-    rows = max(1, -(-len(variants) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.4 * rows + 0.6), layout="constrained", squeeze=False)
-    vmax = max(2.0, float(lift["lift"].max())) if len(lift) else 2.0
-    norm = TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=vmax)
-    for ax, variant in zip(axes.flat, variants):
-        grid = lift[lift["variant"] == variant].pivot_table(index="domain", columns="expert", values="lift")
-        sns.heatmap(grid, ax=ax, cmap="RdBu_r", norm=norm, cbar_kws={"label": "lift over the expert's mean share"})
-        ax.set(title=variant, xlabel="expert", ylabel="")
-    for ax in list(axes.flat)[len(variants):]:
-        ax.set_visible(False)
-    fig.suptitle("Expert specialisation by domain (layer mean, final evaluation)")
-    return fig
+    grids = {variant: lift[lift["variant"] == variant].pivot_table(index="domain", columns="expert", values="lift")
+             for variant in sorted(lift["variant"].unique())}
+    return _panel_heatmaps(grids, (4.6, 3.4), "expert", "", "lift over the expert's mean share",
+                           "Expert specialisation by domain (layer mean, final evaluation)")
 
 
 def throughput(runs: pd.DataFrame, palette: dict | None = None, reliable: bool = True) -> Figure:

@@ -240,6 +240,11 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+def _html_table(table: pd.DataFrame) -> str:
+    """The table as HTML, its markdown bold (**best**) as <b>."""
+    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", table.to_html(escape=True))
+
+
 def _png_base64(fig: plt.Figure) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=130, format="png")
@@ -268,7 +273,7 @@ def write_report(folder: str | Path) -> list[Path]:
           markdown_table(table), "", note, ""]
     html_parts = [f"<h1>{html.escape(name)}: MoE load-balancing report</h1>",
                   f"<p>{len(runs)} runs, from <code>{html.escape(str(folder))}</code>.</p>",
-                  re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", table.to_html(escape=True)), f"<p>{html.escape(note)}</p>"]
+                  _html_table(table), f"<p>{html.escape(note)}</p>"]
     costs = summary_table(runs, cost_metrics_spec(runs.columns))
     if len(costs.columns) > 1:
         cost_note = ("What each load pattern would cost in expert-parallel training, per micro-batch in the second "
@@ -278,9 +283,7 @@ def write_report(folder: str | Path) -> list[Path]:
                      "choice evaluated without seeing later tokens; k-loss Spearman: do harder tokens get more "
                      "experts (variable-k routers).")
         md += ["## What imbalance costs", "", markdown_table(costs), "", cost_note, ""]
-        html_parts += ["<h2>What imbalance costs</h2>",
-                       re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", costs.to_html(escape=True)),
-                       f"<p>{html.escape(cost_note)}</p>"]
+        html_parts += ["<h2>What imbalance costs</h2>", _html_table(costs), f"<p>{html.escape(cost_note)}</p>"]
     if failed_lines:
         md += ["Runs that did not finish: " + "; ".join(failed_lines), ""]
         html_parts.append("<p>Runs that did not finish: " + html.escape("; ".join(failed_lines)) + "</p>")

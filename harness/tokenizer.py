@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 TOKENIZER_RE = re.compile(r"bytes|bpe:(\d+)")
 MIN_VOCAB, MAX_VOCAB = 260, 1 << 20
@@ -84,19 +85,17 @@ def _encode(tokenizer, texts: list[str], dtype) -> tuple[np.ndarray, list[int]]:
 def build(train_docs: list[bytes], val_docs: list[bytes], val_domains: list[str], fingerprint: dict,
           val_fraction: float, vocab: int) -> Path:
     """The cache folder for this corpus and V, trained and encoded now unless it exists."""
-    from filelock import FileLock
-
     final = cache_dir(fingerprint, val_fraction, vocab)
     final.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(final) + ".lock"):
         if (final / "meta.json").is_file():
             return final
         start = time.perf_counter()
-        tokenizer = train_bpe(_texts(train_docs), vocab)
+        train_texts, val_texts = _texts(train_docs), _texts(val_docs)
+        tokenizer = train_bpe(train_texts, vocab)
         train_s = time.perf_counter() - start
         dtype = np.uint16 if tokenizer.get_vocab_size() <= 1 << 16 else np.uint32
-        train_ids, _ = _encode(tokenizer, _texts(train_docs), dtype)
-        val_texts = _texts(val_docs)
+        train_ids, _ = _encode(tokenizer, train_texts, dtype)
         val_ids, val_lengths = _encode(tokenizer, val_texts, dtype)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
         os.chmod(tmp, 0o755)  # NOTE: mkdtemp makes it private; a shared cache is read by every user
@@ -108,7 +107,7 @@ def build(train_docs: list[bytes], val_docs: list[bytes], val_domains: list[str]
                      domains=np.asarray(val_domains, dtype=str))
             meta = {"vocab_size": tokenizer.get_vocab_size(), "train_s": round(train_s, 2),
                     "encode_s": round(time.perf_counter() - start - train_s, 2),
-                    "train_bytes": sum(len(t.encode()) for t in _texts(train_docs)),
+                    "train_bytes": sum(len(t.encode()) for t in train_texts),
                     "val_bytes": sum(len(t.encode()) for t in val_texts),
                     "train_tokens": int(len(train_ids)), "val_tokens": int(len(val_ids)),
                     "tokenizers_version": _version()}

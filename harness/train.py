@@ -56,7 +56,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, corpus: Corpus, progress: bool, on_eval: EvalCallback | None,
                  live: LiveLog | None = None):
         self.cfg, self.corpus, self.on_eval, self.live = cfg, corpus, on_eval, live
-        self.live_layers: tuple | None = None  # (per-layer MaxVio, [L, E] load) of the last evaluation
+        self.last_global_LE: torch.Tensor | None = None  # expert counts of the last evaluation (live heatmap)
         self.device = distributed.device_for(cfg.train.device)
         self.rank, self.world = distributed.rank(), distributed.world_size()
         torch.manual_seed(cfg.seed)
@@ -167,10 +167,9 @@ class Trainer:
         joint_LED = torch.zeros(num_layers, num_experts * num_domains, dtype=torch.long, device=self.device)
         token_loss, token_k = [], []  # variable k only: per validation token
         for b, (x, y) in enumerate(self.val_set):
-            with self.amp:  # NOTE: the bare model: no DDP hooks, and ranks may hold unequal shares
-                logits = self.model(x.to(self.device))
-            loss_T = F.cross_entropy(logits.float().flatten(0, 1), y.to(self.device).flatten(), reduction="none")
+            loss_T = self.val_token_loss(x, y)
             loss_sum += loss_T.mean()
+            domain_T = self.val_domains[b].to(self.device).flatten() if num_domains else None
             k_LT = []
             for i, layer in enumerate(self.layers):
                 route = layer.last_route
@@ -178,8 +177,7 @@ class Trainer:
                 k_LT.append(torch.bincount(route.token_idx_A, minlength=x.numel()))
                 k_hist += torch.bincount(k_LT[-1], minlength=num_experts + 1)
                 if num_domains:
-                    domain_A = self.val_domains[b].to(self.device).flatten()[route.token_idx_A]
-                    joint_LED[i] += torch.bincount(route.expert_idx_A * num_domains + domain_A,
+                    joint_LED[i] += torch.bincount(route.expert_idx_A * num_domains + domain_T[route.token_idx_A],
                                                    minlength=num_experts * num_domains)
             if self.variable_k and self.layers:
                 token_loss.append(loss_T)
@@ -193,9 +191,7 @@ class Trainer:
         if self.layers:
             counts_LE = counts_LE.cpu()
             summary = metrics.load_summary(counts_LE)
-            if self.live:  # NOTE: for the live heatmap only; not a runs.parquet column
-                self.live_layers = (np.atleast_1d(metrics.maxvio(counts_LE)).tolist(),
-                                    (counts_LE / counts_LE.sum(dim=-1, keepdim=True).clamp_min(1e-12)).numpy())
+            self.last_global_LE = counts_LE
             out.update({"maxvio_global": summary["maxvio"], "maxvio_global_worst": summary["maxvio_worst"],
                         "cv_global": summary["cv"], "dead_experts": summary["dead_experts"],
                         "entropy_global": summary["entropy"]})
@@ -217,6 +213,12 @@ class Trainer:
                         self.record_loads(step, f"domain:{name}", joint_LED[:, :, d].float())
         return out
 
+    def val_token_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """[B L] loss of each validation token."""
+        with self.amp:  # NOTE: the bare model: no DDP hooks, and ranks may hold unequal shares
+            logits = self.model(x.to(self.device))
+        return F.cross_entropy(logits.float().flatten(0, 1), y.to(self.device).flatten(), reduction="none")
+
     @torch.no_grad()
     def causal_val_loss(self) -> float:
         """Validation loss with each expert-choice router replaced by a causal top-k of its scores."""
@@ -225,9 +227,7 @@ class Trainer:
             layer.router.causal_topk = True
         try:
             for x, y in self.val_set:
-                with self.amp:
-                    logits = self.model(x.to(self.device))
-                loss_sum += F.cross_entropy(logits.float().flatten(0, 1), y.to(self.device).flatten())
+                loss_sum += self.val_token_loss(x, y).mean()
         finally:
             for layer in self.layers:
                 layer.router.causal_topk = False
@@ -283,10 +283,10 @@ class Trainer:
             ev = self.last_eval
             self.live.scalars(step, {f"val/{k}": ev[k] for k in ("val_loss", "maxvio_global", "val_loss_causal",
                                                                   "specialisation", "k_loss_corr") if k in ev})
-            if self.live_layers:
-                layer_vio, load_LE = self.live_layers
+            if self.last_global_LE is not None:
+                layer_vio = np.atleast_1d(metrics.maxvio(self.last_global_LE))
                 self.live.scalars(step, {f"val/maxvio_layer{i}": v for i, v in enumerate(layer_vio)})
-                self.live.image(step, "val/expert_load", heatmap_image(load_LE))
+                self.live.image(step, "val/expert_load", heatmap_image(self.last_global_LE))
 
     def state(self, step: int) -> dict:
         """Everything the steps after `step` depend on (checkpoint.py)."""
