@@ -1,6 +1,8 @@
 """Shared fixtures: a tiny suite that trains in about a second per run."""
 
+import signal
 import textwrap
+import time
 
 import pytest
 
@@ -83,3 +85,21 @@ def storage_url(request, tmp_path):
     if not admin:
         pytest.skip("no PostgreSQL test server (MOE_HARNESS_TEST_POSTGRES unset; .ci/run starts one)")
     return _postgres_database(admin)
+
+
+def kill_mid_run(proc, holds, what, timeout=120):
+    """SIGKILL `proc` at a moment `holds()` is true (it holds a claimed trial, it has written a
+    checkpoint but not its results). The process is frozen (SIGSTOP) before the last look, so it
+    cannot finish between the look and the kill; if it did finish first, it goes on and we wait again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        while not holds():
+            assert proc.poll() is None, f"the process exited before {what}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGSTOP)
+        if holds():
+            proc.kill()
+            proc.wait()
+            return
+        proc.send_signal(signal.SIGCONT)

@@ -2,7 +2,6 @@
 matches one process with the whole batch, and a killed run resumes to the same end."""
 
 import os
-import signal
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ import torch.multiprocessing as mp
 from harness import tables
 from harness.config import resolve
 from harness.train import Trainer, corpus_for
-from tests.conftest import TINY_BASE
+from tests.conftest import TINY_BASE, kill_mid_run
 
 STEPS = 8
 CASES = {
@@ -111,11 +110,9 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_end(make_suite, tm
     killed = tmp_path / "killed"
     proc = subprocess.Popen(cli("run", suite, "--out", killed, "--no-progress"), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    checkpoints = killed / "tiny" / "checkpoints"
-    while not any(checkpoints.glob("*.pt")) if checkpoints.is_dir() else True:
-        assert proc.poll() is None, proc.communicate()[1][-2000:]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    checkpoints, results = killed / "tiny" / "checkpoints", killed / "tiny" / "runs"
+    kill_mid_run(proc, lambda: any(checkpoints.glob("*.pt")) and not any(results.glob("*.parquet")),
+                 "the run's first checkpoint")
     assert not (killed / "tiny" / "runs").is_dir() or not list((killed / "tiny" / "runs").iterdir())
     resumed = subprocess.run(cli("run", suite, "--out", killed, "--no-progress"), env=env, capture_output=True,
                              text=True, timeout=300)

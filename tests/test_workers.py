@@ -17,6 +17,7 @@ from harness import tables, workqueue
 from harness.cli import main
 from harness.experiment import load_suite
 from harness.storage import close_storage, open_storage
+from tests.conftest import kill_mid_run
 from tests.test_sweep import RATE_SPACE, write_sweep
 
 FOUR_RUNS = [{"router": "softmax_topk"}, {"router": "loss_free", "router.bias_rate": 0.01}]
@@ -131,9 +132,7 @@ def test_two_suite_workers_killed_and_rerun_do_every_run_exactly_once(make_suite
     cmd = cli("run", suite_path, "--out", out, "--storage", storage_url, "--heartbeat", 2, "--no-progress")
     first, second = start(cmd), start(cmd)
     study_name = workqueue.queue_name(load_suite(suite_path))
-    wait_until(lambda: running_on(storage_url, study_name, first.pid), what="the first worker to claim a run")
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    kill_mid_run(first, lambda: running_on(storage_url, study_name, first.pid), "the first worker to claim a run")
     rerun = start(cmd)
     wait_ok(second)
     wait_ok(rerun)
@@ -183,9 +182,7 @@ def test_two_sweep_workers_with_separate_folders_one_killed(tmp_path, storage_ur
     cmds = [cli("sweep", path, "--out", tmp_path / name, "--storage", storage_url, "--n-trials", 2,
                 "--heartbeat", 2, "--no-progress") for name in ("a", "b")]
     a, b = start(cmds[0]), start(cmds[1])
-    wait_until(lambda: running_on(storage_url, "tiny_sweep", a.pid), what="worker a to start a trial")
-    a.send_signal(signal.SIGKILL)
-    a.wait()
+    kill_mid_run(a, lambda: running_on(storage_url, "tiny_sweep", a.pid), "worker a to start a trial")
     rerun = start(cmds[0])
     wait_ok(b)
     wait_ok(rerun)
