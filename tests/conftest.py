@@ -87,16 +87,20 @@ def storage_url(request, tmp_path):
     return _postgres_database(admin)
 
 
-def kill_mid_run(proc, holds, what, timeout=120):
+def wait_until(predicate, timeout=120, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def kill_mid_run(proc, holds, what):
     """SIGKILL `proc` at a moment `holds()` is true (it holds a claimed trial, it has written a
     checkpoint but not its results). The process is frozen (SIGSTOP) before the last look, so it
     cannot finish between the look and the kill; if it did finish first, it goes on and we wait again."""
-    deadline = time.monotonic() + timeout
     while True:
-        while not holds():
-            assert proc.poll() is None, f"the process exited before {what}"
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.05)
+        wait_until(lambda: proc.poll() is not None or holds(), what=what)
+        assert proc.poll() is None, f"the process exited before {what}"
         proc.send_signal(signal.SIGSTOP)
         if holds():
             proc.kill()

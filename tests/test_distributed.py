@@ -113,7 +113,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_end(make_suite, tm
     checkpoints, results = killed / "tiny" / "checkpoints", killed / "tiny" / "runs"
     kill_mid_run(proc, lambda: any(checkpoints.glob("*.pt")) and not any(results.glob("*.parquet")),
                  "the run's first checkpoint")
-    assert not (killed / "tiny" / "runs").is_dir() or not list((killed / "tiny" / "runs").iterdir())
+    assert not any(results.glob("*"))
     resumed = subprocess.run(cli("run", suite, "--out", killed, "--no-progress"), env=env, capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0 and "resuming from step" in resumed.stderr, resumed.stderr[-2000:]

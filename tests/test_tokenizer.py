@@ -1,7 +1,6 @@
 """Subword corpora (data.tokenizer = "bpe:V"): trained on the training split only, cached, lossless."""
 
 import random
-import string
 
 import pytest
 import torch

@@ -17,7 +17,7 @@ from harness import tables, workqueue
 from harness.cli import main
 from harness.experiment import load_suite
 from harness.storage import close_storage, open_storage
-from tests.conftest import kill_mid_run
+from tests.conftest import kill_mid_run, wait_until
 from tests.test_sweep import RATE_SPACE, write_sweep
 
 FOUR_RUNS = [{"router": "softmax_topk"}, {"router": "loss_free", "router.bias_rate": 0.01}]
@@ -53,13 +53,6 @@ def wait_ok(proc, timeout=300):
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err[-3000:]
     return out, err
-
-
-def wait_until(predicate, timeout=120, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def running_on(storage_url, study_name, pid):
