@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from harness import distributed
 from harness.tables import write_atomic
 
 
@@ -46,6 +47,23 @@ def load(path: Path, run_id: str) -> dict | None:
     if state.get("run_id") != run_id:
         raise CheckpointMismatch(f"checkpoint {path} belongs to run {state.get('run_id')!r}, not {run_id!r} (another config); "
                          "move it away or delete it")
+    return state
+
+
+def load_shared(path: Path, run_id: str) -> dict | None:
+    """Rank 0's checkpoint, on every rank: all ranks resume from the same step, and ranks on other
+    nodes need not see rank 0's filesystem. A mismatch stops every rank, not only rank 0."""
+    if not distributed.is_distributed():
+        return load(path, run_id)
+    state, error = None, None
+    if distributed.rank() == 0:
+        try:
+            state = load(path, run_id)
+        except CheckpointMismatch as err:
+            error = str(err)
+    state, error = distributed.broadcast_object((state, error))
+    if error:
+        raise CheckpointMismatch(error)
     return state
 
 

@@ -212,6 +212,8 @@ def resolve(settings: dict[str, Any]) -> RunConfig:
             raise ValueError(f"model.vocab_size = {given} is smaller than data.tokenizer = {data.tokenizer!r}'s "
                              f"{bpe_vocab} tokens; leave model.vocab_size out (it follows the tokenizer) or set it "
                              f">= {bpe_vocab}")
+    if values.get("seed", 0) < 0:
+        raise ValueError(f"seed = {values['seed']!r} must be a whole number >= 0")
     train = TrainConfig(**sections["train"])
     train = dataclasses.replace(train, device=resolve_device(train.device))
     cfg = RunConfig(
@@ -230,6 +232,11 @@ def resolve(settings: dict[str, Any]) -> RunConfig:
         raise ValueError(f"router.n_group = {groups} must divide model.num_experts = {experts}, and the "
                          f"router.topk_group = {cfg.router_cfg.topk_group} eligible groups must hold at least "
                          f"model.top_k = {cfg.model.top_k} experts")
+    # NOTE: sizes the user names must fit; the default list skips those that do not divide
+    bad_sizes = [n for n in sections["metrics"].get("ep_sizes", []) if experts % n]
+    if bad_sizes:
+        raise ValueError(f"metrics.ep_sizes = {cfg.metrics.ep_sizes!r}: {bad_sizes} do not divide model.num_experts = "
+                         f"{experts}; choose sizes among {[n for n in range(1, experts + 1) if experts % n == 0]}")
     micro_tokens = cfg.train.batch_size * cfg.model.seq_len
     if cfg.router_cfg.selection == "expert_choice" and micro_tokens % (cfg.router_cfg.ec_chunk or micro_tokens):
         raise ValueError(f"router.ec_chunk = {cfg.router_cfg.ec_chunk} must divide the {micro_tokens} tokens of a "

@@ -163,6 +163,10 @@ def _bin_shards(source: str, paths: list[Path], val_fraction: float, tokenizer_s
     if tokenizer_spec != "bytes":
         raise ValueError(f"data.tokenizer = {tokenizer_spec!r} does not apply to data.source = {source!r}: .bin "
                          "shards hold token ids already; use data.tokenizer = 'bytes' (the default) with them")
+    torn = [str(p) for p in paths if p.stat().st_size % 2]
+    if torn:
+        raise ValueError(f"data.source = {source!r}: {', '.join(torn)} has an odd number of bytes, so it is not whole "
+                         "uint16 tokens (a truncated or foreign file); .bin shards hold 2 bytes per token")
     arrays = [np.fromfile(p, dtype=np.uint16) for p in paths]
     is_val = ["val" in p.name for p in paths]
     if any(is_val) and not all(is_val):

@@ -111,6 +111,11 @@ def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) 
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ValueError(f"{source}: grid key {key!r} must map to a non-empty list, got {values!r}")
+    for where, table in (("--set", overrides), ("[base]", flatten(base)), ("[grid]", grid),
+                         *((f"[[variants]] {label!r}", flatten(v)) for label, v in zip(labels, variants))):
+        if "seed" in table:  # NOTE: it would be overwritten by each seed of the list, silently
+            raise ValueError(f"{source}: {where} sets seed = {table['seed']!r}, but a suite's runs take their seeds "
+                             "from its top-level `seeds` list; use seeds = [...] instead")
     runs = []
     for variant in variants:
         variant = flatten(variant)
@@ -242,10 +247,12 @@ def run_suite_file(path: str, out_dir: str = "results", device: str = "auto",
             folder = execute(suite, out_dir, progress, store)
         finally:
             close_storage(store)
-    runs = tables.read(folder, "runs")
-    runs = runs[runs["run_id"].isin([r.run_id for r in suite.runs])]
+    # NOTE: only rank 0 writes the tables, so only rank 0 reads them back; the other ranks are done
+    # after the last collective of the last run
     if os.environ.get("MOE_HARNESS_WORKER") or distributed.rank() > 0:  # the parent / rank 0 prints it
         return folder
+    runs = tables.read(folder, "runs")
+    runs = runs[runs["run_id"].isin([r.run_id for r in suite.runs])]
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
         print(f"\n{suite.name}: {len(runs)} runs in {folder}")
         if (runs["status"] == "ok").any():

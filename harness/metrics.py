@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from harness.routing.balancing import expert_capacity
+
 
 @dataclass(kw_only=True)
 class MetricsConfig:
@@ -46,7 +48,7 @@ def ep_balance(counts_LE: torch.Tensor, ep_size: int) -> tuple[torch.Tensor, tor
 def capacity_drop_frac(counts_LE: torch.Tensor, num_tokens: int, top_k: int, factor: float) -> torch.Tensor:
     """Fraction of assignments a capacity-`factor` system would drop: sum_i max(0, c_i - C) /
     sum_i c_i with C = ceil(factor T k / n), per layer, layer mean."""
-    capacity = math.ceil(factor * num_tokens * top_k / counts_LE.shape[-1])
+    capacity = expert_capacity(factor, num_tokens, top_k, counts_LE.shape[-1])
     counts_LE = counts_LE.float()
     return ((counts_LE - capacity).clamp_min(0).sum(dim=-1) / counts_LE.sum(dim=-1).clamp_min(1e-12)).mean()
 

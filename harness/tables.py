@@ -153,7 +153,11 @@ def export(folder: Path, dest: Path | None = None) -> list[Path]:
     """Single-file runs.parquet / steps.parquet / loads.parquet of a folder, in `dest` (default folder/export)."""
     folder = Path(folder)
     dest = Path(dest) if dest else folder / "export"
-    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # FileExistsError: a file of that name
+        what = "is a file, not a folder" if dest.exists() else f"cannot be created ({err.strerror})"
+        raise ValueError(f"--to {str(dest)!r} {what}; name a folder (new or existing) for the exported tables") from err
     paths = []
     for table in TABLES:
         path = dest / f"{table}.parquet"

@@ -384,7 +384,7 @@ def run(cfg: RunConfig, *, progress: bool = False, on_eval: EvalCallback | None 
 def _run(cfg, corpus, dense_tokens_per_s, start, progress, on_eval, checkpoint_dir, live) -> RunResult:
     trainer = Trainer(cfg, corpus, progress, on_eval, live)
     path = checkpoint.path_for(checkpoint_dir, cfg.run_id) if checkpoint_dir and cfg.train.checkpoint_every else None
-    state = checkpoint.load(path, cfg.run_id) if path else None
+    state = checkpoint.load_shared(path, cfg.run_id) if path else None
     if state is not None:
         trainer.restore(state)
         if trainer.rank == 0:

@@ -46,6 +46,9 @@ def assert_clean_error(code, err, message):
     ("data.tokenizer=bpe:99", r"data.tokenizer = 'bpe:99': V must be between 260"),
     ("data.tokenizer=wordpiece", r"data.tokenizer = 'wordpiece' is not allowed; use 'bytes'"),
     ('train.log_to=["mlflow"]', r"train.log_to: 'mlflow' is not allowed; choose from \['tensorboard', 'wandb'\]"),
+    ("seed=-1", r"--set sets seed = -1, but a suite's runs take their seeds from its top-level `seeds` list"),
+    ("metrics.ep_sizes=[4, 3]", r"metrics.ep_sizes = \[4, 3\]: \[3\] do not divide model.num_experts = 8; "
+                                r"choose sizes among \[1, 2, 4, 8\]"),
 ])
 def test_out_of_range_values_exit_2(make_suite, tmp_path, capsys, override, message):
     code, _, err = run_cli(["run", make_suite(ONE_VARIANT), "--out", tmp_path, "--set", override], capsys)
@@ -59,6 +62,36 @@ def test_a_seq_len_longer_than_the_data_exits_2(make_suite, tmp_path, capsys):
     code, _, err = run_cli(["run", make_suite(ONE_VARIANT), "--out", tmp_path, "--set", f"data.source={str(data)!r}",
                             "--set", "model.seq_len=64"], capsys)
     assert_clean_error(code, err, r"model.seq_len = 64 does not fit data.source = .*tiny.txt.*use model.seq_len <=")
+
+
+def test_a_bin_shard_of_an_odd_byte_count_exits_2(make_suite, tmp_path, capsys):
+    import numpy as np
+
+    np.arange(5000, dtype=np.uint16).tofile(tmp_path / "train.bin")
+    np.arange(500, dtype=np.uint16).tofile(tmp_path / "val.bin")
+    with open(tmp_path / "val.bin", "ab") as f:
+        f.write(b"\x01")  # half a token: a truncated copy
+    code, _, err = run_cli(["run", make_suite(ONE_VARIANT), "--out", tmp_path / "out", "--set",
+                            f"data.source={str(tmp_path / '*.bin')!r}", "--set", "model.vocab_size=5056"], capsys)
+    assert_clean_error(code, err, r"val.bin has an odd number of bytes, so it is not whole uint16 tokens")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_seed_below_zero_in_a_suite_file_exits_2(make_suite, tmp_path, capsys):
+    code, _, err = run_cli(["run", make_suite(ONE_VARIANT, seeds=(0, -3)), "--out", tmp_path], capsys)
+    assert_clean_error(code, err, r"seed = -3 must be a whole number >= 0")
+
+
+def test_export_to_an_existing_file_exits_2_and_leaves_it(make_suite, tmp_path, capsys):
+    assert main(["run", str(make_suite(ONE_VARIANT)), "--out", str(tmp_path), "--no-progress"]) == 0
+    capsys.readouterr()
+    target = tmp_path / "keep.txt"
+    target.write_text("mine")
+    code, _, err = run_cli(["export", tmp_path / "tiny", "--to", target], capsys)
+    assert_clean_error(code, err, r"--to '.*keep.txt' is a file, not a folder; name a folder")
+    assert target.read_text() == "mine"
+    code, out, _ = run_cli(["export", tmp_path / "tiny", "--to", tmp_path / "new" / "folder"], capsys)
+    assert code == 0 and len(pd.read_parquet(tmp_path / "new" / "folder" / "runs.parquet")) == 1
 
 
 @pytest.mark.parametrize("body, message", [

@@ -1,9 +1,13 @@
 """One run on several processes (Gloo on CPU) and run checkpoints: the data-parallel run
 matches one process with the whole batch, and a killed run resumes to the same end."""
 
+import contextlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,7 +18,7 @@ import torch.multiprocessing as mp
 from harness import tables
 from harness.config import resolve
 from harness.train import Trainer, corpus_for
-from tests.conftest import TINY_BASE, kill_mid_run
+from tests.conftest import TINY_BASE, kill_mid_run, wait_until
 
 STEPS = 8
 CASES = {
@@ -73,8 +77,82 @@ def cli(*args):
 
 
 def torchrun(*args, nproc=2):
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "harness.cli", *map(str, args)]
+    """The README's command: `torchrun --standalone --nproc_per_node 2 -m harness.cli ...`."""
+    launcher = shutil.which("torchrun") or None
+    head = [launcher] if launcher else [sys.executable, "-m", "torch.distributed.run"]
+    return [*head, "--standalone", f"--nproc_per_node={nproc}", "-m", "harness.cli", *map(str, args)]
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (torchrun starts each rank in a session of its own, so a process
+    group signal would miss them)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+class Launched:
+    """A torchrun and its ranks, signalled together, as a preemption would (kill_mid_run's interface)."""
+
+    def __init__(self, argv):
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def poll(self):
+        return self.proc.poll()
+
+    def send_signal(self, sig):
+        for pid in process_tree(self.proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    def kill(self):
+        tree = process_tree(self.proc.pid)
+        self.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        for pid in tree:  # the ranks are not our children: wait until they are gone
+            wait_until(lambda: not Path(f"/proc/{pid}").exists() or "Z" in _state(pid), timeout=30,
+                       what=f"rank process {pid} to die")
+
+    def wait(self):
+        self.proc.wait()
+
+
+def _state(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return "Z"
+
+
+TORCHRUN_SUITE = {"train.steps": 20, "train.eval_every": 10, "train.checkpoint_every": 5, "train.log_every": 5}
+
+
+def test_readme_torchrun_command_runs_and_resumes_a_suite(make_suite, tmp_path):
+    suite = make_suite([{"router": "loss_free", "router.bias_rate": 0.01}], base=TORCHRUN_SUITE)
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    command = ("run", suite, "--device", "cpu", "--no-progress", "--out")
+    first = Launched(torchrun(*command, killed))
+    checkpoints, results = killed / "tiny" / "checkpoints", killed / "tiny" / "runs"
+    kill_mid_run(first, lambda: any(checkpoints.glob("*.pt")) and not any(results.glob("*.parquet")),
+                 "the run's first checkpoint under torchrun")
+    for folder in (killed, straight):  # the rerun resumes; a second folder runs it uninterrupted
+        proc = subprocess.run(torchrun(*command, folder), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+        assert proc.stdout.count("tiny: 1 runs in") == 1  # only rank 0 summarises and prints
+        assert ("resuming from step" in proc.stderr) == (folder == killed)
+    a, b = (tables.read(folder / "tiny", "runs") for folder in (killed, straight))
+    assert len(a) == 1 and a.loc[0, "world_size"] == 2 and a.loc[0, "status"] == "ok"
+    assert a.loc[0, "resumed_from_step"] > 0 and b.loc[0, "resumed_from_step"] == 0
+    same = [c for c in a.columns if c not in TIMING]
+    pd.testing.assert_frame_equal(a[same], b[same])  # the resumed DDP run ends where the straight one does
+    assert not any(checkpoints.glob("*.pt"))
 
 
 def test_torchrun_suite_writes_one_row_per_run_with_world_size_2(make_suite, tmp_path):

@@ -331,8 +331,18 @@ def test_sinkhorn_balances_the_training_selection_and_leaves_the_gates_alone():
     torch.testing.assert_close(log_p.sum(0), torch.full((8,), 64.0), rtol=1e-3, atol=1e-3)
 
 
+def test_capacity_is_exact_where_floating_point_is_not():
+    from harness.metrics import capacity_drop_frac
+
+    assert 1.1 * 50 * 2 / 10 > 11  # the float product that kept a 12th slot
+    assert balancing.expert_capacity(1.1, 50, 2, 10) == 11
+    assert balancing.expert_capacity(1.25, 4096, 2, 16) == 640 and balancing.expert_capacity(1.0, 7, 2, 4) == 4
+    counts_LE = torch.tensor([[12.0, 10, 10, 10, 10, 10, 10, 10, 9, 9]])  # 100 assignments of 50 tokens x k 2
+    assert capacity_drop_frac(counts_LE, 50, 2, 1.1).item() == pytest.approx(1 / 100)  # one over C = 11
+
+
 @pytest.mark.parametrize("policy", ["probs", "position"])
-@pytest.mark.parametrize("factor", [0.5, 1.0, 1.25])
+@pytest.mark.parametrize("factor", [0.5, 1.0, 1.1, 1.25])
 def test_capacity_keeps_exactly_the_right_assignments(policy, factor):
     torch.manual_seed(0)
     cfg = replace(get_router_config("switch_capacity"), capacity_factor=factor, drop_policy=policy)
@@ -344,7 +354,7 @@ def test_capacity_keeps_exactly_the_right_assignments(policy, factor):
     full = replace(cfg, capacity_factor=0.0)
     router.cfg = full
     ref = router(x)
-    capacity = math.ceil(factor * 96 * 2 / 8)
+    capacity = {0.5: 12, 1.0: 24, 1.1: 27, 1.25: 30}[factor]  # ceil(c 96 2 / 8), by hand
     expected = set()
     for e in range(8):  # naive: each expert's assignments in priority order, the first `capacity` kept
         mine = [(t, g) for t, ex, g in zip(ref.token_idx_A.tolist(), ref.expert_idx_A.tolist(), ref.gate_A.tolist())

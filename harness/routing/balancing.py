@@ -6,6 +6,9 @@ Bias updates return the *new* bias; they never touch autograd.
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import torch
 
 from harness.routing.config import RouterConfig
@@ -42,6 +45,13 @@ def mask_ineligible_groups(biased_TE: torch.Tensor, n_group: int, topk_group: in
     keep_TG = torch.zeros_like(group_score_TG, dtype=torch.bool).scatter_(
         1, group_score_TG.topk(topk_group, dim=-1).indices, True)
     return biased_TE.masked_fill(~keep_TG.repeat_interleave(num_experts // n_group, dim=1), float("-inf"))
+
+
+def expert_capacity(factor: float, num_tokens: int, top_k: int, num_experts: int) -> int:
+    """C = ceil(c T k / n) in exact arithmetic, with c read as the decimal the user wrote: in floating
+    point 1.1 x 50 x 2 / 10 is 11.000000000000002, whose ceiling would keep a 12th slot."""
+    exact = Fraction(str(factor)) * num_tokens * top_k / num_experts
+    return math.ceil(exact)
 
 
 def capacity_keep(token_idx_A: torch.Tensor, expert_idx_A: torch.Tensor, gate_A: torch.Tensor, num_experts: int,

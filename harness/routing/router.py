@@ -10,7 +10,6 @@ counts of the whole step.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -88,9 +87,10 @@ class Router(nn.Module):
         counts_E = mask_TE.sum(dim=0, dtype=torch.float32)  # NOTE: routed, before any drop: what balancing sees
         num_dropped = None
         if cfg.capacity_factor > 0:  # NOTE: after the gates are normalised over the k chosen, as Megatron does
-            keep_A = balancing.capacity_keep(token_idx_A, expert_idx_A, gate_A.detach(), self.num_experts,
-                                             math.ceil(cfg.capacity_factor * x_TD.shape[0] * self.top_k
-                                                       / self.num_experts), cfg.drop_policy)
+            keep_A = balancing.capacity_keep(
+                token_idx_A, expert_idx_A, gate_A.detach(), self.num_experts,
+                balancing.expert_capacity(cfg.capacity_factor, x_TD.shape[0], self.top_k, self.num_experts),
+                cfg.drop_policy)
             num_dropped = (~keep_A).sum()
             token_idx_A, expert_idx_A, gate_A = token_idx_A[keep_A], expert_idx_A[keep_A], gate_A[keep_A]
         aux_mask_TE = mask_TE
