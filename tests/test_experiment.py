@@ -175,3 +175,21 @@ def test_shipped_suites_resolve(name):
     path = Path(__file__).parent.parent / "experiments" / f"{name}.toml"
     suite = experiment.expand_suite(experiment.read_toml(path), {"train.device": "cpu"}, path)
     assert len(suite.runs) >= 5 and len({r.run_id for r in suite.runs}) == len(suite.runs)
+
+
+def test_result_files_get_the_umask_mode_not_a_private_one(make_suite, tmp_path):
+    import os
+    import stat
+
+    from harness.cli import main
+
+    old = os.umask(0o022)
+    try:
+        suite = make_suite([{"router": "loss_free"}], base={"train.checkpoint_every": 3, "train.keep_checkpoint": True})
+        assert main(["run", str(suite), "--out", str(tmp_path), "--no-progress"]) == 0
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "tiny").rglob("*") if p.is_file()]
+    assert {p.parent.name for p in files} >= {"runs", "steps", "loads", "resolved", "checkpoints", "tiny"}
+    modes = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert set(modes.values()) == {"0o644"}, modes  # readable by colleagues and workers of other users

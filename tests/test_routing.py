@@ -1,7 +1,6 @@
 """Router behaviour a user would notice, parametrized over every registered preset."""
 
 import dataclasses
-import math
 from dataclasses import replace
 
 import pytest
