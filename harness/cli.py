@@ -14,6 +14,7 @@ import sys
 
 from harness.errors import RunsFailed
 
+STORAGE_ENV = "MOE_HARNESS_STORAGE"  # harness.storage.ENV (not imported here: it pulls in Optuna)
 USER_ERRORS = (ValueError, FileNotFoundError)  # what a user got wrong; anything else is a bug
 
 
@@ -77,9 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a run-config key, e.g. --set train.steps=50 (repeatable)")
-        p.add_argument("--storage", default=None, metavar="URL",
+        p.add_argument("--storage", default=os.environ.get(STORAGE_ENV) or None, metavar="URL",
                        help="Optuna storage URL shared by every worker: sqlite:///PATH, postgresql://USER@HOST/DB, "
-                            "mysql://USER@HOST/DB or journal:PATH")
+                            f"mysql://USER@HOST/DB or journal:PATH (default: env {STORAGE_ENV}; keep passwords "
+                            "there, in PGPASSWORD or in ~/.pgpass rather than on a command line)")
         p.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS",
                        help="worker heartbeat on an RDB storage; a worker silent for 3 beats is presumed dead and "
                             "its run is retried (default 30)")

@@ -5,6 +5,10 @@
     mysql://user:pw@host/db          many machines (extra `moe-harness[mysql]`: PyMySQL)
     journal:/shared/path.log         a journal file on a shared filesystem (no dead-worker detection)
 
+A URL may come from `--storage` or from the environment variable MOE_HARNESS_STORAGE, and a
+PostgreSQL password from PGPASSWORD or ~/.pgpass (libpq reads both), so that none need be on a
+command line. A password in a URL is never printed: messages show it as `***`.
+
 RDB storages get Optuna's heartbeat: a worker that dies (SIGKILL, a lost node) stops beating,
 and after the grace period the next worker to look marks its trial failed and enqueues it
 again (RetryFailedTrialCallback). Opening is retried, because Optuna creates its schema
@@ -13,9 +17,11 @@ without a lock and workers that start at the same moment on an empty database co
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import random
+import re
 import time
 import warnings
 from pathlib import Path
@@ -36,26 +42,46 @@ CALLBACK_ARG = ("heartbeat_stale_trial_callback"
                 else "failed_trial_callback")
 
 
+ENV = "MOE_HARNESS_STORAGE"  # the storage URL, where no --storage is given (and how local workers get it)
+
+
+def masked(url: str) -> str:
+    """`url` with its password shown as *** (SQLAlchemy's own rendering), for every message."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:  # not a URL SQLAlchemy reads: mask user:password@ by hand
+        return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
+
+
+def _scrub(text: str, url: str) -> str:
+    """A driver's message with the URL's password taken out, should the driver have echoed it."""
+    with contextlib.suppress(sqlalchemy.exc.ArgumentError):
+        password = make_url(url).password
+        if password:
+            text = text.replace(str(password), "***")
+    return text
+
+
 def storage_url(url: str) -> str:
     """Check the scheme and the driver; return the URL with an explicit driver where we chose it."""
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError as err:
-        raise ValueError(f"--storage {url!r} is not a storage URL; use {SCHEMES}") from err
+        raise ValueError(f"--storage {masked(url)!r} is not a storage URL; use {SCHEMES}") from err
     backend, _, driver = parsed.drivername.partition("+")
     if backend == "sqlite":
         if not parsed.database:
-            raise ValueError(f"--storage {url!r} names no database file; use sqlite:///path/to/study.db")
+            raise ValueError(f"--storage {masked(url)!r} names no database file; use sqlite:///path/to/study.db")
         parent = Path(parsed.database).expanduser().resolve().parent
         if not parent.is_dir():
-            raise ValueError(f"--storage {url!r}: the folder {parent} does not exist")
+            raise ValueError(f"--storage {masked(url)!r}: the folder {parent} does not exist")
         return url
     if backend not in DRIVERS:
-        raise ValueError(f"--storage {url!r} has an unsupported scheme {backend!r}; use {SCHEMES}")
+        raise ValueError(f"--storage {masked(url)!r} has an unsupported scheme {backend!r}; use {SCHEMES}")
     module, extra, default_driver = DRIVERS[backend]
     driver = driver or default_driver
     if driver == default_driver and importlib.util.find_spec(module) is None:
-        raise ValueError(f"--storage {url!r} needs the {module} driver: pip install 'moe-harness[{extra}]'")
+        raise ValueError(f"--storage {masked(url)!r} needs the {module} driver: pip install 'moe-harness[{extra}]'")
     return parsed.set(drivername=f"{backend}+{driver}").render_as_string(hide_password=False)
 
 
@@ -80,7 +106,7 @@ def open_storage(url: str | None, default: Path, heartbeat_s: int | None = HEART
                 return optuna.storages.RDBStorage(full, engine_kwargs=kwargs, **beat)
         except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
             if _unreachable(err) or attempt == 7:
-                raise ValueError(f"--storage {url!r} could not be opened: {_first_line(err)}") from err
+                raise ValueError(f"--storage {masked(url)!r} could not be opened: {_scrub(_first_line(err), url)}") from err
             time.sleep(0.2 + random.random() * 0.5 * (attempt + 1))  # another worker is creating the schema
     raise AssertionError("unreachable")
 
@@ -100,7 +126,7 @@ def _journal(url: str):
 
     path = Path(url[len("journal:"):]).expanduser()
     if not path.parent.is_dir():
-        raise ValueError(f"--storage {url!r}: the folder {path.parent} does not exist")
+        raise ValueError(f"--storage {masked(url)!r}: the folder {path.parent} does not exist")
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 
 

@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from harness import tables
-from harness.storage import heartbeat_enabled
+from harness.storage import ENV, heartbeat_enabled
 
 POLL_S = 1.0  # how often an idle worker looks at the queue
 FILL_TIMEOUT_S = 120  # how long a worker waits for another to finish enqueueing
@@ -223,6 +223,20 @@ def resolve_jobs(jobs: int | str, num_runs: int, storage: str | None) -> int:
     return jobs
 
 
+def without_storage(argv: list[str]) -> list[str]:
+    """`argv` less its --storage option (also written --storage=URL or abbreviated, as argparse allows)."""
+    out, skip = [], False
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif len(name) >= 4 and "--storage".startswith(name):
+            skip = "=" not in arg
+        else:
+            out.append(arg)
+    return out
+
+
 def local_workers(argv: list[str], jobs: int, storage_url: str, folder: Path, run_ids: set[str]) -> int:
     """Start `jobs` worker processes of the same command on one storage, with a progress bar of the
     suite's completed runs; returns the worst exit status.
@@ -240,7 +254,9 @@ def local_workers(argv: list[str], jobs: int, storage_url: str, folder: Path, ru
             env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
         else:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-        cmd = [sys.executable, "-m", "harness.cli", *argv, "--storage", storage_url, "--jobs", "1", "--no-progress"]
+        # NOTE: the URL goes through the environment, never argv: any user can read a command line
+        env[ENV] = storage_url
+        cmd = [sys.executable, "-m", "harness.cli", *without_storage(argv), "--jobs", "1", "--no-progress"]
         # NOTE: workers see the same argv, so a relative --out or suite path resolves the same
         procs.append(subprocess.Popen(cmd, env=env))
     bar = tqdm(total=len(run_ids), desc=f"{jobs} workers", unit="run")

@@ -1,8 +1,10 @@
 """Shared fixtures: a tiny suite that trains in about a second per run."""
 
+import contextlib
 import signal
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +29,7 @@ def one_process(monkeypatch, tmp_path_factory):
     """Suites run in the test's own process unless a test asks for --jobs: monkeypatches reach them.
     Tokenizer caches go to a folder of this test session, not the user's ~/.cache."""
     monkeypatch.setenv("MOE_HARNESS_JOBS", "1")
+    monkeypatch.delenv("MOE_HARNESS_STORAGE", raising=False)  # a user's own queue must not capture the tests
     monkeypatch.setenv("MOE_HARNESS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
@@ -107,3 +110,18 @@ def kill_mid_run(proc, holds, what):
             proc.wait()
             return
         proc.send_signal(signal.SIGCONT)
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (torchrun starts each rank in a session of its own, so a process
+    group signal would miss them)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree

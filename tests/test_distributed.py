@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from harness import tables
 from harness.config import resolve
 from harness.train import Trainer, corpus_for
-from tests.conftest import TINY_BASE, kill_mid_run, wait_until
+from tests.conftest import TINY_BASE, kill_mid_run, process_tree, wait_until
 
 STEPS = 8
 CASES = {
@@ -81,21 +81,6 @@ def torchrun(*args, nproc=2):
     launcher = shutil.which("torchrun") or None
     head = [launcher] if launcher else [sys.executable, "-m", "torch.distributed.run"]
     return [*head, "--standalone", f"--nproc_per_node={nproc}", "-m", "harness.cli", *map(str, args)]
-
-
-def process_tree(pid: int) -> list[int]:
-    """`pid` and its descendants (torchrun starts each rank in a session of its own, so a process
-    group signal would miss them)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, todo = [], [pid]
-    while todo:
-        tree.append(todo.pop())
-        todo += children.get(tree[-1], [])
-    return tree
 
 
 class Launched:

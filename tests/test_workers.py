@@ -2,12 +2,14 @@
 dead workers, storage URLs. Storage tests run on SQLite, and on PostgreSQL where .ci/run
 started one (MOE_HARNESS_TEST_POSTGRES)."""
 
+import contextlib
 import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -17,7 +19,7 @@ from harness import tables, workqueue
 from harness.cli import main
 from harness.experiment import load_suite
 from harness.storage import close_storage, open_storage
-from tests.conftest import kill_mid_run, wait_until
+from tests.conftest import kill_mid_run, process_tree, wait_until
 from tests.test_sweep import RATE_SPACE, write_sweep
 
 FOUR_RUNS = [{"router": "softmax_topk"}, {"router": "loss_free", "router.bias_rate": 0.01}]
@@ -268,3 +270,75 @@ def test_a_storage_suite_and_sweep_give_their_connections_back(make_suite, tmp_p
     with psycopg.connect(storage_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
         left = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,)).fetchone()[0]
     assert left == 0  # this process holds no pooled connection once the commands return
+
+
+# -- passwords -----------------------------------------------------------------------------------
+
+SECRET = "s3cret-pw"
+
+
+@pytest.mark.parametrize("url", [
+    f"postgresql://user:{SECRET}@127.0.0.1:1/db",
+    f"postgresql+psycopg://user:{SECRET}@127.0.0.1:1/db",
+    f"redis://user:{SECRET}@localhost/0",
+    f"mysql://user:{SECRET}@127.0.0.1:1/db",
+    f"not a url://user:{SECRET}@host",
+])
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_a_password_never_appears_in_an_error(make_suite, tmp_path, capsys, url, command):
+    path = make_suite(FOUR_RUNS) if command == "run" else write_sweep(tmp_path / "s.toml", RATE_SPACE)
+    code = main([command, str(path), "--out", str(tmp_path), "--storage", url])
+    captured = capsys.readouterr()
+    assert code == 2 and SECRET not in captured.err + captured.out, captured.err
+    assert "***" in captured.err or "not a storage URL" in captured.err
+
+
+def _cmdlines(pid: int) -> list[str]:
+    lines = []
+    for child in process_tree(pid):
+        with contextlib.suppress(OSError):
+            lines.append(Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+    return lines
+
+
+def test_local_workers_get_the_storage_through_their_environment(make_suite, tmp_path, storage_url):
+    """--jobs with a password in --storage: it reaches the workers, but no worker's command line,
+    no output, no result file and no study attribute holds it."""
+    url = storage_url.replace("postgres@", f"postgres:{SECRET}@")  # PostgreSQL's trust login ignores it
+    suite = make_suite(FOUR_RUNS)
+    proc = subprocess.Popen(cli("run", suite, "--out", tmp_path, "--jobs", 2, "--storage", url, "--no-progress"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    STARTED.append(proc)
+    seen = []
+    while proc.poll() is None:
+        seen += [line for line in _cmdlines(proc.pid)[1:] if "harness.cli" in line]
+        time.sleep(0.05)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err[-2000:]
+    assert seen and all("--storage" not in line and "sqlite" not in line and SECRET not in line for line in seen)
+    assert len(tables.read(tmp_path / "tiny", "runs")) == 2 and not (tmp_path / "tiny" / "queue.db").exists()
+    assert SECRET not in out + err
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    storage = open_storage(storage_url, None)
+    try:
+        for summary in optuna.get_all_study_summaries(storage):
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            system = storage.get_study_system_attrs(storage.get_study_id_from_name(summary.study_name))
+            attrs = [study.user_attrs, system] + [(t.user_attrs, t.system_attrs) for t in study.trials]
+            assert SECRET not in repr(attrs)
+    finally:
+        close_storage(storage)
+
+
+def test_the_storage_can_come_from_the_environment(make_suite, tmp_path, monkeypatch, capsys):
+    db = tmp_path / "queue-elsewhere.db"
+    monkeypatch.setenv("MOE_HARNESS_STORAGE", f"sqlite:///{db}")
+    assert main(["run", str(make_suite(FOUR_RUNS)), "--out", str(tmp_path), "--no-progress"]) == 0
+    assert db.is_file() and len(tables.read(tmp_path / "tiny", "runs")) == 2
+    study_names = [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{db}")]
+    assert any(name.startswith("suite:tiny:") for name in study_names)
+
+
+def test_without_storage_drops_every_spelling_of_the_option():
+    argv = ["run", "s.toml", "--storage", "u1", "--out", "o", "--storage=u2", "--stor", "u3", "--sto=u4", "--set", "x=1"]
+    assert workqueue.without_storage(argv) == ["run", "s.toml", "--out", "o", "--set", "x=1"]
