@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="worker heartbeat on an RDB storage; a worker silent for 3 beats is presumed dead and "
                             "its run is retried (default 30)")
         p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+        p.add_argument("--threads", default=None, metavar="N|auto",
+                       help="CPU threads per run: auto (default; env MOE_HARNESS_THREADS) starts with torch's count "
+                            "and follows the cores other processes leave free; N fixes N (bit-identical reruns on a "
+                            "busy machine)")
 
     run = sub.add_parser("run", help="run an ablation suite (TOML)")
     run.add_argument("suite")
@@ -127,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
+        if getattr(args, "threads", None) is not None:  # NOTE: the environment carries it to --jobs workers too
+            from harness.threads import ENV, fixed_threads
+
+            os.environ[ENV] = args.threads
+            fixed_threads()  # a bad value stops here, before anything runs
         args.fn(args)
     except KeyboardInterrupt:
         print(f"\nmoe-harness {args.command}: interrupted; nothing complete was lost. Run the same command again "

@@ -72,8 +72,9 @@ class TrainConfig:
     checkpoint_every: int = 250
     # keep the checkpoint after the run completes (default: delete it)
     keep_checkpoint: bool = False
-    # steps of a dense-FFN model of equal active width timed right before the run, as the
-    # throughput yardstick (dense_tokens_per_s); 0 disables the probe
+    # points spread through the run where a dense-FFN model of equal active width is timed (the
+    # median of 3 steps), each against the run's steps just before it: the throughput yardstick (dense_tokens_per_s,
+    # throughput_ratio = median of the ratios); 0 disables the probe
     dense_probe_steps: int = 4
     # live curves while the run trains: any of "tensorboard", "wandb" (extras of the same names),
     # under OUT/<suite>/logs/ (livelog.py)

@@ -1,9 +1,10 @@
 """What a run's speed means: the machine and code it ran on, whether it had the CPU to itself,
-and a dense yardstick timed in the same process.
+and a dense yardstick timed in the same process, through the run.
 
 A CPU run that got far less CPU time than its threads could use shared the machine
-(`throughput_reliable = false`); `dense_probe` times the dense-FFN twin of the model right before
-the run, and the ratio of the two speeds cancels most of what else the machine is doing.
+(`throughput_reliable = false`); the dense-FFN twin of the model is timed at points spread
+through the run (`SpeedMeter`), and the ratio of the two speeds cancels most of what else the
+machine is doing. The thread count follows the cores other processes leave free (threads.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import platform
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -24,6 +26,7 @@ from harness.config import RunConfig
 from harness.data import Corpus, sample_batch
 from harness.model import MoETransformer
 from harness.optim import autocast_for, build_optimizer
+from harness.threads import ThreadGovernor
 
 # NOTE: measured on the 2-core VM (issue 11), tiny and small models: 0.96-0.99 of the threads
 # alone, 0.87-0.89 per rank under torchrun (Gloo waits), 0.40-0.50 beside one or two busy
@@ -55,44 +58,88 @@ def environment(device: str) -> dict:
             "git_commit": GIT_COMMIT}
 
 
-def cpu_use(train_cpu: float, train_time: float, device: torch.device) -> dict:
-    """Wall and CPU time of the training steps; on CPU, a run that got far less CPU than it has
-    threads shared the machine, and its throughput is flagged unreliable."""
-    threads = torch.get_num_threads() if device.type == "cpu" else 1
-    utilisation = train_cpu / max(train_time, 1e-9) / threads
-    reliable = device.type != "cpu" or utilisation >= MIN_CPU_UTILISATION
-    return {"train_wall_s": train_time, "train_cpu_s": train_cpu, "cpu_threads": threads,
-            "cpu_utilisation": utilisation, "throughput_reliable": bool(reliable)}
+class DenseProbe:
+    """The dense-FFN twin of `cfg`'s model (equal active width) with its own optimizer and data
+    stream; `step()` trains it one step and returns the seconds it took. One untimed step at
+    construction warms it up."""
 
+    def __init__(self, cfg: RunConfig, corpus: Corpus, device: torch.device):
+        torch.manual_seed(cfg.seed)  # NOTE: the run reseeds after this, so the probe changes nothing in it
+        self.model = MoETransformer(dataclasses.replace(cfg.model, ffn="dense"), cfg.router_cfg).to(device)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.cfg, self.corpus, self.device = cfg, corpus, device
+        self.gen, self.amp = torch.Generator().manual_seed(0), autocast_for(cfg)
+        self.tokens = cfg.train.batch_size * cfg.model.seq_len
+        self.step()
 
-def dense_probe(cfg: RunConfig, corpus: Corpus) -> float:
-    """Training tokens/s of the dense-FFN twin of `cfg`'s model (equal active width), timed over
-    `train.dense_probe_steps` steps after one untimed step: the yardstick that cancels most of
-    what the machine is doing meanwhile. NaN when disabled."""
-    steps = cfg.train.dense_probe_steps
-    if steps == 0:
-        return math.nan
-    device = distributed.device_for(cfg.train.device)
-    torch.manual_seed(cfg.seed)  # NOTE: the run reseeds after this, so the probe changes nothing in it
-    model = MoETransformer(dataclasses.replace(cfg.model, ffn="dense"), cfg.router_cfg).to(device)
-    optimizer = build_optimizer(model, cfg)
-    gen, amp = torch.Generator().manual_seed(0), autocast_for(cfg)
-    tokens = cfg.train.batch_size * cfg.model.seq_len
-
-    def step() -> None:
-        x, y = (t.to(device) for t in sample_batch(corpus.train, cfg.train.batch_size, cfg.model.seq_len, gen))
-        with amp:
-            logits = model(x)
+    def step(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        x, y = (t.to(self.device) for t in sample_batch(self.corpus.train, self.cfg.train.batch_size,
+                                                         self.cfg.model.seq_len, self.gen))
+        with self.amp:
+            logits = self.model(x)
         F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
 
-    step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return steps * tokens / (time.perf_counter() - start)
+
+class SpeedMeter:
+    """A run's speed and what it means: tokens/s, the ratio to the dense twin, the CPU it got.
+
+    The dense twin is timed (median of 3 steps) at `train.dense_probe_steps` points spread
+    through the run, each against the median of the run's few steps just before it, and
+    `throughput_ratio` is the median of those ratios: a load that comes and goes then moves
+    both sides of a ratio alike, where one probe before the run measured another moment."""
+
+    RECENT = 5  # run steps each probe is compared with
+    # NOTE: one dense step's time varies by about 8 % on a quiet CPU; the median of 3 per probe
+    # brought the spread of identical runs' ratios within a few per cent (issue 17)
+    STEPS_PER_PROBE = 3
+
+    def __init__(self, cfg: RunConfig, corpus: Corpus, device: torch.device, tokens_per_step: int, world: int):
+        steps, probes = cfg.train.steps, cfg.train.dense_probe_steps
+        self.probe = DenseProbe(cfg, corpus, device) if probes else None
+        self.every = max(1, steps // probes) if probes else 0
+        self.probes, self.tokens_per_step, self.world, self.device = probes, tokens_per_step, world, device
+        self.governor = ThreadGovernor(active=device.type == "cpu")
+        self.recent: list[float] = []  # seconds of the last RECENT run steps
+        self.ratios: list[float] = []  # per probe: run tokens/s over dense tokens/s (all ranks)
+        self.dense_rates: list[float] = []  # per probe: dense tokens/s, all ranks
+        self.wall = self.cpu = self.thread_seconds = 0.0  # inside run steps
+
+    def step(self, step: int, seconds: float, cpu_seconds: float) -> None:
+        """Account one run step (`seconds` wall, `cpu_seconds` of the process); probe when due."""
+        self.wall, self.cpu = self.wall + seconds, self.cpu + cpu_seconds
+        self.thread_seconds += seconds * (torch.get_num_threads() if self.device.type == "cpu" else 1)
+        self.recent = (self.recent + [seconds])[-self.RECENT:]
+        if self.probe and step % self.every == 0 and len(self.ratios) < self.probes:
+            dense_s = statistics.median(self.probe.step() for _ in range(self.STEPS_PER_PROBE))
+            dense_rate = self.world * self.probe.tokens / dense_s
+            self.dense_rates.append(dense_rate)
+            self.ratios.append(self.tokens_per_step / statistics.median(self.recent) / dense_rate)
+        self.governor.tick()
+
+    def summary(self, steps_done: int) -> dict:
+        utilisation = self.cpu / max(self.thread_seconds, 1e-9)
+        reliable = self.device.type != "cpu" or utilisation >= MIN_CPU_UTILISATION
+        return {"tokens_per_s": steps_done * self.tokens_per_step / max(self.wall, 1e-9),
+                "dense_tokens_per_s": statistics.median(self.dense_rates) if self.dense_rates else math.nan,
+                "throughput_ratio": statistics.median(self.ratios) if self.ratios else math.nan,
+                "train_wall_s": self.wall, "train_cpu_s": self.cpu, "cpu_utilisation": utilisation,
+                "throughput_reliable": bool(reliable), **self.governor.summary()}
+
+    def close(self) -> None:
+        self.governor.close()
+
+    def state_dict(self) -> dict:
+        return {"recent": self.recent, "ratios": self.ratios, "dense_rates": self.dense_rates, "wall": self.wall,
+                "cpu": self.cpu, "thread_seconds": self.thread_seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)

@@ -26,13 +26,13 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from harness import checkpoint, distributed, metrics, throughput
+from harness import checkpoint, distributed, metrics
 from harness.config import RunConfig
 from harness.data import Corpus, load_corpus, sample_batch, validation_batches, validation_domains
 from harness.livelog import LiveLog, heatmap_image
 from harness.model import MoETransformer
 from harness.optim import autocast_for, build_optimizer, lr_at  # noqa: F401 (lr_at: public here too)
-from harness.throughput import dense_probe, environment
+from harness.throughput import SpeedMeter, environment
 
 EvalCallback = Callable[[int, float], bool]  # (step, val_loss) -> stop now (a pruner said so)
 
@@ -54,8 +54,8 @@ class Trainer:
     """Holds the state of one run; `run()` below is the entry point."""
 
     def __init__(self, cfg: RunConfig, corpus: Corpus, progress: bool, on_eval: EvalCallback | None,
-                 live: LiveLog | None = None):
-        self.cfg, self.corpus, self.on_eval, self.live = cfg, corpus, on_eval, live
+                 live: LiveLog | None = None, meter: SpeedMeter | None = None):
+        self.cfg, self.corpus, self.on_eval, self.live, self.meter = cfg, corpus, on_eval, live, meter
         self.last_global_LE: torch.Tensor | None = None  # expert counts of the last evaluation (live heatmap)
         self.device = distributed.device_for(cfg.train.device)
         self.rank, self.world = distributed.rank(), distributed.world_size()
@@ -96,8 +96,6 @@ class Trainer:
         self.window: list[float] = []  # train losses since the last step row
         self.last_eval: dict = {}
         self.start_step = 1
-        self.train_time = 0.0  # wall seconds inside training steps (evaluation excluded)
-        self.train_cpu = 0.0  # process CPU seconds (all threads) inside training steps
         self.tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.model.seq_len * self.world
 
     def lm_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -247,8 +245,8 @@ class Trainer:
             lm, aux, counts_LE = self.train_step(step - 1)
             lm_value = lm.item()  # NOTE: the once-per-step sync, needed to stop a diverged run
             elapsed = time.perf_counter() - start
-            self.train_time += elapsed
-            self.train_cpu += time.process_time() - cpu_start
+            if self.meter:  # NOTE: after the step's clock stopped: a dense probe step is not run time
+                self.meter.step(step, elapsed, time.process_time() - cpu_start)
             window_time, window_tokens = window_time + elapsed, window_tokens + self.tokens_per_step
             self.window.append(lm_value)
             self.bar.update(1)
@@ -296,8 +294,7 @@ class Trainer:
                 "vio_history": [v.cpu() for v in self.vio_history],
                 "compute_vio": [float(v) for v in self.compute_vio],
                 "costs": [{k: float(v) for k, v in c.items()} for c in self.costs],
-                "drops": self.drops.cpu(),
-                "train_time": self.train_time, "train_cpu": self.train_cpu}
+                "drops": self.drops.cpu(), "speed": self.meter.state_dict() if self.meter else {}}
 
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -309,7 +306,8 @@ class Trainer:
         self.compute_vio = list(state["compute_vio"])
         self.costs = list(state["costs"])
         self.drops = state["drops"].to(self.device)
-        self.train_time, self.train_cpu = state["train_time"], state["train_cpu"]
+        if self.meter:
+            self.meter.load_state_dict(state.get("speed", {}))
         self.start_step = state["step"] + 1
 
     def step_row(self, step: int, window: list[float], aux: float, counts_LE, tokens_per_s: float) -> dict:
@@ -334,8 +332,7 @@ class Trainer:
                   "drop_frac": (self.drops[0] / self.drops[1].clamp_min(1)).item(),
                   **{name: sum(float(c[name]) for c in costs) / len(costs) for name in (costs[0] if costs else {})},
                   "expert_bias": [layer.router.expert_bias.tolist() for layer in self.layers],
-                  "tokens_per_s": steps_done * self.tokens_per_step / max(self.train_time, 1e-9),
-                  **throughput.cpu_use(self.train_cpu, self.train_time, self.device),
+                  **(self.meter.summary(steps_done) if self.meter else {}),
                   "num_params": sum(p.numel() for p in self.model.parameters()),
                   "compute_ratio": last_eval.get("mean_k", math.nan) / self.cfg.model.top_k}
         record.update(last_eval if status in ("ok", "pruned") else {})
@@ -369,20 +366,23 @@ def run(cfg: RunConfig, *, progress: bool = False, on_eval: EvalCallback | None 
     grouped by `group` (livelog.py)."""
     start = time.perf_counter()
     corpus = corpus_for(cfg)
-    dense_tokens_per_s = dense_probe(cfg, corpus)
+    world = distributed.world_size()
+    meter = SpeedMeter(cfg, corpus, distributed.device_for(cfg.train.device),
+                       cfg.train.batch_size * cfg.train.grad_accum * cfg.model.seq_len * world, world)
     live = None
     if cfg.train.log_to and distributed.rank() == 0:
         live = LiveLog(cfg.train.log_to, Path(log_dir or Path("results") / "logs"),
                        f"{cfg.variant}-s{cfg.seed}-{cfg.run_id}", group or cfg.variant, cfg.flat())
     try:
-        return _run(cfg, corpus, dense_tokens_per_s, start, progress, on_eval, checkpoint_dir, live)
+        return _run(cfg, corpus, meter, start, progress, on_eval, checkpoint_dir, live)
     finally:
+        meter.close()
         if live:
             live.close()
 
 
-def _run(cfg, corpus, dense_tokens_per_s, start, progress, on_eval, checkpoint_dir, live) -> RunResult:
-    trainer = Trainer(cfg, corpus, progress, on_eval, live)
+def _run(cfg, corpus, meter, start, progress, on_eval, checkpoint_dir, live) -> RunResult:
+    trainer = Trainer(cfg, corpus, progress, on_eval, live, meter)
     path = checkpoint.path_for(checkpoint_dir, cfg.run_id) if checkpoint_dir and cfg.train.checkpoint_every else None
     state = checkpoint.load_shared(path, cfg.run_id) if path else None
     if state is not None:
@@ -391,10 +391,6 @@ def _run(cfg, corpus, dense_tokens_per_s, start, progress, on_eval, checkpoint_d
             print(f"{cfg.variant} seed {cfg.seed}: resuming from step {state['step']} of {cfg.train.steps} "
                   f"({path})", file=sys.stderr)
     record = {"run_id": cfg.run_id, "config_id": cfg.config_id, **cfg.flat(), **trainer.run(path)}
-    # NOTE: every rank probes its own dense twin at once, so the world's dense rate is world x that
-    # (without the gradient all-reduce, which the ratio therefore charges to the run)
-    record["dense_tokens_per_s"] = dense_tokens_per_s * trainer.world
-    record["throughput_ratio"] = record["tokens_per_s"] / record["dense_tokens_per_s"]  # MoE speed / dense
     record["resumed_from_step"] = state["step"] if state else 0
     record.update(environment(cfg.train.device), **corpus.fingerprint, wall_s=time.perf_counter() - start)
     for row in trainer.steps + trainer.loads:

@@ -70,16 +70,17 @@ def ratio_rows(benchmarks) -> list[dict]:
         ratio = median_ms / (by_key[vs]["median"] * 1e3) if vs in by_key else None
         verdict = "" if ratio is None or target is None else ("meets" if ratio <= target else "MISSES")
         rows.append({"benchmark": key, "median_ms": median_ms, "vs": vs or "", "ratio": ratio,
-                     "target": target, "verdict": verdict})
+                     "target": target, "verdict": verdict, "note": bench.extra_info.get("note", "")})
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| benchmark | median ms | compared with | ratio | target | |", "|---|---:|---|---:|---:|---|"]
+    lines = ["| benchmark | median ms | compared with | ratio | target | | note |", "|---|---:|---|---:|---:|---|---|"]
     for r in rows:
         ratio = f"{r['ratio']:.3f}" if r["ratio"] is not None else ""
         target = f"<= {r['target']}" if r["target"] is not None else ""
-        lines.append(f"| {r['benchmark']} | {r['median_ms']:.2f} | {r['vs']} | {ratio} | {target} | {r['verdict']} |")
+        lines.append(f"| {r['benchmark']} | {r['median_ms']:.2f} | {r['vs']} | {ratio} | {target} | {r['verdict']} "
+                     f"| {r.get('note', '')} |")
     return "\n".join(lines)
 
 

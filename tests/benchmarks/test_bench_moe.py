@@ -7,6 +7,8 @@ float32 on CPU; the dense equivalent has hidden 2 x 512.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -77,13 +79,42 @@ def test_router_forward_backward_and_update(benchmark, device, name):
     assert out.counts_E.sum().item() == out.token_idx_A.numel() > 0
 
 
+def expert_bytes(experts: int, tokens: int = TOKENS, element: int = 4) -> int:
+    """Bytes a forward + backward of the experts must move at least: each of the 3 weight tensors
+    read in the forward, read again in the backward (input gradients) and its gradient written
+    (9 E D H), plus the 4 saved [A, H] activations written in the forward and read in the
+    backward (A = T k). Gathers, the router and the output scatter are left out (a few MB)."""
+    weights = 9 * experts * DIM * HIDDEN
+    activations = 2 * 4 * tokens * TOP_K * HIDDEN
+    return (weights + activations) * element
+
+
+@pytest.fixture(scope="module")
+def bandwidth(device) -> float:
+    """The machine's copy bandwidth in bytes/s (read + write) on 256 MB, best of 5."""
+    src = torch.randn(64 * 2**20, device=device)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(6):
+        sync(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() * src.element_size() / best
+
+
 @pytest.mark.benchmark(group="scaling_experts")
 @pytest.mark.parametrize("experts", [8, 16, 64, 256])
-def test_scaling_experts(benchmark, device, experts):
+def test_scaling_experts(benchmark, device, experts, bandwidth):
     x = hidden_states(device)
     out = benchmark(fwd_bwd(moe_layer(device, experts), x))
+    moved = expert_bytes(experts)
+    bound_ms = moved / bandwidth * 1e3
     tag(benchmark, f"moe_layer@E={experts}", vs="moe_layer@E=8" if experts != 8 else None,
-        target=1.5 if experts != 8 else None)
+        target=1.5 if experts != 8 else None, bytes_moved=moved, bandwidth_gb_s=bandwidth / 1e9,
+        bound_ms=bound_ms, note=f"{moved / 1e6:.0f} MB at {bandwidth / 1e9:.1f} GB/s: bound {bound_ms:.1f} ms, "
+                                f"time {benchmark.stats['median'] * 1e3 / bound_ms:.2f}x the bound")
     check_layer(out, x)
 
 
