@@ -24,6 +24,7 @@ from harness.livelog import check_log_to
 from harness.metrics import MetricsConfig
 from harness.model import ModelConfig, model_config
 from harness.routing import RouterConfig, get_router_config
+from harness.routing.selection import get_selection
 from harness.tokenizer import check_tokenizer
 
 
@@ -238,9 +239,7 @@ def resolve(settings: dict[str, Any]) -> RunConfig:
     if bad_sizes:
         raise ValueError(f"metrics.ep_sizes = {cfg.metrics.ep_sizes!r}: {bad_sizes} do not divide model.num_experts = "
                          f"{experts}; choose sizes among {[n for n in range(1, experts + 1) if experts % n == 0]}")
-    micro_tokens = cfg.train.batch_size * cfg.model.seq_len
-    if cfg.router_cfg.selection == "expert_choice" and micro_tokens % (cfg.router_cfg.ec_chunk or micro_tokens):
-        raise ValueError(f"router.ec_chunk = {cfg.router_cfg.ec_chunk} must divide the {micro_tokens} tokens of a "
-                         f"micro-batch (train.batch_size {cfg.train.batch_size} x model.seq_len {cfg.model.seq_len}); "
-                         "0 takes the whole micro-batch")
+    get_selection(cfg.router_cfg.selection).check_batch(
+        cfg.router_cfg, cfg.train.batch_size * cfg.model.seq_len,
+        f"train.batch_size {cfg.train.batch_size} x model.seq_len {cfg.model.seq_len}")
     return cfg

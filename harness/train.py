@@ -31,6 +31,7 @@ from harness.config import RunConfig
 from harness.data import Corpus, load_corpus, sample_batch, validation_batches, validation_domains
 from harness.livelog import LiveLog, heatmap_image
 from harness.model import MoETransformer
+from harness.routing.selection import get_selection
 from harness.optim import autocast_for, build_optimizer, lr_at  # noqa: F401 (lr_at: public here too)
 from harness.throughput import SpeedMeter, environment
 
@@ -81,10 +82,11 @@ class Trainer:
         val_domains = validation_domains(corpus, cfg.train.eval_batches * self.world, cfg.train.batch_size,
                                          cfg.model.seq_len)
         self.val_domains = val_domains[self.rank::self.world] if val_domains else None
-        # expert choice is not causal: also evaluate a causal top-k of its scores (val_loss_causal)
-        self.non_causal = cfg.router_cfg.selection == "expert_choice"
+        rule = get_selection(cfg.router_cfg.selection)
+        # a rule that is not causal: also evaluate a causal top-k of its scores (val_loss_causal)
+        self.non_causal = not rule.causal
         # a variable number of experts per token: correlate it with the token's loss (k_loss_corr)
-        self.variable_k = cfg.router_cfg.selection != "topk"
+        self.variable_k = rule.variable_k
         self.amp = autocast_for(cfg)
         self.bar = tqdm(total=cfg.train.steps, desc=cfg.variant, leave=False, disable=not progress or self.rank > 0)
         self.steps: list[dict] = []

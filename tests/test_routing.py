@@ -165,7 +165,8 @@ def test_bias_freezes_for_the_last_fraction_of_training():
 ])
 def test_dynamic_k_rules_on_hand_counts(rule, expected):
     cfg = RouterConfig(score_func="sigmoid", selection="threshold", bias_mode="dynamic_k", dynamic_k_rule=rule, bias_rate=1.0)
-    new = balancing.dynamic_k_update(torch.zeros(4), torch.tensor([2.0, 1.0, 1.0, 0.0]), 4, 2, cfg, 1.0)
+    router = Router(DIM, 4, 2, cfg)
+    new = router.controller.update(torch.zeros(4), torch.tensor([2.0, 1.0, 1.0, 0.0]), 4)
     # eq3 adds sign(K - k) = -1 to every expert; eq4 clamps that at 0
     shift = {"eq3": 1.0, "eq4": 0.0, "eq5": 0.0}[rule]
     torch.testing.assert_close(new, torch.tensor(expected) + shift)

@@ -1,7 +1,8 @@
-"""Balancing methods as pure tensor functions (ROUTING.md, "Balancing methods").
+"""Balancing pieces shared by the router and the rules, as pure tensor functions: aux and z
+losses, group-limited masking, capacity, expert choice's mask, Sinkhorn (docs/methods.md).
+The bias controllers live in controllers/, one file each.
 
 Legend: T = tokens, E = routed experts (n), B = sequences, L = sequence length.
-Bias updates return the *new* bias; they never touch autograd.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import math
 from fractions import Fraction
 
 import torch
-
-from harness.routing.config import RouterConfig
 
 
 def aux_loss(probs_TE: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
@@ -92,12 +91,6 @@ def expert_choice_mask(scores_TE: torch.Tensor, chunk: int, top_k: int) -> torch
     return torch.zeros_like(scores_GCE, dtype=torch.bool).scatter_(1, picked_GCE, True).view(num_tokens, num_experts)
 
 
-def expert_quantiles(scores_TE: torch.Tensor, top_k: int) -> torch.Tensor:
-    """[E] each expert's (1 - k/n) quantile of its scores over these tokens: the score above which
-    it fires on its fair share k/n of them (quantile balancing)."""
-    return torch.quantile(scores_TE.detach().float(), 1 - top_k / scores_TE.shape[-1], dim=0)
-
-
 def sinkhorn(logits_TE: torch.Tensor, iters: int) -> torch.Tensor:
     """Log of the Sinkhorn-balanced assignment of exp(logits): alternately each token's row
     normalised to 1 and each expert's column to T/n, `iters` times (S-BASE, Clark et al. 2022)."""
@@ -113,51 +106,3 @@ def sinkhorn(logits_TE: torch.Tensor, iters: int) -> torch.Tensor:
 def z_loss(logits_TE: torch.Tensor) -> torch.Tensor:
     """ST-MoE router z-loss without beta: mean_t logsumexp(z_t)^2."""
     return torch.logsumexp(logits_TE.float(), dim=-1).square().mean()
-
-
-def loss_free_update(bias_E: torch.Tensor, counts_E: torch.Tensor, cfg: RouterConfig, rate: float) -> torch.Tensor:
-    """One Loss-Free step: b <- b - u * f(F - Q) with f one of sign, rms, linear."""
-    num_experts = counts_E.numel()
-    frac_E = counts_E.float() / counts_E.float().sum().clamp_min(1.0)
-    err_E = frac_E - 1.0 / num_experts
-    if cfg.bias_update == "sign":
-        step_E = torch.sign(err_E)
-    elif cfg.bias_update == "rms":
-        # NOTE: same RMS as sign (1), so the same u works for both (Su part 3).
-        step_E = err_E / err_E.square().mean().sqrt().clamp_min(1e-12)
-    else:  # linear: relative violation e / Q, independent of the batch size
-        step_E = err_E * num_experts
-    if cfg.bias_center:
-        step_E = step_E - step_E.mean()
-    return bias_E - rate * step_E
-
-
-def dynamic_k_update(
-    bias_E: torch.Tensor, counts_E: torch.Tensor, num_tokens: int, top_k: int, cfg: RouterConfig, rate: float
-) -> torch.Tensor:
-    """Su part 4: balance the firing rates and hold mean experts per token at (or under) k."""
-    num_experts = counts_E.numel()
-    fire_rate_E = counts_E.float() / max(num_tokens, 1)  # Ft_i
-    mean_k = fire_rate_E.sum()  # K
-    if cfg.dynamic_k_rule == "eq5":
-        return bias_E - rate * torch.sign(fire_rate_E - top_k / num_experts)
-    frac_E = fire_rate_E / mean_k.clamp_min(1e-12)
-    balance_E = torch.sign(frac_E - 1.0 / num_experts)
-    budget = mean_k - top_k
-    if cfg.dynamic_k_rule == "eq4":  # k is a ceiling, not a target
-        budget = budget.clamp_min(0.0)
-    return bias_E - rate * (balance_E - balance_E.mean() + torch.sign(budget))
-
-
-def threshold_init_bias(scores_TE: torch.Tensor, top_k: int) -> float:
-    """Common bias b such that s + b > 0 fires T k experts in all on this batch.
-
-    This is the point bisection on b converges to, computed exactly: minus the midpoint between
-    the (T k)-th and (T k + 1)-th largest scores.
-    """
-    flat = scores_TE.detach().float().flatten()
-    want = min(scores_TE.shape[0] * top_k, flat.numel())
-    top = flat.topk(min(want + 1, flat.numel())).values
-    if want >= flat.numel():
-        return float(-(top[-1]) + 1e-6)
-    return float(-(top[want - 1] + top[want]) / 2)

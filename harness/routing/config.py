@@ -13,10 +13,8 @@ from dataclasses import dataclass
 from typing import Literal, get_args, get_type_hints
 
 ScoreFunc = Literal["softmax", "sigmoid", "relu", "softplus"]
-Selection = Literal["topk", "threshold", "expert_choice"]
 OutputForm = Literal["plain", "magnitude"]
 AuxScope = Literal["micro_batch", "sequence", "global_batch"]
-BiasMode = Literal["none", "loss_free", "dynamic_k", "quantile"]
 BiasUpdate = Literal["sign", "rms", "linear"]
 DynamicKRule = Literal["eq3", "eq4", "eq5"]
 AuxCounts = Literal["dispatched", "unbiased"]
@@ -27,9 +25,10 @@ DropPolicy = Literal["probs", "position"]
 class RouterConfig:
     # --- score function h: scores s = h(z), z = x W_r
     score_func: ScoreFunc = "softmax"
-    # --- selection rule: top-k of s + b, every expert with s + b > 0 (dynamic k), or expert choice
-    # (Zhou et al. 2022: each expert takes its C = chunk k / n best tokens of a chunk; not causal)
-    selection: Selection = "topk"
+    # --- selection rule, a registered name (selection/): topk (top-k of s + b), threshold (every
+    # expert with s + b > 0: dynamic k), expert_choice (Zhou et al. 2022: each expert takes its
+    # C = chunk k / n best tokens of a chunk; not causal), or one a user registered
+    selection: str = "topk"
     # expert choice: tokens per chunk (must divide a micro-batch's tokens); 0 = the whole micro-batch
     ec_chunk: int = 0
     # renormalise the gates over the selected experts (Mixtral, DeepSeek-V3)
@@ -61,8 +60,9 @@ class RouterConfig:
     aux_counts: AuxCounts = "dispatched"
     # router z-loss coefficient (ST-MoE), combinable with any method; 0 disables it
     z_loss_beta: float = 0.0
-    # --- bias controller: none, Loss-Free (top-k), or the dynamic-k budget controller
-    bias_mode: BiasMode = "none"
+    # --- bias controller, a registered name (controllers/): none, loss_free (top-k), dynamic_k
+    # (threshold), quantile (either), or one a user registered
+    bias_mode: str = "none"
     # bias update rate u
     bias_rate: float = 1e-3
     # Loss-Free update form on e = F - Q: sign (paper), rms (Su), linear (e / Q)
@@ -100,10 +100,7 @@ def validate_router_config(cfg: RouterConfig) -> None:
                          "(0: no dropping)")
     if cfg.ec_chunk < 0:
         raise ValueError(f"router.ec_chunk = {cfg.ec_chunk!r} must be >= 0 (0: the whole micro-batch)")
-    if cfg.selection == "expert_choice" and (cfg.bias_mode != "none" or cfg.capacity_factor > 0 or cfg.n_group > 1):
-        raise ValueError("router.selection = 'expert_choice' balances by construction: it needs bias_mode = 'none', "
-                         f"capacity_factor = 0 and n_group = 1; got bias_mode={cfg.bias_mode!r}, "
-                         f"capacity_factor={cfg.capacity_factor!r}, n_group={cfg.n_group!r}")
+    _check_strategies(cfg)
     if cfg.sinkhorn_iters < 0:
         raise ValueError(f"router.sinkhorn_iters = {cfg.sinkhorn_iters!r} must be >= 0")
     if cfg.sinkhorn_iters and (cfg.selection != "topk" or cfg.bias_mode != "none"):
@@ -122,20 +119,30 @@ def validate_router_config(cfg: RouterConfig) -> None:
         raise ValueError(f"router.bias_freeze_frac = {cfg.bias_freeze_frac!r} must be in [0, 1)")
     if not 0 <= cfg.qb_ema < 1:
         raise ValueError(f"router.qb_ema = {cfg.qb_ema!r} must be in [0, 1)")
-    threshold = cfg.selection == "threshold"
-    if (threshold and cfg.bias_mode not in ("dynamic_k", "quantile")) or (cfg.bias_mode == "dynamic_k" and not threshold):
-        raise ValueError(
-            f"router.selection = {cfg.selection!r} with router.bias_mode = {cfg.bias_mode!r}: threshold "
-            "selection needs a controller that sets its budget (dynamic_k or quantile) and dynamic_k needs "
-            "threshold selection; use selection='threshold' with bias_mode in ['dynamic_k', 'quantile'], or "
-            "selection='topk' with bias_mode in ['none', 'loss_free', 'quantile']"
-        )
     if cfg.output_form == "magnitude" and (cfg.score_func == "softmax" or cfg.route_norm):
         raise ValueError(
             "router.output_form = 'magnitude' predicts each expert's output norm from its score, so "
             "it needs a non-negative, non-softmax score_func (sigmoid, relu, softplus) and "
             f"route_norm = false; got score_func={cfg.score_func!r}, route_norm={cfg.route_norm!r}"
         )
+
+
+def _check_strategies(cfg: RouterConfig) -> None:
+    """The selection rule and the controller exist (registries), fit together, and accept the config."""
+    from harness.routing.controllers import CONTROLLERS, get_controller  # NOTE: they import this module
+    from harness.routing.selection import get_selection
+
+    rule, controller = get_selection(cfg.selection), get_controller(cfg.bias_mode)
+    rule.check(cfg)
+    steers = controller.selections
+    if steers is not None and cfg.selection not in steers:
+        raise ValueError(f"router.bias_mode = {cfg.bias_mode!r} steers selection in {list(steers)}, not "
+                         f"router.selection = {cfg.selection!r}")
+    if rule.needs_controller and not controller.sets_budget:
+        budget = sorted(n for n, c in CONTROLLERS.items() if c.sets_budget and cfg.selection in (c.selections or ()))
+        raise ValueError(f"router.selection = {cfg.selection!r} with router.bias_mode = {cfg.bias_mode!r}: "
+                         f"{cfg.selection} selection needs a controller that sets its budget; use bias_mode in "
+                         f"{budget}")
 
 
 def router_fields() -> list[str]:

@@ -3,9 +3,10 @@
 Legend: T = tokens, D = model width, E = routed experts, K = experts per token, A = (token,
 expert) assignments (T K for top-k, variable for threshold selection).
 
-The contract is narrow on purpose: the MoE layer never asks which variant it holds. The
-balancing update is a separate call, made by the driver after `optimizer.step()` with the
-counts of the whole step.
+The contract is narrow on purpose: the MoE layer never asks which variant it holds, and the
+router never asks either: it dispatches to the registered selection rule (selection/) and bias
+controller (controllers/) its config names. The balancing update is a separate call, made by
+the driver after `optimizer.step()` with the counts of the whole step.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from torch import nn
 from harness import distributed
 from harness.routing import balancing
 from harness.routing.config import RouterConfig
+from harness.routing.controllers import get_controller
+from harness.routing.selection import get_selection
 
 SCORE_FUNCS = {
     "softmax": lambda z: torch.softmax(z, dim=-1),
@@ -51,13 +54,13 @@ class Router(nn.Module):
                              "experts")
         self.cfg, self.num_experts, self.top_k = cfg, num_experts, top_k
         self.gate = nn.Linear(dim, num_experts, bias=False)
+        self.selection = get_selection(cfg.selection)
+        self.controller = get_controller(cfg.bias_mode)(num_experts, top_k, cfg)  # its buffers: its state
         # NOTE: the expert bias is state, not a parameter: float32, no gradient, only used for
         # selection, saved in state_dict.
         self.register_buffer("expert_bias", torch.zeros(num_experts, dtype=torch.float32))
-        # dynamic k starts its bias at a common value that fires about k experts per token
-        self.register_buffer("bias_ready", torch.tensor(cfg.bias_mode not in ("dynamic_k", "quantile")))
-        # quantile balancing: the sum of per-micro-batch quantiles this step, and how many
-        self.register_buffer("step_quantile", torch.zeros(num_experts + 1), persistent=False)
+        # a controller that starts from the first batch's scores has not seen it yet
+        self.register_buffer("bias_ready", torch.tensor(not self.controller.init_from_scores))
         # counts so far in this optimizer step, for the global_batch aux scope (Qwen's buffer)
         self.register_buffer("step_counts", torch.zeros(num_experts), persistent=False)
         self._bias_ready_seen = bool(self.bias_ready)  # host copy: no device sync per forward
@@ -70,11 +73,10 @@ class Router(nn.Module):
         logits_TE = self.gate(x_TD).float()
         scores_TE = SCORE_FUNCS[cfg.score_func](logits_TE)
         if not self._bias_ready_seen and not self._check_bias_ready():
-            self._init_threshold_bias(scores_TE)
-        if cfg.bias_mode == "quantile" and self.training:
+            self._init_bias(scores_TE)
+        if self.controller.observes and self.training:
             with torch.no_grad():
-                self.step_quantile[:-1] += balancing.expert_quantiles(scores_TE, self.top_k)
-                self.step_quantile[-1] += 1
+                self.controller.observe(scores_TE)
         selection_TE = scores_TE.detach() + self.expert_bias
         if cfg.sinkhorn_iters and self.training:  # NOTE: selection only; the gates stay the plain scores
             selection_TE = balancing.sinkhorn(logits_TE.detach(), cfg.sinkhorn_iters)
@@ -103,22 +105,10 @@ class Router(nn.Module):
         return RouterOutput(token_idx_A, expert_idx_A, gate_A, counts_E, scores_TE, aux, num_dropped, dispatch_E)
 
     def _select(self, biased_TE: torch.Tensor):
-        num_tokens = biased_TE.shape[0]
         if self.cfg.n_group > 1:
             biased_TE = balancing.mask_ineligible_groups(biased_TE, self.cfg.n_group, self.cfg.topk_group)
-        selection = "topk" if self.causal_topk else self.cfg.selection
-        if selection == "expert_choice":  # a variable number per token, exactly C tokens per expert and chunk
-            mask_TE = balancing.expert_choice_mask(biased_TE, self.cfg.ec_chunk, self.top_k)
-            token_idx_A, expert_idx_A = mask_TE.nonzero(as_tuple=True)
-        elif selection == "topk":
-            expert_ids_TK = biased_TE.topk(self.top_k, dim=-1).indices
-            token_idx_A = torch.arange(num_tokens, device=biased_TE.device).repeat_interleave(self.top_k)
-            expert_idx_A = expert_ids_TK.flatten()
-            mask_TE = torch.zeros_like(biased_TE, dtype=torch.bool).scatter_(1, expert_ids_TK, True)
-        else:  # threshold: a variable number per token, possibly none
-            mask_TE = biased_TE > 0
-            token_idx_A, expert_idx_A = mask_TE.nonzero(as_tuple=True)
-        return token_idx_A, expert_idx_A, mask_TE
+        rule = get_selection("topk") if self.causal_topk else self.selection
+        return rule.select(biased_TE, self.top_k, self.cfg)
 
     def _aux_losses(self, logits_TE, scores_TE, mask_TE, counts_E, seq_len) -> dict[str, torch.Tensor]:
         cfg, losses = self.cfg, {}
@@ -145,13 +135,9 @@ class Router(nn.Module):
         return self._bias_ready_seen
 
     @torch.no_grad()
-    def _init_threshold_bias(self, scores_TE: torch.Tensor) -> None:
+    def _init_bias(self, scores_TE: torch.Tensor) -> None:
         # NOTE: from the scores of every rank's first batch, so every rank starts at the same bias
-        scores_TE = distributed.all_cat(scores_TE.detach())
-        if self.cfg.bias_mode == "quantile":  # each expert starts at its own quantile
-            self.expert_bias.copy_(-balancing.expert_quantiles(scores_TE, self.top_k))
-        else:
-            self.expert_bias.fill_(balancing.threshold_init_bias(scores_TE, self.top_k))
+        self.expert_bias.copy_(self.controller.initial_bias(distributed.all_cat(scores_TE.detach())))
         self.bias_ready.fill_(True)
         self._bias_ready_seen = True
 
@@ -162,21 +148,10 @@ class Router(nn.Module):
         `progress` is the fraction of training done; the bias is frozen once it reaches
         1 - bias_freeze_frac.
         """
-        cfg = self.cfg
         self.step_counts.zero_()
-        if cfg.bias_mode == "none" or progress >= 1.0 - cfg.bias_freeze_frac:
+        if progress >= 1.0 - self.cfg.bias_freeze_frac:
             return
-        counts_E = counts_E.to(self.expert_bias.device, torch.float32)
-        if cfg.bias_mode == "quantile":
-            step_quantile, self.step_quantile = distributed.all_sum_(self.step_quantile.clone()), \
-                torch.zeros_like(self.step_quantile)
-            target_E = -step_quantile[:-1] / step_quantile[-1].clamp_min(1)  # the step's mean quantile
-            self.expert_bias.mul_(cfg.qb_ema).add_((1 - cfg.qb_ema) * target_E)
-            return
-        if cfg.bias_mode == "loss_free":
-            new_bias = balancing.loss_free_update(self.expert_bias, counts_E, cfg, cfg.bias_rate)
-        else:
-            new_bias = balancing.dynamic_k_update(
-                self.expert_bias, counts_E, num_tokens, self.top_k, cfg, cfg.bias_rate
-            )
-        self.expert_bias.copy_(new_bias)
+        new_bias = self.controller.update(self.expert_bias, counts_E.to(self.expert_bias.device, torch.float32),
+                                          num_tokens)
+        if new_bias is not None:
+            self.expert_bias.copy_(new_bias)

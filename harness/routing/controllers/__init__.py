@@ -1,0 +1,77 @@
+"""Bias controllers: how the selection bias b moves (b enters selection only, never a gate).
+
+A controller is one registered `nn.Module` subclass in a file of its own. It declares the
+router fields it reads (`fields`), the selection rules it can steer (`selections`; None: any),
+whether it sets the budget of a rule that needs one (`sets_budget`, threshold selection),
+whether it starts the bias from the first batch's scores (`init_from_scores`), and whether it
+watches each training forward's scores (`observes`). Its buffers are its state: registered
+with `register_buffer`, they are saved in the model's `state_dict` and so in checkpoints.
+After each optimizer step the driver calls `update` with the step's counts, summed over
+micro-batches and ranks. The router only dispatches through `get_controller`, and the allowed
+values of `router.bias_mode` are the registered names. See docs/methods.md.
+
+Legend: T = tokens, E = routed experts.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class BiasController(nn.Module):
+    """The interface; subclasses override `update` and, where they need to, the rest."""
+
+    name = ""
+    fields: tuple[str, ...] = ()  # the RouterConfig fields it reads
+    selections: tuple[str, ...] | None = ("topk",)  # the selection rules it can steer (None: any)
+    sets_budget = False  # it can steer a rule that needs a controller (threshold)
+    init_from_scores = False  # `initial_bias` from the first batch's scores (every rank's)
+    observes = False  # `observe` every training forward's scores
+
+    def __init__(self, num_experts: int, top_k: int, cfg):
+        super().__init__()
+        self.num_experts, self.top_k, self.cfg = num_experts, top_k, cfg
+
+    def initial_bias(self, scores_TE: torch.Tensor) -> torch.Tensor:
+        """[E] the bias to start from (init_from_scores only)."""
+        raise NotImplementedError
+
+    def observe(self, scores_TE: torch.Tensor) -> None:
+        """See one training forward's scores [T, E] (observes only; no gradient)."""
+
+    def update(self, bias_E: torch.Tensor, counts_E: torch.Tensor, num_tokens: int) -> torch.Tensor | None:
+        """The new bias [E] after a step with these counts (float32, summed over micro-batches and
+        ranks) over `num_tokens` tokens; None leaves it."""
+        raise NotImplementedError
+
+
+CONTROLLERS: dict[str, type[BiasController]] = {}
+
+
+def register_controller(name: str) -> Callable[[type[BiasController]], type[BiasController]]:
+    """Class decorator: register a controller under `name` (the value of router.bias_mode)."""
+    def decorate(cls: type[BiasController]) -> type[BiasController]:
+        if name in CONTROLLERS:
+            raise ValueError(f"bias controller {name!r} is already registered")
+        cls.name = name
+        CONTROLLERS[name] = cls
+        return cls
+
+    return decorate
+
+
+def controller_names() -> list[str]:
+    return sorted(CONTROLLERS)
+
+
+def get_controller(name: str) -> type[BiasController]:
+    if name not in CONTROLLERS:
+        raise ValueError(f"router.bias_mode = {name!r} is not allowed; choose one of {controller_names()}")
+    return CONTROLLERS[name]
+
+
+# NOTE: the shipped controllers register themselves on import
+from harness.routing.controllers import dynamic_k, loss_free, none, quantile  # noqa: E402, F401

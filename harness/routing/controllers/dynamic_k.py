@@ -1,0 +1,50 @@
+"""Dynamic k through the bias offset (Su part 4) with threshold selection s + b > 0: balance the
+firing rates and hold the mean number of experts per token K at k (eq. 3), under k (eq. 4: k a
+ceiling), or the simple per-expert rule (eq. 5). The bias starts at the common value that fires
+T k experts on the first batch."""
+
+from __future__ import annotations
+
+import torch
+
+from harness.routing.controllers import BiasController, register_controller
+
+
+def dynamic_k_step(counts_E: torch.Tensor, num_tokens: int, top_k: int, rule: str) -> torch.Tensor:
+    """[E] the direction the bias moves against: Su eq. 3, 4 or 5 on the step's firing rates."""
+    num_experts = counts_E.numel()
+    fire_rate_E = counts_E.float() / max(num_tokens, 1)  # Ft_i
+    if rule == "eq5":
+        return torch.sign(fire_rate_E - top_k / num_experts)
+    mean_k = fire_rate_E.sum()  # K
+    balance_E = torch.sign(fire_rate_E / mean_k.clamp_min(1e-12) - 1.0 / num_experts)
+    budget = mean_k - top_k
+    if rule == "eq4":  # k is a ceiling, not a target
+        budget = budget.clamp_min(0.0)
+    return balance_E - balance_E.mean() + torch.sign(budget)
+
+
+def threshold_init_bias(scores_TE: torch.Tensor, top_k: int) -> float:
+    """Common bias b such that s + b > 0 fires T k experts in all on this batch: the point
+    bisection on b converges to, exactly (minus the midpoint of the (T k)-th and next score)."""
+    flat = scores_TE.detach().float().flatten()
+    want = min(scores_TE.shape[0] * top_k, flat.numel())
+    top = flat.topk(min(want + 1, flat.numel())).values
+    if want >= flat.numel():
+        return float(-(top[-1]) + 1e-6)
+    return float(-(top[want - 1] + top[want]) / 2)
+
+
+@register_controller("dynamic_k")
+class DynamicK(BiasController):
+    fields = ("bias_rate", "dynamic_k_rule", "bias_freeze_frac")
+    selections = ("threshold",)
+    sets_budget = True
+    init_from_scores = True
+
+    def initial_bias(self, scores_TE):
+        return torch.full((self.num_experts,), threshold_init_bias(scores_TE, self.top_k), dtype=torch.float32,
+                          device=scores_TE.device)
+
+    def update(self, bias_E, counts_E, num_tokens):
+        return bias_E - self.cfg.bias_rate * dynamic_k_step(counts_E, num_tokens, self.top_k, self.cfg.dynamic_k_rule)

@@ -1,0 +1,69 @@
+"""Selection rules: which experts each token goes to, given the scores plus the bias.
+
+A rule is one registered class in a file of its own. It declares its traits (`causal`: a
+token's experts depend on that token and earlier ones only; `variable_k`: the number of experts
+per token varies; `needs_controller`: something must set the bias that steers it) and its
+checks on a config, and `select`s. The router only dispatches through `get_selection`, and the
+allowed values of `router.selection` are the registered names. See docs/methods.md.
+
+Legend: T = tokens, E = routed experts, A = (token, expert) assignments, token-major order.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+if TYPE_CHECKING:
+    from harness.routing.config import RouterConfig
+
+Selected = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # token_idx_A, expert_idx_A, mask_TE (bool)
+
+
+class SelectionRule:
+    """The interface; subclasses override `select` and, where they need to, the traits and checks."""
+
+    name = ""
+    causal = True  # a token's experts depend on it and earlier tokens only
+    variable_k = False  # the number of experts per token varies
+    needs_controller = False  # threshold-like rules fire nothing sensible without a bias that sets a budget
+
+    def check(self, cfg: RouterConfig) -> None:
+        """ValueError for a config this rule cannot run (naming the keys and what is allowed)."""
+
+    def check_batch(self, cfg: RouterConfig, micro_tokens: int, where: str) -> None:
+        """ValueError for a micro-batch of `micro_tokens` tokens this rule cannot route."""
+
+    def select(self, biased_TE: torch.Tensor, top_k: int, cfg: RouterConfig) -> Selected:
+        raise NotImplementedError
+
+
+SELECTIONS: dict[str, SelectionRule] = {}
+
+
+def register_selection(name: str) -> Callable[[type[SelectionRule]], type[SelectionRule]]:
+    """Class decorator: register one instance of the rule under `name`."""
+    def decorate(cls: type[SelectionRule]) -> type[SelectionRule]:
+        if name in SELECTIONS:
+            raise ValueError(f"selection rule {name!r} is already registered")
+        rule = cls()
+        rule.name = name
+        SELECTIONS[name] = rule
+        return cls
+
+    return decorate
+
+
+def selection_names() -> list[str]:
+    return sorted(SELECTIONS)
+
+
+def get_selection(name: str) -> SelectionRule:
+    if name not in SELECTIONS:
+        raise ValueError(f"router.selection = {name!r} is not allowed; choose one of {selection_names()}")
+    return SELECTIONS[name]
+
+
+# NOTE: the shipped rules register themselves on import
+from harness.routing.selection import expert_choice, threshold, topk  # noqa: E402, F401
