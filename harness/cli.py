@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
+        from harness.specfile import load_env_plugins
+
+        load_env_plugins()  # MOE_HARNESS_PLUGINS: methods of the user's own, for every command
         if getattr(args, "threads", None) is not None:  # NOTE: the environment carries it to --jobs workers too
             from harness.threads import ENV, fixed_threads
 

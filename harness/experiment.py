@@ -26,7 +26,6 @@ import itertools
 import json
 import math
 import os
-import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -36,16 +35,15 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from harness import distributed, stats, tables, workqueue
+from harness import distributed, specfile, stats, tables, workqueue
 from harness.checkpoint import CheckpointMismatch
-from harness._compat import tomllib
 from harness.errors import RunsFailed
 from harness.config import RunConfig, parse_overrides, resolve
+from harness.specfile import flatten, read_toml
 from harness.storage import close_storage, open_storage
 from harness.train import RunResult, corpus_for, run
 
-SUITE_KEYS = {"name", "description", "seeds", "base", "variants", "grid", "baseline"}
-NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
+SUITE_KEYS = {"name", "description", "seeds", "plugins", "base", "variants", "grid", "baseline"}
 SUMMARY_COLUMNS = ["val_loss", "maxvio_global", "maxvio_batch", "mean_k", "throughput_ratio", "tokens_per_s"]
 
 
@@ -57,41 +55,10 @@ class Suite:
     baseline: str = ""  # the label the report compares every variant with (default: the first variant)
 
 
-def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"train": {"steps": 5}} -> {"train.steps": 5}; quoted dotted keys pass through."""
-    out = {}
-    for key, value in table.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def read_toml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(2, "No such file", str(path))
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: not valid TOML: {err}") from err
-
-
 def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) -> Suite:
-    unknown = sorted(set(spec) - SUITE_KEYS)
-    if unknown:
-        raise ValueError(f"{source}: unknown suite key(s) {unknown}; allowed: {sorted(SUITE_KEYS)}")
-    name = spec.get("name", source.stem)
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in (".", ".."):
-        raise ValueError(f"{source}: name = {name!r} must be a plain folder name: letters, digits, '.', '_' or '-', "
-                         "no '/' (it names the folder OUT/<name>/)")
-    seeds = spec.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                           for s in seeds):
-        raise ValueError(f"{source}: seeds = {seeds!r} must be a non-empty list of integers")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"{source}: seeds = {seeds!r} lists a seed twice")
+    specfile.check_keys(spec, SUITE_KEYS, source, "suite")
+    specfile.load_plugins(spec, source)
+    name, seeds = specfile.name_of(spec, source), specfile.seeds_of(spec, source)
     variants = spec.get("variants")
     if not isinstance(variants, list) or not variants or not all(isinstance(v, dict) for v in variants):
         raise ValueError(f"{source}: variants = {variants!r}: a suite needs at least one [[variants]] table, "
@@ -101,9 +68,7 @@ def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) 
     if duplicated:
         raise ValueError(f"{source}: variant label(s) {duplicated} appear more than once; give each [[variants]] "
                          "its own `label` so their runs are not averaged together")
-    base = spec.get("base", {})
-    if not isinstance(base, dict):
-        raise ValueError(f"{source}: base = {base!r} must be a table of run-config keys ([base])")
+    base = specfile.table_of(spec, "base", source)
     grid = spec.get("grid", {})
     if not isinstance(grid, dict):
         raise ValueError(f"{source}: grid = {grid!r} must be a table of key = [values] ([grid])")
@@ -111,11 +76,8 @@ def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) 
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ValueError(f"{source}: grid key {key!r} must map to a non-empty list, got {values!r}")
-    for where, table in (("--set", overrides), ("[base]", flatten(base)), ("[grid]", grid),
-                         *((f"[[variants]] {label!r}", flatten(v)) for label, v in zip(labels, variants))):
-        if "seed" in table:  # NOTE: it would be overwritten by each seed of the list, silently
-            raise ValueError(f"{source}: {where} sets seed = {table['seed']!r}, but a suite's runs take their seeds "
-                             "from its top-level `seeds` list; use seeds = [...] instead")
+    specfile.no_seed_in({"--set": overrides, "[base]": base, "[grid]": grid,
+                         **{f"[[variants]] {label!r}": flatten(v) for label, v in zip(labels, variants)}}, source)
     runs = []
     for variant in variants:
         variant = flatten(variant)
@@ -124,7 +86,7 @@ def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) 
             point = dict(zip(grid, combo))
             suffix = ",".join(f"{k}={v}" for k, v in point.items())
             for seed in seeds:
-                settings = {**flatten(base), **variant, **point, **overrides,
+                settings = {**base, **variant, **point, **overrides,
                             "variant": f"{label}[{suffix}]" if suffix else label, "seed": seed}
                 runs.append(resolve(settings))
     baseline = spec.get("baseline", labels[0])

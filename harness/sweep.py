@@ -37,14 +37,15 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from harness import tables
+from harness import specfile, tables
 from harness.config import coerce, parse_overrides, resolve
 from harness.errors import RunsFailed
-from harness.experiment import NAME_RE, SUMMARY_COLUMNS, check_data, flatten, read_toml, run_or_fail
+from harness.experiment import SUMMARY_COLUMNS, check_data, run_or_fail
+from harness.specfile import read_toml
 from harness.storage import HEARTBEAT_S, close_storage, heartbeat_enabled, open_storage
 from harness.workqueue import POLL_S, WORKER
 
-SWEEP_KEYS = {"name", "description", "n_trials", "seeds", "base", "objective", "space"}
+SWEEP_KEYS = {"name", "description", "n_trials", "seeds", "plugins", "base", "objective", "space"}
 OBJECTIVE_KEYS = {"metrics", "constraint", "pruner", "sampler"}
 METRICS = {"val_loss": "minimize", "val_bpb": "minimize", "train_loss": "minimize", "maxvio_global": "minimize",
            "maxvio_batch": "minimize", "tokens_per_s": "maximize"}
@@ -145,25 +146,22 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
     """Read and validate a sweep file; the base config and one sampled point are resolved up front."""
     path = Path(path)
     spec = read_toml(path)
-    unknown = sorted(set(spec) - SWEEP_KEYS)
-    if unknown:
-        raise ValueError(f"{path}: unknown sweep key(s) {unknown}; allowed: {sorted(SWEEP_KEYS)}")
+    specfile.check_keys(spec, SWEEP_KEYS, path, "sweep")
+    specfile.load_plugins(spec, path)
     space = [parse_param(k, v, str(path)) for k, v in (spec.get("space") or {}).items()]
     if not space:
         raise ValueError(f"{path}: [space] is empty; give at least one key, e.g. "
                          "\"router.bias_rate\" = { type = \"float\", low = 1e-5, high = 1e-1, log = true }")
     metrics, constraint, pruner, sampler = parse_objective(spec.get("objective", {}), str(path))
-    seeds = spec.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise ValueError(f"{path}: seeds = {seeds!r} must be a non-empty list of integers")
+    seeds = specfile.seeds_of(spec, path)
     n_trials = spec.get("n_trials", 20)
-    if not isinstance(n_trials, int) or n_trials < 1:
+    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1:
         raise ValueError(f"{path}: n_trials = {n_trials!r} must be a positive integer")
-    base = {**flatten(spec.get("base", {})), **(overrides or {})}
+    base = specfile.table_of(spec, "base", path)
+    specfile.no_seed_in({"--set": overrides or {}, "[base]": base, "[space]": {p.key: p for p in space}}, path)
+    base = {**base, **(overrides or {})}
     check_space(base, space, path)
-    name = spec.get("name", path.stem)
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in (".", ".."):
-        raise ValueError(f"{path}: name = {name!r} must be a plain folder name: letters, digits, '.', '_' or '-'")
+    name = specfile.name_of(spec, path)
     return Sweep(name, base, space, metrics, seeds, n_trials, pruner, sampler,
                  constraint, path)
 

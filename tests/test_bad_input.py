@@ -46,7 +46,7 @@ def assert_clean_error(code, err, message):
     ("data.tokenizer=bpe:99", r"data.tokenizer = 'bpe:99': V must be between 260"),
     ("data.tokenizer=wordpiece", r"data.tokenizer = 'wordpiece' is not allowed; use 'bytes'"),
     ('train.log_to=["mlflow"]', r"train.log_to: 'mlflow' is not allowed; choose from \['tensorboard', 'wandb'\]"),
-    ("seed=-1", r"--set sets seed = -1, but a suite's runs take their seeds from its top-level `seeds` list"),
+    ("seed=-1", r"--set sets seed = -1, but the runs take their seeds from the top-level `seeds` list"),
     ("metrics.ep_sizes=[4, 3]", r"metrics.ep_sizes = \[4, 3\]: \[3\] do not divide model.num_experts = 8; "
                                 r"choose sizes among \[1, 2, 4, 8\]"),
 ])
@@ -79,7 +79,7 @@ def test_a_bin_shard_of_an_odd_byte_count_exits_2(make_suite, tmp_path, capsys):
 
 def test_a_seed_below_zero_in_a_suite_file_exits_2(make_suite, tmp_path, capsys):
     code, _, err = run_cli(["run", make_suite(ONE_VARIANT, seeds=(0, -3)), "--out", tmp_path], capsys)
-    assert_clean_error(code, err, r"seed = -3 must be a whole number >= 0")
+    assert_clean_error(code, err, r"seeds = \[0, -3\]: seed -3 must be a whole number >= 0")
 
 
 def test_export_to_an_existing_file_exits_2_and_leaves_it(make_suite, tmp_path, capsys):
@@ -180,3 +180,23 @@ def test_the_issue_repro_gives_two_groups_per_variant_named_by_steps(tmp_path, c
     runs = tables.read(tmp_path / "smoke", "runs")
     assert runs.groupby("config_id")["train.steps"].nunique().eq(1).all() and runs["config_id"].nunique() == 10
     assert isinstance(runs, pd.DataFrame)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("seeds = [true]", r"seeds = \[True\] must be a non-empty list of integers"),
+    ("seeds = [1, 1]", r"seeds = \[1, 1\] lists a seed twice"),
+    ("seeds = [-1]", r"seeds = \[-1\]: seed -1 must be a whole number >= 0"),
+    ('name = "../x"', r"name = '../x' must be a plain folder name"),
+    ('plugins = "p.py"', r"plugins = 'p.py' must be a list of Python file paths"),
+    ("nope = 1", r"unknown (suite|sweep) key\(s\) \['nope'\]"),
+])
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_suite_and_sweep_files_share_one_rule_per_key(make_suite, tmp_path, capsys, line, message, command):
+    """One validation module: a suite and a sweep give the same answer for the same key."""
+    path = make_suite(ONE_VARIANT) if command == "run" else write_sweep(tmp_path / "s.toml", RATE_SPACE)
+    key = line.split(" = ")[0]
+    kept = [ln for ln in path.read_text().splitlines() if not ln.startswith(f"{key} =")]
+    path.write_text(line + "\n" + "\n".join(kept) + "\n")
+    code, _, err = run_cli([command, path, "--out", tmp_path / "out"], capsys)
+    assert_clean_error(code, err, message)
+    assert not (tmp_path / "out").exists()
