@@ -1,4 +1,4 @@
-"""Load metrics (ROUTING.md, "Load metrics"): pure functions of per-expert counts.
+"""Load metrics (docs/methods.md, "Metrics"): pure functions of per-expert counts.
 
 Counts are tensors or arrays of shape [E] (one token set) or [L, E] (one row per layer).
 """
@@ -35,7 +35,7 @@ class MetricsConfig:
 
 
 def ep_balance(counts_LE: torch.Tensor, ep_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Simulated expert parallelism (ROUTING.md, "What imbalance costs"): experts placed
+    """Simulated expert parallelism (docs/methods.md, "Metrics"): experts placed
     contiguously on `ep_size` devices; per layer the busiest device's load over the mean, minus 1
     (imbalance), and mean over max (efficiency: the share of expert compute a synchronous step
     uses). Layer means, as tensors (no host sync)."""

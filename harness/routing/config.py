@@ -1,4 +1,4 @@
-"""Router configuration: the three orthogonal axes of ROUTING.md as fields of one dataclass.
+"""Router configuration: the axes of docs/methods.md as fields of one dataclass.
 
 A router is a score function x a selection rule x a balancing method (plus an expert output
 form). Named presets (`presets.py`) are functions returning one of these; an ablation copies a
