@@ -35,7 +35,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from harness import distributed, specfile, stats, tables, workqueue
+from harness import distributed, metric_registry, specfile, stats, tables, workqueue
 from harness.checkpoint import CheckpointMismatch
 from harness.errors import RunsFailed
 from harness.config import RunConfig, parse_overrides, resolve
@@ -44,7 +44,11 @@ from harness.storage import close_storage, open_storage
 from harness.train import RunResult, corpus_for, run
 
 SUITE_KEYS = {"name", "description", "seeds", "plugins", "base", "variants", "grid", "baseline"}
-SUMMARY_COLUMNS = ["val_loss", "maxvio_global", "maxvio_batch", "mean_k", "throughput_ratio", "tokens_per_s"]
+
+
+def summary_columns() -> list[str]:
+    """The metrics a suite's summary prints and a sweep's trials store (the metric registry's)."""
+    return [m.name for m in metric_registry.summary_metrics()]
 
 
 @dataclass
@@ -113,7 +117,7 @@ def check_data(runs: list[RunConfig]) -> None:
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """Per config group (label + what differs): the mean of each summary metric over seeds, and the runs."""
     ok = stats.with_groups(runs[runs["status"] == "ok"])
-    columns = [c for c in SUMMARY_COLUMNS if c in ok]
+    columns = [c for c in summary_columns() if c in ok]
     table = ok.groupby("variant", sort=False)[columns].mean()
     table.insert(0, "runs", ok.groupby("variant", sort=False).size())
     return table.sort_values("maxvio_global") if "maxvio_global" in table else table

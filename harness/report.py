@@ -18,34 +18,21 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from harness import plots, stats, tables
+from harness import metric_registry, plots, stats, tables
 
-SUMMARY_METRICS = {  # metric -> (label, better, number format)
-    "val_loss": ("val loss", "min", "{:.3f}"),
-    "maxvio_global": ("MaxVio global", "min", "{:.3f}"),
-    "maxvio_batch": ("MaxVio batch", "min", "{:.3f}"),
-    "mean_k": ("experts/token", None, "{:.2f}"),
-    "throughput_ratio": ("speed / dense", "max", "{:.2f}"),
-    "tokens_per_s": ("tokens/s", "max", "{:,.0f}"),
-}
+def spec_of(metrics) -> dict[str, tuple]:
+    """metric -> (label, better, number format), from the metric registry."""
+    return {m.name: (m.label, m.better, m.fmt) for m in metrics}
+
+
+def summary_metrics_spec() -> dict[str, tuple]:
+    return spec_of(metric_registry.summary_metrics())
 
 
 def cost_metrics_spec(columns) -> dict[str, tuple]:
     """The second table's metrics, as the runs have them: what a load pattern would cost at each
     simulated EP size and capacity factor (metrics.py), plus the method-specific diagnostics."""
-    spec = {}
-    for column in sorted(columns, key=lambda c: (len(c), c)):
-        if m := re.fullmatch(r"ep(\d+)_efficiency", column):
-            spec[column] = (f"EP{m[1]} efficiency", "max", "{:.3f}")
-    for column in sorted(c for c in columns if re.fullmatch(r"drop_frac_cf[\d.]+", c)):
-        spec[column] = (f"drops at c={column.removeprefix('drop_frac_cf')}", "min", "{:.3f}")
-    spec.update({
-        "drop_frac": ("dropped (own capacity)", None, "{:.3f}"),
-        "specialisation": ("specialisation (NMI)", None, "{:.3f}"),
-        "val_loss_causal": ("val loss, causal top-k", "min", "{:.3f}"),
-        "k_loss_corr": ("k-loss Spearman", None, "{:+.3f}"),
-    })
-    return spec
+    return spec_of(metric_registry.cost_metrics(columns))
 
 
 def read_tables(folder: Path) -> dict[str, pd.DataFrame]:
@@ -154,19 +141,19 @@ def reliable_throughput(runs: pd.DataFrame) -> bool:
 
 
 def summary_spec(runs: pd.DataFrame) -> dict[str, tuple]:
-    """SUMMARY_METRICS, plus bits per byte beside val loss when any run is on subword tokens (val
-    loss is per token, so only bits per byte compares tokenizers)."""
+    """The summary metrics, plus bits per byte beside val loss when any run is on subword tokens
+    (val loss is per token, so only bits per byte compares tokenizers)."""
+    summary = summary_metrics_spec()
     if "data.tokenizer" in runs and (runs["data.tokenizer"].fillna("bytes") != "bytes").any():
-        return {"val_loss": SUMMARY_METRICS["val_loss"], "val_bpb": ("val bits/byte", "min", "{:.3f}"),
-                **SUMMARY_METRICS}
-    return SUMMARY_METRICS
+        return {"val_loss": summary["val_loss"], **spec_of([metric_registry.get_metric("val_bpb")]), **summary}
+    return summary
 
 
 def summary_table(runs: pd.DataFrame, spec: dict[str, tuple] | None = None) -> pd.DataFrame:
-    """Per group (label + what differs): runs, and per metric of `spec` (default SUMMARY_METRICS)
+    """Per group (label + what differs): runs, and per metric of `spec` (default: the summary metrics)
     mean [95 % interval] (stats.py); '–' where a group lacks the metric. Bold: the best mean;
     tokens/s is not ranked when any run's machine was contended. Rows by global MaxVio."""
-    spec = SUMMARY_METRICS if spec is None else spec
+    spec = summary_metrics_spec() if spec is None else spec
     ok = stats.with_groups(runs[runs["status"] == "ok"])
     metrics = [m for m in spec if m in ok and ok[m].notna().any()]
     table = stats.comparison(ok, metrics, baseline_label(ok)) if len(ok) else pd.DataFrame()
@@ -199,7 +186,8 @@ def paired_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per group and metric: the mean paired difference to the baseline over common seeds, its 95 %
     t-interval, '≈' when that interval contains 0, and the seeds that would resolve it."""
     ok = stats.with_groups(runs[runs["status"] == "ok"])
-    metrics = [m for m in SUMMARY_METRICS if m in ok and ok[m].notna().any() and m != "tokens_per_s"]
+    summary = summary_metrics_spec()
+    metrics = [m for m in summary if m in ok and ok[m].notna().any() and m != "tokens_per_s"]
     if not len(ok):
         return pd.DataFrame()
     table = stats.comparison(ok, metrics, baseline_label(ok))
@@ -208,14 +196,14 @@ def paired_table(runs: pd.DataFrame) -> pd.DataFrame:
     table = table.dropna(subset=["paired_diff"])
     rows = []
     for _, r in table.iterrows():
-        fmt = SUMMARY_METRICS[r["metric"]][2].replace(",", "")
+        fmt = summary[r["metric"]][2].replace(",", "")
         diff = f"{r['paired_diff']:+.3g}"
         if r["paired_n"] > 1:
             diff += f" [{r['paired_low']:+.3g}, {r['paired_high']:+.3g}]"
             if r["paired_low"] <= 0 <= r["paired_high"]:
                 diff += " ≈"
         seeds = r["paired_seeds_needed"]
-        rows.append({"variant": r["variant"], "baseline": r["baseline"], "metric": SUMMARY_METRICS[r["metric"]][0],
+        rows.append({"variant": r["variant"], "baseline": r["baseline"], "metric": summary[r["metric"]][0],
                      "seeds": int(r["paired_n"]), "difference [95 % CI]": diff,
                      "seeds to resolve": "" if pd.isna(seeds) else ("> 1000" if math.isinf(seeds) else int(seeds)),
                      "_abs": abs(r["paired_diff"]), "_metric": r["metric"], "_fmt": fmt})

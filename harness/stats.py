@@ -33,11 +33,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from harness import metric_registry
+
 # NOTE: columns that identify or describe a run rather than configure it; left out of group names
 NOT_CONFIG = {"run_id", "config_id", "seed", "variant", "suite", "baseline", "trial"}
 CONFIG_PREFIXES = ("model.", "router.", "train.", "data.", "metrics.")  # the resolved config's columns
-POSITIVE = ("maxvio", "tokens_per_s", "throughput_ratio", "dense_tokens_per_s", "cv_", "ep", "drop_frac",
-            "specialisation")
 
 
 def t975(n: int) -> float:
@@ -133,7 +133,8 @@ def seeds_needed(diff: float, sd: float, limit: int = 1000) -> float:
 
 
 def is_positive_metric(metric: str) -> bool:
-    return metric.startswith(POSITIVE)
+    """Positive by nature (declared in the metric registry): its mean's interval is on the log scale."""
+    return metric_registry.is_positive(metric)
 
 
 def comparison(runs: pd.DataFrame, metrics: list[str], baseline: str) -> pd.DataFrame:

@@ -40,15 +40,14 @@ from optuna.trial import TrialState
 from harness import specfile, tables
 from harness.config import coerce, parse_overrides, resolve
 from harness.errors import RunsFailed
-from harness.experiment import SUMMARY_COLUMNS, check_data, run_or_fail
+from harness.experiment import check_data, run_or_fail, summary_columns
+from harness.metric_registry import objectives
 from harness.specfile import read_toml
 from harness.storage import HEARTBEAT_S, close_storage, heartbeat_enabled, open_storage
 from harness.workqueue import POLL_S, WORKER
 
 SWEEP_KEYS = {"name", "description", "n_trials", "seeds", "plugins", "base", "objective", "space"}
 OBJECTIVE_KEYS = {"metrics", "constraint", "pruner", "sampler"}
-METRICS = {"val_loss": "minimize", "val_bpb": "minimize", "train_loss": "minimize", "maxvio_global": "minimize",
-           "maxvio_batch": "minimize", "tokens_per_s": "maximize"}
 PRUNERS = ("median", "hyperband", "none")
 SAMPLERS = ("tpe", "random", "nsga2")
 
@@ -89,7 +88,7 @@ class Sweep:
 
     @property
     def directions(self) -> list[str]:
-        return [METRICS[m] for m in self.metrics]
+        return [objectives()[m] for m in self.metrics]
 
 
 def parse_param(key: str, spec: Any, where: str) -> Param:
@@ -120,14 +119,14 @@ def parse_objective(spec: dict, where: str) -> tuple[list[str], dict | None, str
     unknown = sorted(set(spec) - OBJECTIVE_KEYS)
     if unknown:
         raise ValueError(f"{where}: unknown [objective] key(s) {unknown}; allowed: {sorted(OBJECTIVE_KEYS)}")
-    metrics = spec.get("metrics", ["val_loss"])
-    if not isinstance(metrics, list) or not 1 <= len(metrics) <= 2 or any(m not in METRICS for m in metrics):
-        raise ValueError(f"{where}: objective.metrics = {metrics!r} must list one or two of {list(METRICS)}")
+    metrics, allowed = spec.get("metrics", ["val_loss"]), objectives()
+    if not isinstance(metrics, list) or not 1 <= len(metrics) <= 2 or any(m not in allowed for m in metrics):
+        raise ValueError(f"{where}: objective.metrics = {metrics!r} must list one or two of {list(allowed)}")
     constraint = spec.get("constraint")
-    if constraint is not None and (not isinstance(constraint, dict) or constraint.get("metric") not in METRICS
+    if constraint is not None and (not isinstance(constraint, dict) or constraint.get("metric") not in allowed
                                    or not isinstance(constraint.get("max"), (int, float))):
         raise ValueError(f"{where}: objective.constraint = {constraint!r} must be {{ metric = one of "
-                         f"{list(METRICS)}, max = a number }}")
+                         f"{list(allowed)}, max = a number }}")
     # NOTE: pruning compares intermediate loss only; with a balance constraint it would cut the
     # balanced trials, whose loss is a little higher early on. So the default is then 'none'.
     pruner = spec.get("pruner", "median" if len(metrics) == 1 and constraint is None else "none")
@@ -260,7 +259,7 @@ class Objective:
         if status != "ok":  # failed or diverged: recorded in the tables; Optuna marks it FAIL
             return [math.nan] * len(sweep.metrics) if len(sweep.metrics) > 1 else math.nan
         means = {m: sum(r.get(m, math.nan) for r in records) / len(records)
-                 for m in set(SUMMARY_COLUMNS) | set(sweep.metrics) | self.constraint_metric}
+                 for m in set(summary_columns()) | set(sweep.metrics) | self.constraint_metric}
         for metric, value in means.items():  # NOTE: in the study, so every worker's trials.parquet is complete
             trial.set_user_attr(metric, value)
         if sweep.constraint:
@@ -313,7 +312,7 @@ def trials_table(study: optuna.Study, sweep: Sweep) -> pd.DataFrame:
     trials.columns = [c.removeprefix("params_").removeprefix("user_attrs_") for c in trials.columns]
     trials["duration"] = trials["duration"].dt.total_seconds() if "duration" in trials else math.nan
     complete = trials["state"] == "COMPLETE"
-    for metric in [m for m in SUMMARY_COLUMNS if m in trials]:
+    for metric in [m for m in summary_columns() if m in trials]:
         trials.loc[~complete, metric] = math.nan
     return trials
 

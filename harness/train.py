@@ -30,10 +30,22 @@ from harness import checkpoint, distributed, metrics
 from harness.config import RunConfig
 from harness.data import Corpus, load_corpus, sample_batch, validation_batches, validation_domains
 from harness.livelog import LiveLog, heatmap_image
+from harness.metric_registry import live_metrics, register_metric as metric
 from harness.model import MoETransformer
 from harness.routing.selection import get_selection
 from harness.optim import autocast_for, build_optimizer, lr_at  # noqa: F401 (lr_at: public here too)
 from harness.throughput import SpeedMeter, environment
+
+# NOTE: the run-row columns computed here, declared once (metric_registry.py; docs/methods.md)
+metric("val_loss", "val loss", better="min", summary=0, objective=True, live="val", unit="nats/token",
+       meaning="cross-entropy on the fixed validation set")
+metric("val_bpb", "val bits/byte", better="min", objective=True, unit="bits/byte",
+       meaning="validation loss in bits per byte of text: compares tokenizers")
+metric("train_loss", "train loss", better="min", objective=True, live="train", unit="nats/token")
+metric("aux_loss", "aux loss", live="train", meaning="the step's auxiliary and z losses, as added to the LM loss")
+metric("lr", "learning rate", fmt="{:.2e}", live="train")
+metric("val_loss_causal", "val loss, causal top-k", better="min", cost=4, live="val", unit="nats/token",
+       meaning="validation loss with a causal top-k of the same scores (non-causal rules)")
 
 EvalCallback = Callable[[int, float], bool]  # (step, val_loss) -> stop now (a pruner said so)
 
@@ -277,12 +289,10 @@ class Trainer:
         return self.summary(status, self.last_eval, step)
 
     def log_live(self, step: int, row: dict, is_eval: bool) -> None:
-        self.live.scalars(step, {f"train/{k}": row[k] for k in ("train_loss", "aux_loss", "lr", "maxvio_batch",
-                                                                 "mean_k", "tokens_per_s") if k in row})
+        self.live.scalars(step, {f"train/{k}": row[k] for k in live_metrics("train") if k in row})
         if is_eval:
             ev = self.last_eval
-            self.live.scalars(step, {f"val/{k}": ev[k] for k in ("val_loss", "maxvio_global", "val_loss_causal",
-                                                                  "specialisation", "k_loss_corr") if k in ev})
+            self.live.scalars(step, {f"val/{k}": ev[k] for k in live_metrics("val") if k in ev})
             if self.last_global_LE is not None:
                 layer_vio = np.atleast_1d(metrics.maxvio(self.last_global_LE))
                 self.live.scalars(step, {f"val/maxvio_layer{i}": v for i, v in enumerate(layer_vio)})
