@@ -21,12 +21,21 @@ from harness import distributed
 from harness.tables import write_atomic
 
 
+FORMAT = 2  # the layout of a checkpoint's dict: each part's state_dict (2: issue 18)
+
+
 class CheckpointMismatch(ValueError):
     """A checkpoint file that names another run: bad input (exit 2), never loaded."""
 
 
 def path_for(folder: Path, run_id: str) -> Path:
     return Path(folder) / f"{run_id}.pt"
+
+
+def due(step: int, train_cfg) -> bool:
+    """Whether a checkpoint is saved after `step` (every checkpoint_every steps, never after the last)."""
+    every = train_cfg.checkpoint_every
+    return bool(every) and step % every == 0 and step < train_cfg.steps
 
 
 def save(path: Path, state: dict) -> None:
@@ -43,6 +52,10 @@ def load(path: Path, run_id: str) -> dict | None:
     except Exception as err:  # noqa: BLE001 - a torn or foreign file: start over, say so
         print(f"moe-harness: ignoring unreadable checkpoint {path} ({type(err).__name__}: {err}); "
               "the run starts from step 0", file=sys.stderr)
+        return None
+    if state.get("format") != FORMAT:
+        print(f"moe-harness: ignoring checkpoint {path}: written by another version of moe-harness (format "
+              f"{state.get('format', 1)}, this one reads {FORMAT}); the run starts from step 0", file=sys.stderr)
         return None
     if state.get("run_id") != run_id:
         raise CheckpointMismatch(f"checkpoint {path} belongs to run {state.get('run_id')!r}, not {run_id!r} (another config); "

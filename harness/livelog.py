@@ -83,6 +83,20 @@ class LiveLog:
 
             self.wandb_run.log({tag: wandb.Image(image_HWC)}, step=step)
 
+    def step(self, step: int, row: dict, evaluation: dict | None, counts_LE=None) -> None:
+        """One step row's live scalars; at an evaluation also its scalars, the MaxVio of each layer
+        and the expert-load heatmap of its [L, E] counts. Which scalars: the metric registry's."""
+        from harness.metric_registry import live_metrics
+        from harness.metrics import maxvio
+
+        self.scalars(step, {f"train/{k}": row[k] for k in live_metrics("train") if k in row})
+        if evaluation is None:
+            return
+        self.scalars(step, {f"val/{k}": evaluation[k] for k in live_metrics("val") if k in evaluation})
+        if counts_LE is not None:
+            self.scalars(step, {f"val/maxvio_layer{i}": v for i, v in enumerate(np.atleast_1d(maxvio(counts_LE)))})
+            self.image(step, "val/expert_load", heatmap_image(counts_LE))
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()

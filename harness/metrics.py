@@ -99,11 +99,17 @@ def _as_array(counts) -> np.ndarray:
     return np.asarray(counts, dtype=np.float64)
 
 
+def maxvio_of(counts_E: torch.Tensor) -> torch.Tensor:
+    """MaxVio = max_i c_i / mean_i c_i - 1 = n max_i F_i - 1 over the last axis (per layer for
+    [L, E]), 0 where nothing was routed; a tensor on the counts' device (no host sync). The one
+    MaxVio formula: training steps, micro-batches and evaluations all use it."""
+    mean = counts_E.mean(dim=-1)
+    return torch.where(mean > 0, counts_E.max(dim=-1).values / mean.clamp_min(1e-12) - 1, torch.zeros_like(mean))
+
+
 def maxvio(counts) -> float | np.ndarray:
-    """(max_i c_i - mean_i c_i) / mean_i c_i = n max_i F_i - 1; per layer for [L, E] input."""
-    c = _as_array(counts)
-    mean = c.mean(axis=-1)
-    out = np.where(mean > 0, (c.max(axis=-1) - mean) / np.where(mean > 0, mean, 1.0), 0.0)
+    """`maxvio_of` for host-side counts (an array, a list or a tensor), in float64."""
+    out = maxvio_of(torch.from_numpy(_as_array(counts))).numpy()
     return float(out) if out.ndim == 0 else out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import platform
+import resource
 import statistics
 import subprocess
 import time
@@ -139,7 +140,9 @@ class SpeedMeter:
                 "dense_tokens_per_s": statistics.median(self.dense_rates) if self.dense_rates else math.nan,
                 "throughput_ratio": statistics.median(self.ratios) if self.ratios else math.nan,
                 "train_wall_s": self.wall, "train_cpu_s": self.cpu, "cpu_utilisation": utilisation,
-                "throughput_reliable": bool(reliable), **self.governor.summary()}
+                "throughput_reliable": bool(reliable), **self.governor.summary(),
+                "peak_mem_mb": (torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda"
+                                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
     def close(self) -> None:
         self.governor.close()

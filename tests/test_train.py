@@ -20,6 +20,9 @@ def test_maxvio_uniform_is_zero_and_collapse_is_n_minus_one():
     assert metrics.maxvio([20, 0, 0, 0]) == pytest.approx(3.0)
     assert metrics.maxvio([6, 2, 2, 2]) == pytest.approx(6 / 3 - 1)  # n max F - 1 = 4 * .5 - 1
     np.testing.assert_allclose(metrics.maxvio([[5, 5], [4, 0]]), [0.0, 1.0])
+    # a layer where nothing was routed (dynamic k with k only a ceiling) is 0, not -1, on the device too
+    torch.testing.assert_close(metrics.maxvio_of(torch.tensor([[0.0, 0, 0, 0], [6, 2, 2, 2]])), torch.tensor([0.0, 1.0]))
+    assert metrics.maxvio([0, 0, 0]) == 0.0
 
 
 def test_other_load_metrics_on_hand_counts():
