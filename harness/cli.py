@@ -68,29 +68,27 @@ def cmd_report(args: argparse.Namespace) -> None:
         print(path)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moe-harness", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="print every registered router preset").set_defaults(fn=cmd_list)
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options `run` and `sweep` share."""
+    p.add_argument("--out", default="results", help="output folder (default: results)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a run-config key, e.g. --set train.steps=50 (repeatable)")
+    p.add_argument("--storage", default=os.environ.get(STORAGE_ENV) or None, metavar="URL",
+                   help="Optuna storage URL shared by every worker: sqlite:///PATH, postgresql://USER@HOST/DB, "
+                        f"mysql://USER@HOST/DB or journal:PATH (default: env {STORAGE_ENV}; keep passwords "
+                        "there, in PGPASSWORD or in ~/.pgpass rather than on a command line)")
+    p.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS",
+                   help="worker heartbeat on an RDB storage; a worker silent for 3 beats is presumed dead and "
+                        "its run is retried (default 30)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--threads", default=None, metavar="N|auto",
+                   help="CPU threads per run: auto (default; env MOE_HARNESS_THREADS) starts with torch's count "
+                        "and follows the cores other processes leave free; N fixes N (bit-identical reruns on a "
+                        "busy machine)")
 
-    def add_run_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--out", default="results", help="output folder (default: results)")
-        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a run-config key, e.g. --set train.steps=50 (repeatable)")
-        p.add_argument("--storage", default=os.environ.get(STORAGE_ENV) or None, metavar="URL",
-                       help="Optuna storage URL shared by every worker: sqlite:///PATH, postgresql://USER@HOST/DB, "
-                            f"mysql://USER@HOST/DB or journal:PATH (default: env {STORAGE_ENV}; keep passwords "
-                            "there, in PGPASSWORD or in ~/.pgpass rather than on a command line)")
-        p.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS",
-                       help="worker heartbeat on an RDB storage; a worker silent for 3 beats is presumed dead and "
-                            "its run is retried (default 30)")
-        p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-        p.add_argument("--threads", default=None, metavar="N|auto",
-                       help="CPU threads per run: auto (default; env MOE_HARNESS_THREADS) starts with torch's count "
-                            "and follows the cores other processes leave free; N fixes N (bit-identical reruns on a "
-                            "busy machine)")
 
+def add_run(sub) -> None:
     run = sub.add_parser("run", help="run an ablation suite (TOML)")
     run.add_argument("suite")
     add_run_options(run)
@@ -102,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="under torchrun: the process-group backend (auto: nccl on CUDA, gloo on CPU)")
     run.set_defaults(fn=cmd_run)
 
+
+def add_sweep(sub) -> None:
     sweep = sub.add_parser("sweep", help="run an Optuna study (TOML)")
     sweep.add_argument("sweep")
     add_run_options(sweep)
@@ -110,19 +110,29 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the Optuna study to add to (default: the sweep's name); a new name starts a new study")
     sweep.set_defaults(fn=cmd_sweep)
 
+
+def add_readers(sub) -> None:
+    """The commands that read a results folder back."""
     plot = sub.add_parser("plot", help="draw the comparison figures of a suite folder")
     plot.add_argument("dir")
     plot.add_argument("--format", default="png", choices=["png", "svg", "pdf"])
     plot.set_defaults(fn=cmd_plot)
-
     exp = sub.add_parser("export", help="write single-file runs/steps/loads.parquet of a results folder")
     exp.add_argument("dir")
     exp.add_argument("--to", default=None, help="destination folder (default: DIR/export)")
     exp.set_defaults(fn=cmd_export)
-
     rep = sub.add_parser("report", help="write an HTML + Markdown report of a suite folder")
     rep.add_argument("dir")
     rep.set_defaults(fn=cmd_report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moe-harness", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="print every registered router preset").set_defaults(fn=cmd_list)
+    add_run(sub)
+    add_sweep(sub)
+    add_readers(sub)
     return parser
 
 

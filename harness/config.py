@@ -197,6 +197,20 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def check_run(cfg: RunConfig, explicit_ep_sizes: bool) -> None:
+    """What only the whole config can check: the router against the model's experts and the
+    micro-batch, and simulated EP sizes the user named against the expert count."""
+    experts, rule = cfg.model.num_experts, get_selection(cfg.router_cfg.selection)
+    rule.check_layer(cfg.router_cfg, experts, cfg.model.top_k)
+    rule.check_batch(cfg.router_cfg, cfg.train.batch_size * cfg.model.seq_len,
+                     f"train.batch_size {cfg.train.batch_size} x model.seq_len {cfg.model.seq_len}")
+    # NOTE: sizes the user names must fit; the default list skips those that do not divide
+    bad_sizes = [n for n in cfg.metrics.ep_sizes if experts % n] if explicit_ep_sizes else []
+    if bad_sizes:
+        raise ValueError(f"metrics.ep_sizes = {cfg.metrics.ep_sizes!r}: {bad_sizes} do not divide model.num_experts = "
+                         f"{experts}; choose sizes among {[n for n in range(1, experts + 1) if experts % n == 0]}")
+
+
 def resolve(settings: dict[str, Any]) -> RunConfig:
     """Build a validated RunConfig from flat dotted keys (defaults: softmax_topk, tiny, seed 0)."""
     values = {key: coerce(key, value) for key, value in settings.items()}
@@ -229,17 +243,5 @@ def resolve(settings: dict[str, Any]) -> RunConfig:
         data=data,
         metrics=MetricsConfig(**sections["metrics"]),
     )
-    groups, experts = cfg.router_cfg.n_group, cfg.model.num_experts
-    if experts % groups or cfg.router_cfg.topk_group * (experts // groups) < cfg.model.top_k:
-        raise ValueError(f"router.n_group = {groups} must divide model.num_experts = {experts}, and the "
-                         f"router.topk_group = {cfg.router_cfg.topk_group} eligible groups must hold at least "
-                         f"model.top_k = {cfg.model.top_k} experts")
-    # NOTE: sizes the user names must fit; the default list skips those that do not divide
-    bad_sizes = [n for n in sections["metrics"].get("ep_sizes", []) if experts % n]
-    if bad_sizes:
-        raise ValueError(f"metrics.ep_sizes = {cfg.metrics.ep_sizes!r}: {bad_sizes} do not divide model.num_experts = "
-                         f"{experts}; choose sizes among {[n for n in range(1, experts + 1) if experts % n == 0]}")
-    get_selection(cfg.router_cfg.selection).check_batch(
-        cfg.router_cfg, cfg.train.batch_size * cfg.model.seq_len,
-        f"train.batch_size {cfg.train.batch_size} x model.seq_len {cfg.model.seq_len}")
+    check_run(cfg, explicit_ep_sizes="ep_sizes" in sections["metrics"])
     return cfg

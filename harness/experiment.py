@@ -193,14 +193,7 @@ def run_suite_file(path: str, out_dir: str = "results", device: str = "auto",
         settings["train.device"] = device
     suite = load_suite(path, settings)
     if distributed.launched_by_torchrun():
-        if storage or jobs not in (1, "1", "auto"):
-            raise ValueError("under torchrun every process trains each run together; --storage and --jobs share "
-                             "runs between separate workers instead: use one or the other")
-        devices = {r.train.device for r in suite.runs}
-        if len(devices) > 1:
-            raise ValueError(f"under torchrun all runs of a suite must use one device type, got {sorted(devices)}")
-        distributed.init_from_env(devices.pop(), dist_backend)
-        jobs = 1
+        jobs = join_torchrun(suite, storage, jobs, dist_backend)
     jobs = workqueue.resolve_jobs(jobs, len(suite.runs), storage)
     if jobs > 1:
         folder = prepare_folder(suite, out_dir)
@@ -215,8 +208,25 @@ def run_suite_file(path: str, out_dir: str = "results", device: str = "auto",
             close_storage(store)
     # NOTE: only rank 0 writes the tables, so only rank 0 reads them back; the other ranks are done
     # after the last collective of the last run
-    if os.environ.get("MOE_HARNESS_WORKER") or distributed.rank() > 0:  # the parent / rank 0 prints it
-        return folder
+    if not os.environ.get("MOE_HARNESS_WORKER") and distributed.rank() == 0:  # the parent / rank 0 prints it
+        report_suite(suite, folder)
+    return folder
+
+
+def join_torchrun(suite: Suite, storage: str | None, jobs: int | str, dist_backend: str) -> int:
+    """Under torchrun: join the process group; every rank trains each run together (jobs = 1)."""
+    if storage or jobs not in (1, "1", "auto"):
+        raise ValueError("under torchrun every process trains each run together; --storage and --jobs share "
+                         "runs between separate workers instead: use one or the other")
+    devices = {r.train.device for r in suite.runs}
+    if len(devices) > 1:
+        raise ValueError(f"under torchrun all runs of a suite must use one device type, got {sorted(devices)}")
+    distributed.init_from_env(devices.pop(), dist_backend)
+    return 1
+
+
+def report_suite(suite: Suite, folder: Path) -> None:
+    """Print the suite's summary; RunsFailed (exit 1) if any run raised."""
     runs = tables.read(folder, "runs")
     runs = runs[runs["run_id"].isin([r.run_id for r in suite.runs])]
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
@@ -230,4 +240,3 @@ def run_suite_file(path: str, out_dir: str = "results", device: str = "auto",
     if len(failed):
         raise RunsFailed(f"{len(failed)} of {len(suite.runs)} runs failed ({', '.join(sorted(set(failed['variant'])))}); "
                          "the others are recorded; rerun the same command to retry the failed ones")
-    return folder

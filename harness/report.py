@@ -239,14 +239,46 @@ def _png_base64(fig: plt.Figure) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def write_report(folder: str | Path) -> list[Path]:
-    """report.html (self-contained) and report.md (images in plots/) for a suite or sweep folder."""
-    folder = Path(folder)
-    data = read_tables(folder)
-    runs = data["runs"]
-    name = str(runs["suite"].iloc[0]) if "suite" in runs else folder.name
-    table = summary_table(runs, summary_spec(runs))
-    paired = paired_table(runs)
+class Page:
+    """A report written twice in step: Markdown (images in plots/) and self-contained HTML."""
+
+    def __init__(self, folder: Path, title: str):
+        self.folder, self.title = folder, title
+        self.md = [f"# {title}", ""]
+        self.html = [f"<h1>{html.escape(title)}</h1>"]
+
+    def section(self, heading: str) -> None:
+        self.md += [f"## {heading}", ""]
+        self.html.append(f"<h2>{html.escape(heading)}</h2>")
+
+    def text(self, markdown: str, plain: str | None = None, code: str | None = None) -> None:
+        """A paragraph; `plain` is its HTML-escaped form where Markdown differs, `code` an inline code suffix."""
+        self.md += [markdown, ""]
+        body = html.escape(plain if plain is not None else markdown)
+        self.html.append(f"<p>{body}{'' if code is None else f'<code>{html.escape(code)}</code>.'}</p>")
+
+    def table(self, frame: pd.DataFrame, as_html: str | None = None) -> None:
+        self.md += [markdown_table(frame), ""]
+        self.html.append(as_html if as_html is not None else _html_table(frame))
+
+    def figure(self, stem: str, fig: plt.Figure, caption: str) -> None:
+        fig.savefig(self.folder / "plots" / f"{stem}.png", dpi=150)
+        self.md += [f"![{stem}](plots/{stem}.png)", "", f"*{caption}*", ""]
+        self.html.append(f'<figure><img alt="{stem}" src="data:image/png;base64,{_png_base64(fig)}">'
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        plt.close(fig)
+
+    def write(self) -> list[Path]:
+        style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+                 "td,th{padding:3px 8px;border-bottom:1px solid #ddd}img{max-width:100%}")
+        page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title.split(':')[0])}" \
+               f"</title><style>{style}</style></head><body>{''.join(self.html)}</body></html>"
+        tables.write_text_atomic(self.folder / "report.html", page)
+        tables.write_text_atomic(self.folder / "report.md", "\n".join(self.md))
+        return [self.folder / "report.html", self.folder / "report.md"]
+
+
+def summary_note(runs: pd.DataFrame, table: pd.DataFrame) -> str:
     single_seed = int(table["runs"].max()) <= 1 if len(table) else True
     note = ("Mean over seeds [95 % interval; log-scale for MaxVio and speed, so never below zero]. Bold: the best "
             "mean. Groups are configs (config_id), named by label plus the keys that differ."
@@ -255,44 +287,51 @@ def write_report(folder: str | Path) -> list[Path]:
     if not reliable_throughput(runs[runs["status"] == "ok"]):
         note += (" Some runs shared a contended CPU (throughput_reliable = false): tokens/s is not ranked; "
                  "'speed / dense' (against a dense model timed in the same process) is the fairer figure.")
-    failed = runs[runs["status"] != "ok"]
-    failed_lines = [f"{r.variant} (seed {r.seed}): {r.status}" for r in failed.itertuples()]
-    md = [f"# {name}: MoE load-balancing report", "", f"{len(runs)} runs, from `{folder}`.", "",
-          markdown_table(table), "", note, ""]
-    html_parts = [f"<h1>{html.escape(name)}: MoE load-balancing report</h1>",
-                  f"<p>{len(runs)} runs, from <code>{html.escape(str(folder))}</code>.</p>",
-                  _html_table(table), f"<p>{html.escape(note)}</p>"]
+    return note
+
+
+COST_NOTE = ("What each load pattern would cost in expert-parallel training, per micro-batch in the second "
+             "half of training: EP N efficiency = mean over busiest of N devices holding contiguous experts "
+             "(1 = no device waits); drops at c = assignments a capacity-c system would drop. "
+             "Specialisation: NMI of expert and domain on validation data; causal top-k loss: expert "
+             "choice evaluated without seeing later tokens; k-loss Spearman: do harder tokens get more "
+             "experts (variable-k routers).")
+
+
+def add_tables(page: Page, runs: pd.DataFrame) -> None:
+    """The summary, what imbalance costs, the runs that did not finish, and the paired comparison."""
+    table = summary_table(runs, summary_spec(runs))
+    page.table(table)
+    page.text(summary_note(runs, table))
     costs = summary_table(runs, cost_metrics_spec(runs.columns))
     if len(costs.columns) > 1:
-        cost_note = ("What each load pattern would cost in expert-parallel training, per micro-batch in the second "
-                     "half of training: EP N efficiency = mean over busiest of N devices holding contiguous experts "
-                     "(1 = no device waits); drops at c = assignments a capacity-c system would drop. "
-                     "Specialisation: NMI of expert and domain on validation data; causal top-k loss: expert "
-                     "choice evaluated without seeing later tokens; k-loss Spearman: do harder tokens get more "
-                     "experts (variable-k routers).")
-        md += ["## What imbalance costs", "", markdown_table(costs), "", cost_note, ""]
-        html_parts += ["<h2>What imbalance costs</h2>", _html_table(costs), f"<p>{html.escape(cost_note)}</p>"]
-    if failed_lines:
-        md += ["Runs that did not finish: " + "; ".join(failed_lines), ""]
-        html_parts.append("<p>Runs that did not finish: " + html.escape("; ".join(failed_lines)) + "</p>")
+        page.section("What imbalance costs")
+        page.table(costs)
+        page.text(COST_NOTE)
+    failed = runs[runs["status"] != "ok"]
+    if len(failed):
+        page.text("Runs that did not finish: " + "; ".join(f"{r.variant} (seed {r.seed}): {r.status}"
+                                                           for r in failed.itertuples()))
+    paired = paired_table(runs)
     if len(paired):
         shown = paired[[c for c in paired.columns if not c.startswith("_")]].set_index("variant")
-        paired_note = ("Paired differences against the baseline over the seeds both share (the seed fixes "
-                       "initialisation and data order), with a 95 % t-interval; '≈': the interval contains 0, so "
-                       "the difference is inside the seed noise. " + seeds_sentence(paired))
-        md += ["## Against the baseline", "", markdown_table(shown), "", paired_note, ""]
-        html_parts += ["<h2>Against the baseline</h2>", shown.to_html(escape=True), f"<p>{html.escape(paired_note)}</p>"]
+        page.section("Against the baseline")
+        page.table(shown, shown.to_html(escape=True))
+        page.text("Paired differences against the baseline over the seeds both share (the seed fixes "
+                  "initialisation and data order), with a 95 % t-interval; '≈': the interval contains 0, so "
+                  "the difference is inside the seed noise. " + seeds_sentence(paired))
+
+
+def write_report(folder: str | Path) -> list[Path]:
+    """report.html (self-contained) and report.md (images in plots/) for a suite or sweep folder."""
+    folder = Path(folder)
+    data = read_tables(folder)
+    runs = data["runs"]
+    name = str(runs["suite"].iloc[0]) if "suite" in runs else folder.name
+    page = Page(folder, f"{name}: MoE load-balancing report")
+    page.text(f"{len(runs)} runs, from `{folder}`.", f"{len(runs)} runs, from ", str(folder))
+    add_tables(page, runs)
     (folder / "plots").mkdir(exist_ok=True)
     for stem, fig, caption in figures(data):
-        fig.savefig(folder / "plots" / f"{stem}.png", dpi=150)
-        md += [f"![{stem}](plots/{stem}.png)", "", f"*{caption}*", ""]
-        html_parts.append(f'<figure><img alt="{stem}" src="data:image/png;base64,{_png_base64(fig)}">'
-                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-        plt.close(fig)
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-             "td,th{padding:3px 8px;border-bottom:1px solid #ddd}img{max-width:100%}")
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(name)}</title>" \
-           f"<style>{style}</style></head><body>{''.join(html_parts)}</body></html>"
-    tables.write_text_atomic(folder / "report.html", page)
-    tables.write_text_atomic(folder / "report.md", "\n".join(md))
-    return [folder / "report.html", folder / "report.md"]
+        page.figure(stem, fig, caption)
+    return page.write()

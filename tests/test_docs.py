@@ -31,3 +31,16 @@ def test_every_cited_test_exists():
 def test_no_file_outside_the_repository_is_cited():
     for path in [*(ROOT / "harness").rglob("*.py"), ROOT / "README.md", ROOT / "docs" / "methods.md"]:
         assert "ROUTING.md" not in path.read_text(), path
+
+
+def test_no_class_over_150_lines_and_no_function_over_40():
+    """Issue 18's shape of the package: a new piece of state or logic goes where it belongs."""
+    import ast
+
+    long = []
+    for path in (ROOT / "harness").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            limit = 150 if isinstance(node, ast.ClassDef) else 40 if isinstance(node, ast.FunctionDef) else None
+            if limit and node.end_lineno - node.lineno + 1 > limit:
+                long.append(f"{path.relative_to(ROOT)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long

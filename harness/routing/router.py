@@ -21,7 +21,7 @@ from harness import distributed
 from harness.routing import balancing
 from harness.routing.config import RouterConfig
 from harness.routing.controllers import get_controller
-from harness.routing.selection import get_selection
+from harness.routing.selection import CAUSAL_RULE, get_selection
 
 SCORE_FUNCS = {
     "softmax": lambda z: torch.softmax(z, dim=-1),
@@ -48,10 +48,7 @@ class Router(nn.Module):
         super().__init__()
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k = {top_k} must be between 1 and num_experts = {num_experts}")
-        if num_experts % cfg.n_group or cfg.topk_group * (num_experts // cfg.n_group) < top_k:
-            raise ValueError(f"router.n_group = {cfg.n_group} must divide model.num_experts = {num_experts}, and the "
-                             f"router.topk_group = {cfg.topk_group} eligible groups must hold at least top_k = {top_k} "
-                             "experts")
+        get_selection(cfg.selection).check_layer(cfg, num_experts, top_k)
         self.cfg, self.num_experts, self.top_k = cfg, num_experts, top_k
         self.gate = nn.Linear(dim, num_experts, bias=False)
         self.selection = get_selection(cfg.selection)
@@ -77,9 +74,7 @@ class Router(nn.Module):
         if self.controller.observes and self.training:
             with torch.no_grad():
                 self.controller.observe(scores_TE)
-        selection_TE = scores_TE.detach() + self.expert_bias
-        if cfg.sinkhorn_iters and self.training:  # NOTE: selection only; the gates stay the plain scores
-            selection_TE = balancing.sinkhorn(logits_TE.detach(), cfg.sinkhorn_iters)
+        selection_TE = self.selection.selection_scores(logits_TE, scores_TE, self.expert_bias, cfg, self.training)
         token_idx_A, expert_idx_A, mask_TE = self._select(selection_TE)
         gate_A = scores_TE[token_idx_A, expert_idx_A]
         if cfg.route_norm:
@@ -105,9 +100,7 @@ class Router(nn.Module):
         return RouterOutput(token_idx_A, expert_idx_A, gate_A, counts_E, scores_TE, aux, num_dropped, dispatch_E)
 
     def _select(self, biased_TE: torch.Tensor):
-        if self.cfg.n_group > 1:
-            biased_TE = balancing.mask_ineligible_groups(biased_TE, self.cfg.n_group, self.cfg.topk_group)
-        rule = get_selection("topk") if self.causal_topk else self.selection
+        rule = get_selection(CAUSAL_RULE) if self.causal_topk else self.selection
         return rule.select(biased_TE, self.top_k, self.cfg)
 
     def _aux_losses(self, logits_TE, scores_TE, mask_TE, counts_E, seq_len) -> dict[str, torch.Tensor]:

@@ -32,11 +32,22 @@ class SelectionRule:
     def check(self, cfg: RouterConfig) -> None:
         """ValueError for a config this rule cannot run (naming the keys and what is allowed)."""
 
+    def check_layer(self, cfg: RouterConfig, num_experts: int, top_k: int) -> None:
+        """ValueError for a layer of `num_experts` experts and `top_k` this rule cannot route."""
+
     def check_batch(self, cfg: RouterConfig, micro_tokens: int, where: str) -> None:
         """ValueError for a micro-batch of `micro_tokens` tokens this rule cannot route."""
 
+    def selection_scores(self, logits_TE: torch.Tensor, scores_TE: torch.Tensor, bias_E: torch.Tensor,
+                         cfg: RouterConfig, training: bool) -> torch.Tensor:
+        """What `select` ranks: the scores plus the bias (no gradient), unless the rule says otherwise."""
+        return scores_TE.detach() + bias_E
+
     def select(self, biased_TE: torch.Tensor, top_k: int, cfg: RouterConfig) -> Selected:
         raise NotImplementedError
+
+
+CAUSAL_RULE = "topk"  # what a rule that is not causal is replaced by for its causal validation loss
 
 
 SELECTIONS: dict[str, SelectionRule] = {}
