@@ -24,6 +24,7 @@ from harness.livelog import check_log_to
 from harness.metrics import MetricsConfig
 from harness.model import ModelConfig, model_config
 from harness.routing import RouterConfig, get_router_config
+from harness.routing.params import declared, resolved_params
 from harness.routing.selection import get_selection
 from harness.tokenizer import check_tokenizer
 
@@ -114,7 +115,11 @@ class RunConfig:
         out: dict[str, Any] = {"variant": self.variant, "router": self.router, "size": self.size, "seed": self.seed}
         for prefix, section in (("model", self.model), ("router", self.router_cfg), ("train", self.train),
                                 ("data", self.data), ("metrics", self.metrics)):
-            out.update({f"{prefix}.{k}": v for k, v in dataclasses.asdict(section).items()})
+            fields = dataclasses.asdict(section)
+            if prefix == "router":  # NOTE: router.<name> for each declared parameter; none: as before
+                fields.pop("params")
+                fields.update(resolved_params(section))
+            out.update({f"{prefix}.{k}": v for k, v in fields.items()})
         return out
 
     @property
@@ -140,8 +145,8 @@ TOP_LEVEL = {"router": str, "size": str, "seed": int, "variant": str}
 def allowed_keys() -> list[str]:
     keys = list(TOP_LEVEL)
     for prefix, cls in SECTIONS.items():
-        keys += [f"{prefix}.{f.name}" for f in dataclasses.fields(cls)]
-    return keys
+        keys += [f"{prefix}.{f.name}" for f in dataclasses.fields(cls) if (prefix, f.name) != ("router", "params")]
+    return keys + [f"router.{name}" for name in sorted(declared())]
 
 
 def parse_value(raw: str) -> Any:
@@ -166,7 +171,9 @@ def _field_type(key: str):
     if key in TOP_LEVEL:
         return TOP_LEVEL[key]
     prefix, _, name = key.partition(".")
-    if prefix not in SECTIONS or name not in get_type_hints(SECTIONS[prefix]):
+    if prefix == "router" and name in declared():  # a rule's or controller's own parameter (params.py)
+        return declared()[name].type
+    if prefix not in SECTIONS or name not in get_type_hints(SECTIONS[prefix]) or key == "router.params":
         raise ValueError(f"unknown key {key!r}; allowed keys: {', '.join(allowed_keys())}")
     return get_type_hints(SECTIONS[prefix])[name]
 

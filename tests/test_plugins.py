@@ -27,13 +27,15 @@ TOY = textwrap.dedent('''
     import torch
 
     from harness.routing.controllers import BiasController, register_controller
+    from harness.routing.params import Param
 
 
     @register_controller("toy_momentum")
     class ToyMomentum(BiasController):
-        """Sign updates through a momentum buffer: v <- 0.5 v + sign(F - Q), b <- b - u v."""
+        """Sign updates through a momentum buffer: v <- beta v + sign(F - Q), b <- b - u v."""
 
         fields = ("bias_rate",)
+        params = {"toy_beta": Param(float, 0.5, "momentum of the toy's sign updates", low=0.0, high=1.0)}
 
         def __init__(self, num_experts, top_k, cfg):
             super().__init__(num_experts, top_k, cfg)
@@ -42,7 +44,7 @@ TOY = textwrap.dedent('''
 
         def update(self, bias_E, counts_E, num_tokens):
             frac_E = counts_E / counts_E.sum().clamp_min(1.0)
-            self.velocity.mul_(0.5).add_(torch.sign(frac_E - 1.0 / self.num_experts))
+            self.velocity.mul_(self.param("toy_beta")).add_(torch.sign(frac_E - 1.0 / self.num_experts))
             self.steps_seen += 1
             return bias_E - self.cfg.bias_rate * self.velocity
 ''')
@@ -81,7 +83,8 @@ def cli(*args):
 
 def test_a_toy_controller_runs_from_a_suite_file_resumes_and_reaches_every_output(tmp_path):
     (tmp_path / "toy.py").write_text(TOY)
-    toy = {"router": "sigmoid_topk", "label": "toy", "router.bias_mode": "toy_momentum", "router.bias_rate": 0.01}
+    toy = {"router": "sigmoid_topk", "label": "toy", "router.bias_mode": "toy_momentum", "router.bias_rate": 0.01,
+           "router.toy_beta": 0.8}
     suite = tmp_path / "plug.toml"
     suite.write_text(suite_text("toy.py", [toy, {"router": "sigmoid_topk"}], RESUMABLE))
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -104,7 +107,8 @@ def test_a_toy_controller_runs_from_a_suite_file_resumes_and_reaches_every_outpu
     same = [c for c in a.columns if c not in TIMING]
     pd.testing.assert_frame_equal(a[same], b[same])  # resumed with its buffers: the same end
     row = a[a["variant"] == "toy"].iloc[0]
-    assert row["router.bias_mode"] == "toy_momentum" and row["status"] == "ok"
+    assert row["router.bias_mode"] == "toy_momentum" and row["status"] == "ok" and row["router.toy_beta"] == 0.8
+    assert pd.isna(a[a["variant"] != "toy"].iloc[0]["router.toy_beta"])  # only the toy's runs have its parameter
     assert max(map(abs, row["expert_bias"][0])) > 0  # the toy controller moved the bias
     assert set(tables.read(killed / "plug", "steps")["run_id"]) == set(a["run_id"])
     assert main(["plot", str(killed / "plug")]) == 0 and main(["report", str(killed / "plug")]) == 0
@@ -165,6 +169,22 @@ def test_bad_plugins_exit_2(tmp_path, capsys, body, message):
     suite = tmp_path / "s.toml"
     suite.write_text(body + '[[variants]]\nrouter = "loss_free"\n')
     assert main(["run", str(suite), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("router.toy_beta=2.0", r"router.toy_beta = 2.0 must be a finite number in \[0.0, 1.0\] \(momentum of the toy"),
+    ('router.toy_beta="x"', r"router.toy_beta expects a value of type float, got 'x'"),
+    ("router.bias_mode=loss_free", r"router.toy_beta is not a parameter of router.selection = 'topk' or "
+                                   r"router.bias_mode = 'loss_free'; theirs: none"),
+])
+def test_a_declared_parameter_is_checked_like_a_field(tmp_path, capsys, setting, message):
+    (tmp_path / "toy.py").write_text(TOY)
+    suite = tmp_path / "plug.toml"
+    suite.write_text(suite_text("toy.py", [{"router": "sigmoid_topk", "router.bias_mode": "toy_momentum",
+                                            "router.toy_beta": 0.9}]))
+    assert main(["run", str(suite), "--out", str(tmp_path / "out"), "--set", setting]) == 2
     err = capsys.readouterr().err
     assert re.search(message, err) and "Traceback" not in err, err
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Literal, get_args, get_type_hints
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 ScoreFunc = Literal["softmax", "sigmoid", "relu", "softplus"]
 OutputForm = Literal["plain", "magnitude"]
@@ -76,13 +76,17 @@ class RouterConfig:
     qb_ema: float = 0.9
     # dynamic-k update: Su eq. 3 (target k), eq. 4 (k as a ceiling), eq. 5 (simple)
     dynamic_k_rule: DynamicKRule = "eq3"
+    # --- the parameters the selection rule and controller declare for themselves (params.py),
+    # set as router.<name>; empty when they declare none
+    params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         validate_router_config(self)
 
 
 def _choices(name: str) -> tuple:
-    return get_args(get_type_hints(RouterConfig)[name])
+    hint = get_type_hints(RouterConfig)[name]
+    return get_args(hint) if get_origin(hint) is Literal else ()
 
 
 def validate_router_config(cfg: RouterConfig) -> None:
@@ -132,8 +136,11 @@ def _check_strategies(cfg: RouterConfig) -> None:
     from harness.routing.controllers import CONTROLLERS, get_controller  # NOTE: they import this module
     from harness.routing.selection import get_selection
 
+    from harness.routing.params import check_params
+
     rule, controller = get_selection(cfg.selection), get_controller(cfg.bias_mode)
     rule.check(cfg)
+    check_params(cfg)
     steers = controller.selections
     if steers is not None and cfg.selection not in steers:
         raise ValueError(f"router.bias_mode = {cfg.bias_mode!r} steers selection in {list(steers)}, not "
@@ -146,4 +153,5 @@ def _check_strategies(cfg: RouterConfig) -> None:
 
 
 def router_fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(RouterConfig)]
+    """The router's own fields (the units' declared parameters are in params.py)."""
+    return [f.name for f in dataclasses.fields(RouterConfig) if f.name != "params"]

@@ -48,7 +48,13 @@ def get_preset_fn(name: str) -> PresetFn:
 
 def get_router_config(name: str, **overrides) -> RouterConfig:
     """The preset's config with `overrides` applied (validated, unknown keys rejected)."""
-    unknown = sorted(set(overrides) - set(router_fields()))
+    from harness.routing.params import declared
+
+    params = declared()
+    unknown = sorted(set(overrides) - set(router_fields()) - set(params))
     if unknown:
-        raise ValueError(f"unknown router key(s) {unknown}; allowed: {router_fields()}")
-    return dataclasses.replace(get_preset_fn(name)(), **overrides)
+        raise ValueError(f"unknown router key(s) {unknown}; allowed: {router_fields() + sorted(params)}")
+    preset = get_preset_fn(name)()
+    fields = {k: v for k, v in overrides.items() if k not in params}
+    mine = {k: v for k, v in overrides.items() if k in params}
+    return dataclasses.replace(preset, **fields, params={**preset.params, **mine})

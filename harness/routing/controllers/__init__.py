@@ -15,10 +15,14 @@ Legend: T = tokens, E = routed experts.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Callable
 
 import torch
 from torch import nn
+
+from harness.routing.params import Param, check_name
 
 
 class BiasController(nn.Module):
@@ -30,10 +34,15 @@ class BiasController(nn.Module):
     sets_budget = False  # it can steer a rule that needs a controller (threshold)
     init_from_scores = False  # `initial_bias` from the first batch's scores (every rank's)
     observes = False  # `observe` every training forward's scores
+    params: dict[str, Param] = {}  # its own knobs, set as router.<name> (params.py)
 
     def __init__(self, num_experts: int, top_k: int, cfg):
         super().__init__()
         self.num_experts, self.top_k, self.cfg = num_experts, top_k, cfg
+
+    def param(self, name: str):
+        """The value of one of its declared parameters (the default where the config leaves it)."""
+        return self.cfg.params.get(name, self.params[name].default)
 
     def initial_bias(self, scores_TE: torch.Tensor) -> torch.Tensor:
         """[E] the bias to start from (init_from_scores only)."""
@@ -56,6 +65,8 @@ def register_controller(name: str) -> Callable[[type[BiasController]], type[Bias
     def decorate(cls: type[BiasController]) -> type[BiasController]:
         if name in CONTROLLERS:
             raise ValueError(f"bias controller {name!r} is already registered")
+        for param in cls.params:
+            check_name(param, f"bias controller {name!r}")
         cls.name = name
         CONTROLLERS[name] = cls
         return cls
@@ -73,5 +84,6 @@ def get_controller(name: str) -> type[BiasController]:
     return CONTROLLERS[name]
 
 
-# NOTE: the shipped controllers register themselves on import
-from harness.routing.controllers import dynamic_k, loss_free, none, quantile  # noqa: E402, F401
+# NOTE: every module of this folder is a controller that registers itself: a new one is its own file only
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -13,7 +13,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
+import importlib
+import pkgutil
+
 import torch
+
+from harness.routing.params import Param, check_name
 
 if TYPE_CHECKING:
     from harness.routing.config import RouterConfig
@@ -28,6 +33,12 @@ class SelectionRule:
     causal = True  # a token's experts depend on it and earlier tokens only
     variable_k = False  # the number of experts per token varies
     needs_controller = False  # threshold-like rules fire nothing sensible without a bias that sets a budget
+    params: dict[str, Param] = {}  # its own knobs, set as router.<name> (params.py)
+
+    @classmethod
+    def param(cls, cfg: RouterConfig, name: str):
+        """The value of one of its declared parameters in `cfg` (the default where unset)."""
+        return cfg.params.get(name, cls.params[name].default)
 
     def check(self, cfg: RouterConfig) -> None:
         """ValueError for a config this rule cannot run (naming the keys and what is allowed)."""
@@ -58,6 +69,8 @@ def register_selection(name: str) -> Callable[[type[SelectionRule]], type[Select
     def decorate(cls: type[SelectionRule]) -> type[SelectionRule]:
         if name in SELECTIONS:
             raise ValueError(f"selection rule {name!r} is already registered")
+        for param in cls.params:
+            check_name(param, f"selection rule {name!r}")
         rule = cls()
         rule.name = name
         SELECTIONS[name] = rule
@@ -76,5 +89,6 @@ def get_selection(name: str) -> SelectionRule:
     return SELECTIONS[name]
 
 
-# NOTE: the shipped rules register themselves on import
-from harness.routing.selection import expert_choice, threshold, topk  # noqa: E402, F401
+# NOTE: every module of this folder is a rule that registers itself: a new one is its own file only
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
