@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Callable
 
 import torch
 from torch import nn
 
-from harness.routing.params import Param, check_name
+from harness.routing.params import Param
+from harness.routing.units import UnitRegistry
 
 
 class BiasController(nn.Module):
@@ -57,31 +57,13 @@ class BiasController(nn.Module):
         raise NotImplementedError
 
 
-CONTROLLERS: dict[str, type[BiasController]] = {}
-
-
-def register_controller(name: str) -> Callable[[type[BiasController]], type[BiasController]]:
-    """Class decorator: register a controller under `name` (the value of router.bias_mode)."""
-    def decorate(cls: type[BiasController]) -> type[BiasController]:
-        if name in CONTROLLERS:
-            raise ValueError(f"bias controller {name!r} is already registered")
-        for param in cls.params:
-            check_name(param, f"bias controller {name!r}")
-        cls.name = name
-        CONTROLLERS[name] = cls
-        return cls
-
-    return decorate
-
-
-def controller_names() -> list[str]:
-    return sorted(CONTROLLERS)
+CONTROLLERS = UnitRegistry("bias controller", "router.bias_mode", instantiate=False)
+register_controller = CONTROLLERS.register  # class decorator: @register_controller("name")
+controller_names = CONTROLLERS.names
 
 
 def get_controller(name: str) -> type[BiasController]:
-    if name not in CONTROLLERS:
-        raise ValueError(f"router.bias_mode = {name!r} is not allowed; choose one of {controller_names()}")
-    return CONTROLLERS[name]
+    return CONTROLLERS.lookup(name)
 
 
 # NOTE: every module of this folder is a controller that registers itself: a new one is its own file only

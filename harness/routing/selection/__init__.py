@@ -11,14 +11,15 @@ Legend: T = tokens, E = routed experts, A = (token, expert) assignments, token-m
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import importlib
 import pkgutil
 
 import torch
 
-from harness.routing.params import Param, check_name
+from harness.routing.params import Param
+from harness.routing.units import UnitRegistry
 
 if TYPE_CHECKING:
     from harness.routing.config import RouterConfig
@@ -61,32 +62,13 @@ class SelectionRule:
 CAUSAL_RULE = "topk"  # what a rule that is not causal is replaced by for its causal validation loss
 
 
-SELECTIONS: dict[str, SelectionRule] = {}
-
-
-def register_selection(name: str) -> Callable[[type[SelectionRule]], type[SelectionRule]]:
-    """Class decorator: register one instance of the rule under `name`."""
-    def decorate(cls: type[SelectionRule]) -> type[SelectionRule]:
-        if name in SELECTIONS:
-            raise ValueError(f"selection rule {name!r} is already registered")
-        for param in cls.params:
-            check_name(param, f"selection rule {name!r}")
-        rule = cls()
-        rule.name = name
-        SELECTIONS[name] = rule
-        return cls
-
-    return decorate
-
-
-def selection_names() -> list[str]:
-    return sorted(SELECTIONS)
+SELECTIONS = UnitRegistry("selection rule", "router.selection", instantiate=True)
+register_selection = SELECTIONS.register  # class decorator: @register_selection("name")
+selection_names = SELECTIONS.names
 
 
 def get_selection(name: str) -> SelectionRule:
-    if name not in SELECTIONS:
-        raise ValueError(f"router.selection = {name!r} is not allowed; choose one of {selection_names()}")
-    return SELECTIONS[name]
+    return SELECTIONS.lookup(name)
 
 
 # NOTE: every module of this folder is a rule that registers itself: a new one is its own file only
