@@ -26,6 +26,7 @@ CASES = {
     "dynamic_k": {"router": "dynamic_k", "router.bias_rate": 0.01},
     "softmax_topk_aux_global": {"router": "softmax_topk_aux", "router.aux_scope": "global_batch",
                                 "router.aux_alpha": 0.1},
+    "quantile_balancing": {"router": "quantile_balancing"},  # the step's scores pooled over ranks and micro-batches
 }
 
 

@@ -387,6 +387,31 @@ def test_quantile_bias_fires_each_expert_on_about_k_over_n_of_tokens(name):
     torch.testing.assert_close(router.expert_bias, expected, atol=0.02, rtol=0)
 
 
+def test_quantile_bias_is_the_quantile_of_the_whole_step_within_a_bin():
+    """Three micro-batches of different sizes pooled: the bias is minus the (1 - k/n) quantile of all
+    their scores together (torch.quantile), within the histogram's bin width; not the mean of
+    three per-micro-batch quantiles."""
+    from harness.routing.controllers.quantile import QB_BINS
+
+    router = make_router("quantile_balancing", qb_ema=0.0)
+    gen = torch.Generator().manual_seed(3)
+    batches = [torch.randn(n, DIM, generator=gen) * (1 + i) for i, n in enumerate((64, 200, 37))]
+    router(batches[0][:8])  # the first forward sets the starting bias (exactly, from its own scores)
+    router.controller.step_hist.zero_()
+    with torch.no_grad():
+        scores = [router(x).scores_TE for x in batches]
+    router.balance_update(torch.ones(NUM_EXPERTS), num_tokens=301)
+    pooled = torch.quantile(torch.cat(scores), 1 - TOP_K / NUM_EXPERTS, dim=0)
+    torch.testing.assert_close(router.expert_bias, -pooled, atol=1 / QB_BINS, rtol=0)
+    per_batch = torch.stack([torch.quantile(s, 1 - TOP_K / NUM_EXPERTS, dim=0) for s in scores]).mean(dim=0)
+    assert (pooled - per_batch).abs().max() > 4 / QB_BINS  # the case the old rule got wrong
+
+
+def test_quantile_balancing_refuses_an_unbounded_score():
+    with pytest.raises(ValueError, match="needs router.score_func in \\['sigmoid', 'softmax'\\], not 'relu'"):
+        get_router_config("quantile_balancing", score_func="relu")
+
+
 @pytest.mark.parametrize("chunk", [0, 16, 32])
 def test_expert_choice_gives_each_expert_exactly_c_tokens_per_chunk(chunk):
     router = make_router("expert_choice", ec_chunk=chunk)

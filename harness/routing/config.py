@@ -140,6 +140,7 @@ def _check_strategies(cfg: RouterConfig) -> None:
 
     rule, controller = get_selection(cfg.selection), get_controller(cfg.bias_mode)
     rule.check(cfg)
+    controller.check(cfg)
     check_params(cfg)
     steers = controller.selections
     if steers is not None and cfg.selection not in steers:

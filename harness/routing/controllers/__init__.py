@@ -40,6 +40,10 @@ class BiasController(nn.Module):
         super().__init__()
         self.num_experts, self.top_k, self.cfg = num_experts, top_k, cfg
 
+    @classmethod
+    def check(cls, cfg) -> None:
+        """ValueError for a router config this controller cannot steer (naming the keys and what is allowed)."""
+
     def param(self, name: str):
         """The value of one of its declared parameters (the default where the config leaves it)."""
         return self.cfg.params.get(name, self.params[name].default)
