@@ -28,7 +28,7 @@ import math
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,8 @@ from harness.specfile import flatten, read_toml
 from harness.storage import close_storage, open_storage
 from harness.train import RunResult, corpus_for, run
 
-SUITE_KEYS = {"name", "description", "seeds", "plugins", "base", "variants", "grid", "baseline"}
+SUITE_KEYS = {"name", "description", "seeds", "plugins", "base", "variants", "grid", "baseline", "front",
+              "equivalence_margin"}
 
 
 def summary_columns() -> list[str]:
@@ -57,29 +58,26 @@ class Suite:
     runs: list[RunConfig]
     source: Path
     baseline: str = ""  # the label the report compares every variant with (default: the first variant)
+    front: list[str] = field(default_factory=list)  # labels of the reference family (verdicts.py)
+    margins: dict[str, float] = field(default_factory=dict)  # metric -> equivalence margin (TOST)
 
 
 def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) -> Suite:
     specfile.check_keys(spec, SUITE_KEYS, source, "suite")
     specfile.load_plugins(spec, source)
     name, seeds = specfile.name_of(spec, source), specfile.seeds_of(spec, source)
-    variants = spec.get("variants")
+    variants, front = spec.get("variants"), front_variants(spec.get("front"), source)
     if not isinstance(variants, list) or not variants or not all(isinstance(v, dict) for v in variants):
         raise ValueError(f"{source}: variants = {variants!r}: a suite needs at least one [[variants]] table, "
                          'e.g. [[variants]] router = "loss_free"')
+    variants = variants + front
     labels = [v.get("label", v.get("router", "softmax_topk")) for v in variants]
     duplicated = sorted({label for label in labels if labels.count(label) > 1})
     if duplicated:
         raise ValueError(f"{source}: variant label(s) {duplicated} appear more than once; give each [[variants]] "
                          "its own `label` so their runs are not averaged together")
     base = specfile.table_of(spec, "base", source)
-    grid = spec.get("grid", {})
-    if not isinstance(grid, dict):
-        raise ValueError(f"{source}: grid = {grid!r} must be a table of key = [values] ([grid])")
-    grid = flatten(grid)
-    for key, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise ValueError(f"{source}: grid key {key!r} must map to a non-empty list, got {values!r}")
+    grid = grid_of(spec, source)
     specfile.no_seed_in({"--set": overrides, "[base]": base, "[grid]": grid,
                          **{f"[[variants]] {label!r}": flatten(v) for label, v in zip(labels, variants)}}, source)
     runs = []
@@ -98,7 +96,48 @@ def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) 
     if baseline not in labels and baseline not in variant_names:
         raise ValueError(f"{source}: baseline = {baseline!r} is not a variant of this suite; choose one of "
                          f"{sorted(set(labels) | set(variant_names))}")
-    return Suite(name, runs, source, baseline)
+    return Suite(name, runs, source, baseline, [v["label"] for v in front], margins_of(spec, source))
+
+
+def grid_of(spec: dict[str, Any], source: Path) -> dict[str, list]:
+    """`[grid]`: key = [values], every combination run for every variant."""
+    grid = spec.get("grid", {})
+    if not isinstance(grid, dict):
+        raise ValueError(f"{source}: grid = {grid!r} must be a table of key = [values] ([grid])")
+    grid = flatten(grid)
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{source}: grid key {key!r} must map to a non-empty list, got {values!r}")
+    return grid
+
+
+def front_variants(front: Any, source: Path) -> list[dict[str, Any]]:
+    """`front = { router = "sigmoid_topk_aux", key = "router.aux_alpha", values = [...] }`: one
+    variant per value, the reference family the report measures other methods against."""
+    if front is None:
+        return []
+    if (not isinstance(front, dict) or set(front) != {"router", "key", "values"} or not isinstance(front["values"], list)
+            or len(front["values"]) < 2 or not isinstance(front["key"], str)):
+        raise ValueError(f"{source}: front = {front!r} must be {{ router = PRESET, key = RUN-CONFIG KEY, values = "
+                         "[at least 2 values] }, e.g. { router = \"sigmoid_topk_aux\", key = \"router.aux_alpha\", "
+                         "values = [1e-3, 1e-2, 1e-1] }")
+    short = front["key"].rpartition(".")[2]
+    return [{"router": front["router"], front["key"]: value, "label": f"front {short}={value:g}"
+             if isinstance(value, (int, float)) else f"front {short}={value}"} for value in front["values"]]
+
+
+def margins_of(spec: dict[str, Any], source: Path) -> dict[str, float]:
+    """`equivalence_margin = { val_loss = 0.01 }`: per metric, the margin of the TOST verdicts."""
+    margins = spec.get("equivalence_margin", {})
+    if not isinstance(margins, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf for v in margins.values()):
+        raise ValueError(f"{source}: equivalence_margin = {margins!r} must map metric names to margins > 0, "
+                         "e.g. { val_loss = 0.01 }")
+    unknown = sorted(m for m in margins if metric_registry.get_metric(m) is None)
+    if unknown:
+        raise ValueError(f"{source}: equivalence_margin names unknown metric(s) {unknown}; e.g. val_loss, "
+                         "maxvio_global")
+    return {m: float(v) for m, v in margins.items()}
 
 
 def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Suite:
@@ -152,7 +191,8 @@ def execute(suite: Suite, out_dir: str | Path, progress: bool = True, storage=No
     def run_one(cfg: RunConfig) -> str:
         result = run_or_fail(cfg, progress and lead, checkpoint_dir=folder / "checkpoints", log_dir=folder / "logs",
                              group=suite.name)
-        result.record = {"suite": suite.name, "baseline": suite.baseline, **result.record}
+        result.record = {"suite": suite.name, "baseline": suite.baseline, "front": cfg.variant in suite.front,
+                         "equivalence_margin": json.dumps(suite.margins), **result.record}
         if lead:
             tables.append_run(folder, result)
         return result.record["status"]

@@ -245,3 +245,24 @@ def sweep_history(trials: pd.DataFrame, objective: str, constraint: tuple[str, f
     ax.set(xlabel="trial", ylabel=objective, title="Optimisation history")
     ax.legend()
     return fig
+
+
+def front(runs: pd.DataFrame, distances: pd.DataFrame, palette: dict | None = None) -> Figure:
+    """The reference family's front per seed (val loss against MaxVio_global, log x, one grey line
+    per seed) and every other run as a point in its variant's colour, marked like its seed's line."""
+    fig, ax = _figure()
+    family = runs[runs["front"].fillna(False).astype(bool)].dropna(subset=["maxvio_global", "val_loss"])
+    others = distances.dropna(subset=["maxvio_global", "val_loss"])
+    palette = palette or variant_palette(others["variant"].unique())
+    by_seed = family["seed"].nunique() <= 6  # NOTE: the same marker for a seed's line and its points
+    sns.lineplot(data=family.sort_values("maxvio_global"), x="maxvio_global", y="val_loss", units="seed",
+                 estimator=None, sort=False, color="0.6", linewidth=1, ax=ax, legend=False,
+                 style="seed" if by_seed else None, markers=by_seed, dashes=False)
+    sns.scatterplot(data=others, x="maxvio_global", y="val_loss", hue="variant", palette=palette, ax=ax, s=60,
+                    style="seed" if by_seed else None)
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # NOTE: crowded minor labels on a short range
+    ax.set_xlabel("MaxVio global (log)")
+    ax.set_ylabel("val loss")
+    _legend_outside(ax)
+    return fig

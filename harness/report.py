@@ -16,9 +16,10 @@ import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
-from harness import metric_registry, plots, stats, tables
+from harness import metric_registry, plots, stats, tables, verdicts
 
 def spec_of(metrics) -> dict[str, tuple]:
     """metric -> (label, better, number format), from the metric registry."""
@@ -46,6 +47,10 @@ def read_tables(folder: Path) -> dict[str, pd.DataFrame]:
     return out
 
 
+THROUGHPUT_CAPTION = ("The speed cost of each method: training tokens/s over a dense model of equal active width "
+                      "timed in the same process, which cancels most machine noise.")
+
+
 def figures(data: dict[str, pd.DataFrame]) -> list[tuple[str, plt.Figure, str]]:
     """(file stem, figure, one-line caption saying what to look at), in report order."""
     runs = stats.with_groups(data["runs"]) if len(data["runs"]) else data["runs"]
@@ -67,9 +72,7 @@ def figures(data: dict[str, pd.DataFrame]) -> list[tuple[str, plt.Figure, str]]:
          "How fast each method balances and whether it stays balanced (log scale; the control stays high)."),
         ("load_heatmaps", plots.load_heatmaps(plots.with_variant(data["loads"], runs)),
          "Where the imbalance sits: hot cells are experts taking more than their fair share in that layer."),
-        ("throughput", plots.throughput(ok, palette, reliable=reliable_throughput(ok)),
-         "The speed cost of each method: training tokens/s over a dense model of equal active width timed in "
-         "the same process, which cancels most machine noise."),
+        ("throughput", plots.throughput(ok, palette, reliable=reliable_throughput(ok)), THROUGHPUT_CAPTION),
     ]
     varying_k = "k_hist" in ok and ok["k_hist"].dropna().apply(lambda h: sum(v > 0 for v in h) > 1).any()
     if varying_k:
@@ -79,6 +82,7 @@ def figures(data: dict[str, pd.DataFrame]) -> list[tuple[str, plt.Figure, str]]:
         out.append(("k_vs_loss", plots.k_against_loss(ok, palette),
                     "Do hard tokens get more experts? Mean experts per token in each decile of validation loss; "
                     "a rising line is Su's premise for dynamic k."))
+    out += front_figure(ok, palette)
     domain_loads = data["loads"][data["loads"]["scope"].astype(str).str.startswith("domain:")] \
         if len(data["loads"]) else data["loads"]
     if len(domain_loads):
@@ -86,6 +90,15 @@ def figures(data: dict[str, pd.DataFrame]) -> list[tuple[str, plt.Figure, str]]:
                     "Do experts specialise by domain? How much more (red) or less (blue) a domain uses each expert "
                     "than the average domain does, for the domains that differ most; a pale panel: no specialisation."))
     return out
+
+
+def front_figure(ok: pd.DataFrame, palette: dict) -> list[tuple[str, plt.Figure, str]]:
+    _, distances = verdicts.verdicts(ok, stats.baseline_groups(ok, baseline_label(ok)))
+    if not len(distances):
+        return []
+    return [("front", plots.front(ok, distances, palette),
+             "Each method against the reference family's front at its own balance: a point under the grey line "
+             "of its seed (same marker) beats the family at that MaxVio; points off the line's ends have no verdict.")]
 
 
 def sweep_figures(trials: pd.DataFrame, runs: pd.DataFrame) -> list[tuple[str, plt.Figure, str]]:
@@ -312,6 +325,7 @@ def add_tables(page: Page, runs: pd.DataFrame) -> None:
     if len(failed):
         page.text("Runs that did not finish: " + "; ".join(f"{r.variant} (seed {r.seed}): {r.status}"
                                                            for r in failed.itertuples()))
+    add_verdicts(page, runs)
     paired = paired_table(runs)
     if len(paired):
         shown = paired[[c for c in paired.columns if not c.startswith("_")]].set_index("variant")
@@ -320,6 +334,54 @@ def add_tables(page: Page, runs: pd.DataFrame) -> None:
         page.text("Paired differences against the baseline over the seeds both share (the seed fixes "
                   "initialisation and data order), with a 95 % t-interval; '≈': the interval contains 0, so "
                   "the difference is inside the seed noise. " + seeds_sentence(paired))
+
+
+def verdict_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The `verdicts` table of a suite's runs: against the front, and TOST equivalence (verdicts.py)."""
+    ok = stats.with_groups(runs[runs["status"] == "ok"])
+    if not len(ok):
+        return pd.DataFrame()
+    return verdicts.verdicts(ok, stats.baseline_groups(ok, baseline_label(ok)))[0]
+
+
+def seeds_used(table: pd.DataFrame) -> pd.Series:
+    """Seeds behind each verdict: inside the front's range, or paired with the baseline."""
+    used = pd.Series(np.nan, index=table.index)
+    for column in ("seeds_inside", "n"):
+        if column in table:
+            used = used.fillna(table[column])
+    return used.astype("Int64")
+
+
+def seeds_to_resolve(table: pd.DataFrame) -> list[str]:
+    """For an unresolved equivalence: the seeds that would settle it either way at the observed spread."""
+    out = []
+    for r in table.to_dict("records"):
+        need = min(r.get("seeds_to_equivalence", math.nan), r.get("seeds_to_difference", math.nan))
+        out.append("" if r["verdict"] != "unresolved" or not need == need else
+                   ("> 1000" if math.isinf(need) else str(int(need))))
+    return out
+
+
+def add_verdicts(page: Page, runs: pd.DataFrame) -> None:
+    """A verdict per comparison, and the `verdicts.parquet` table beside the report."""
+    table = verdict_table(runs)
+    if not len(table):
+        return
+    tables.write_parquet_atomic(page.folder / "verdicts.parquet", table)
+    shown = pd.DataFrame({
+        "variant": table["variant"], "against": table["against"], "metric": table["metric"],
+        "difference [95 % CI]": [f"{r.diff:+.3g} [{r.low95:+.3g}, {r.high95:+.3g}]" if pd.notna(r.low95)
+                                 else f"{r.diff:+.3g}" for r in table.itertuples()],
+        "verdict": table["verdict"], "seeds": seeds_used(table),
+        "seeds to resolve": seeds_to_resolve(table)}).set_index("variant")
+    page.section("Verdicts")
+    page.table(shown)
+    page.text("Against the front: the val-loss distance to the reference family's front at the method's own "
+              "MaxVio, interpolated per seed between the bracketing family points (seeds outside the family's "
+              "MaxVio range give none); below / above when the 95 % interval excludes 0. Equivalence (TOST): "
+              "'equivalent' when the 90 % paired interval lies inside +/- the margin, 'different' when the 95 % "
+              "interval excludes 0, else 'unresolved'. The table is also in verdicts.parquet.")
 
 
 def write_report(folder: str | Path) -> list[Path]:

@@ -14,6 +14,8 @@ import math
 import torch
 
 from harness import metrics
+from harness.dynamics import BiasDynamics
+from harness.routing.controllers import get_controller
 
 
 class RunMetrics:
@@ -31,6 +33,10 @@ class RunMetrics:
         self.last_eval: dict = {}
         self.last_global_LE: torch.Tensor | None = None  # expert counts of the last evaluation (live heatmap)
         self._step_vio, self._step_costs = torch.zeros((), device=device), {}
+        rcfg = cfg.router_cfg
+        uses_rate = "bias_rate" in get_controller(rcfg.bias_mode).fields
+        self.dynamics = (BiasDynamics(cfg.train.steps, rcfg.bias_rate if uses_rate else 0.0)
+                         if rcfg.bias_mode != "none" and num_layers else None)  # how the controller moved
 
     # -- within an optimizer step ------------------------------------------------------------------
 
@@ -44,11 +50,19 @@ class RunMetrics:
                                                 self.cfg.metrics).items():
             self._step_costs[name] = self._step_costs.get(name, 0.0) + value / tc.grad_accum
 
-    def end_step(self, counts_LE: torch.Tensor) -> None:
-        """The step's counts [L, E], summed over micro-batches and ranks."""
+    def bias_snapshot(self, layers) -> torch.Tensor | None:
+        """[L, E] a copy of every layer's bias, where the run has a controller to watch."""
+        return torch.stack([layer.router.expert_bias for layer in layers]).clone() if self.dynamics else None
+
+    def end_step(self, counts_LE: torch.Tensor, bias_before_LE: torch.Tensor | None = None,
+                 bias_after_LE: torch.Tensor | None = None) -> None:
+        """The step's counts [L, E], summed over micro-batches and ranks, and the bias before and
+        after the step's update (runs with a controller)."""
         self.compute_vio.append(self._step_vio / self.cfg.train.grad_accum)
         self.costs.append(self._step_costs)
         self._step_vio, self._step_costs = torch.zeros((), device=self.device), {}
+        if self.dynamics is not None and bias_before_LE is not None:
+            self.dynamics.update(len(self.costs), bias_before_LE, bias_after_LE)
         if self.num_layers:
             vio_L = metrics.maxvio_of(counts_LE)
             self.vio_history.append(torch.stack([vio_L.mean(), vio_L.max()]))
@@ -96,6 +110,8 @@ class RunMetrics:
                   **{name: sum(float(c[name]) for c in costs) / len(costs) for name in (costs[0] if costs else {})},
                   "compute_ratio": self.last_eval.get("mean_k", math.nan) / self.cfg.model.top_k}
         record.update(self.last_eval if status in ("ok", "pruned") else {})
+        if self.dynamics is not None:
+            record.update(self.dynamics.summary([float(v[0]) for v in self.vio_history]))
         # NOTE: bits per byte of validation text, comparable across tokenizers (NaN for .bin shards)
         record["val_bpb"] = record.get("val_loss", math.nan) / math.log(2) * tokens_per_byte
         return record
@@ -107,7 +123,7 @@ class RunMetrics:
                 "vio_history": [v.cpu() for v in self.vio_history],
                 "compute_vio": [float(v) for v in self.compute_vio],
                 "costs": [{k: float(v) for k, v in c.items()} for c in self.costs],
-                "drops": self.drops.cpu()}
+                "drops": self.drops.cpu(), "dynamics": self.dynamics.state_dict() if self.dynamics else None}
 
     def load_state_dict(self, state: dict) -> None:
         self.steps, self.loads, self.window = state["steps"], state["loads"], state["window"]
@@ -116,3 +132,5 @@ class RunMetrics:
         self.compute_vio = list(state["compute_vio"])
         self.costs = list(state["costs"])
         self.drops = state["drops"].to(self.device)
+        if self.dynamics is not None:
+            self.dynamics.load_state_dict(state.get("dynamics") or {}, self.device)

@@ -63,8 +63,7 @@ NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
 
 
 class Trainer:
-    """The optimisation loop of one run (learning rate, micro-batches, DDP, clip, step, balancing update);
-    evaluation.py evaluates, run_metrics.py measures, throughput.py times. `run()` below is the entry point."""
+    """The optimisation loop of one run (lr, micro-batches, DDP, clip, step, balancing update); see `run()`."""
 
     def __init__(self, cfg: RunConfig, corpus: Corpus, progress: bool, on_eval: EvalCallback | None,
                  live: LiveLog | None = None, meter: SpeedMeter | None = None):
@@ -134,9 +133,10 @@ class Trainer:
     @torch.no_grad()
     def balance_update(self, counts_LE: torch.Tensor, progress: float) -> None:
         distributed.all_sum_(counts_LE)  # NOTE: counts are summed over ranks, not averaged
+        before_LE = self.metrics.bias_snapshot(self.layers)
         for layer, counts_E in zip(self.layers, counts_LE):
             layer.router.balance_update(counts_E, num_tokens=self.tokens_per_step, progress=progress)
-        self.metrics.end_step(counts_LE)
+        self.metrics.end_step(counts_LE, before_LE, self.metrics.bias_snapshot(self.layers))
 
     def evaluate(self, step: int, batch_counts_LE: torch.Tensor | None) -> dict:
         """Evaluate now (evaluate.py) and record the result; returns the evaluation's metrics."""

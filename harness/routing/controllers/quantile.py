@@ -29,8 +29,8 @@ def histogram_add_(hist_EB: torch.Tensor, scores_TE: torch.Tensor) -> None:
     """Add each expert's scores (in [0, 1]) to its row of `hist_EB` [E, B], in place."""
     num_experts, bins = hist_EB.shape
     bin_TE = (scores_TE.detach().float().clamp(0, 1) * bins).long().clamp_max(bins - 1)
-    flat = bin_TE + torch.arange(num_experts, device=bin_TE.device) * bins
-    hist_EB.view(-1).add_(torch.bincount(flat.flatten(), minlength=num_experts * bins).to(hist_EB.dtype))
+    # NOTE: scatter_add into a fixed [E, B], not bincount: a static shape, so torch.compile does not break
+    hist_EB.scatter_add_(1, bin_TE.T, torch.ones_like(bin_TE.T, dtype=hist_EB.dtype))
 
 
 def histogram_quantiles(hist_EB: torch.Tensor, q: float) -> torch.Tensor:

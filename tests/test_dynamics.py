@@ -1,0 +1,59 @@
+"""Controller dynamics (issue 21, item 1), each on a synthetic trajectory whose answer is known,
+and in a real run's row."""
+
+import math
+
+import pytest
+import torch
+
+from harness.dynamics import BiasDynamics, settle_step
+
+U = 0.01
+
+
+def test_settle_step_is_where_maxvio_enters_its_final_band_for_good():
+    vio = [2.0 / (t + 1) for t in range(20)] + [0.2] * 30  # final 0.2, band +/- 0.1: inside from 0.3 down
+    assert settle_step(vio) == 7  # 2 / 7 = 0.286 is the first value inside the band; it never leaves
+    spike = vio[:40] + [0.9] + vio[41:]
+    assert settle_step(spike) == 42  # a late excursion resets it
+    assert settle_step([0.1] * 10) == 1 and math.isnan(settle_step([]))
+
+
+def trajectory(steps: int, step_fn) -> BiasDynamics:
+    dyn, bias = BiasDynamics(steps, U), torch.zeros(2, 4)
+    for step in range(1, steps + 1):
+        new = bias + step_fn(step)
+        dyn.update(step, bias, new)
+        bias = new
+    return dyn
+
+
+def test_an_oscillating_bias_flips_every_step_and_does_not_drift():
+    dyn = trajectory(40, lambda t: U * (1 if t % 2 else -1) * torch.tensor([1.0, -1.0, 1.0, -1.0]))
+    out = dyn.summary([0.1] * 40)
+    assert out["bias_flip_share"] == 1.0
+    assert out["bias_drift"] == 0.0  # 3/4 of the run and the end are an even number of steps apart
+    assert out["bias_spread"] == pytest.approx(0.0) or out["bias_spread"] == pytest.approx(2 * U)
+
+
+def test_a_steady_drift_never_flips_and_travels_its_spread_in_units_of_u():
+    direction = torch.tensor([1.0, 0.5, -0.5, -1.0])
+    dyn = trajectory(40, lambda t: U * direction)
+    out = dyn.summary([0.5] * 40)
+    assert out["bias_flip_share"] == 0.0
+    assert out["bias_spread"] == pytest.approx(40 * U * 2)  # from -40u to +40u
+    assert out["bias_travel"] == pytest.approx(80)  # the fewest steps a sign rule needs for that spread
+    rms_last_quarter = math.sqrt(((10 * direction) ** 2).mean().item())  # 10 steps of u * direction, in u
+    assert out["bias_drift"] == pytest.approx(rms_last_quarter)
+
+
+def test_every_controller_run_has_the_dynamics_columns(tiny_settings):
+    from harness.config import resolve
+    from harness.train import run
+
+    record = run(resolve({**tiny_settings, "router": "loss_free", "router.bias_rate": 0.01,
+                          "train.steps": 12})).record
+    assert 1 <= record["settle_step"] <= 12 and record["bias_travel"] == pytest.approx(record["bias_spread"] / 0.01)
+    assert 0 <= record["bias_flip_share"] <= 1 and record["maxvio_batch_sd"] >= 0
+    plain = run(resolve({**tiny_settings, "router": "softmax_topk"})).record
+    assert "settle_step" not in plain  # no controller, no dynamics
