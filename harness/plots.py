@@ -66,6 +66,28 @@ def maxvio_batch_curves(steps: pd.DataFrame, palette: dict | None = None) -> Fig
     return fig
 
 
+def controller_dynamics(steps: pd.DataFrame, runs: pd.DataFrame, palette: dict | None = None) -> Figure:
+    """For runs with a bias controller: MaxVio_batch per step (log) with each variant's mean settle
+    step as a dotted line, and the bias's spread (max - min, layer mean) per step."""
+    data = steps.dropna(subset=["bias_spread"])
+    variants = data["variant"].unique()
+    data = steps[steps["variant"].isin(variants)].dropna(subset=["maxvio_batch"])
+    palette = palette or variant_palette(variants)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    sns.lineplot(data=data, x="step", y="maxvio_batch", hue="variant", palette=palette, errorbar=("pi", 100),
+                 ax=left, legend=False)
+    settle = runs[runs["variant"].isin(variants)].groupby("variant")["settle_step"].mean()
+    for variant, step in settle.dropna().items():
+        left.axvline(step, color=palette[variant], linestyle=":", linewidth=1.5)
+    left.set_yscale("log")
+    left.set(xlabel="optimizer step", ylabel="MaxVio_batch (layer mean, log)", title="Imbalance; dotted: settle step")
+    sns.lineplot(data=steps.dropna(subset=["bias_spread"]), x="step", y="bias_spread", hue="variant",
+                 palette=palette, errorbar=("pi", 100), ax=right)
+    right.set(xlabel="optimizer step", ylabel="bias spread, max - min (layer mean)", title="The bias's trajectory")
+    _legend_outside(right)
+    return fig
+
+
 def pareto_mask(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """True for points not dominated in (x, y), both minimised."""
     x, y = np.asarray(x, float), np.asarray(y, float)

@@ -82,7 +82,7 @@ def figures(data: dict[str, pd.DataFrame]) -> list[tuple[str, plt.Figure, str]]:
         out.append(("k_vs_loss", plots.k_against_loss(ok, palette),
                     "Do hard tokens get more experts? Mean experts per token in each decile of validation loss; "
                     "a rising line is Su's premise for dynamic k."))
-    out += front_figure(ok, palette)
+    out += front_figure(ok, palette) + dynamics_figure(steps, ok, palette)
     domain_loads = data["loads"][data["loads"]["scope"].astype(str).str.startswith("domain:")] \
         if len(data["loads"]) else data["loads"]
     if len(domain_loads):
@@ -90,6 +90,14 @@ def figures(data: dict[str, pd.DataFrame]) -> list[tuple[str, plt.Figure, str]]:
                     "Do experts specialise by domain? How much more (red) or less (blue) a domain uses each expert "
                     "than the average domain does, for the domains that differ most; a pale panel: no specialisation."))
     return out
+
+
+def dynamics_figure(steps: pd.DataFrame, ok: pd.DataFrame, palette: dict) -> list[tuple[str, plt.Figure, str]]:
+    if "bias_spread" not in steps or not steps["bias_spread"].notna().any() or "settle_step" not in ok:
+        return []
+    return [("controller_dynamics", plots.controller_dynamics(steps, ok, palette),
+             "How each bias controller moved: when the imbalance settled (dotted), and how far its bias had to "
+             "travel; a spread still growing at the end means the rate was too small for the run.")]
 
 
 def front_figure(ok: pd.DataFrame, palette: dict) -> list[tuple[str, plt.Figure, str]]:

@@ -78,6 +78,9 @@ class RunMetrics:
             vio = self.vio_history[-1].tolist()
             row.update({"maxvio_batch": vio[0], "maxvio_batch_worst": vio[1],
                         "mean_k": counts_LE.sum().item() / (self.num_layers * self.tokens_per_step)})
+        if self.dynamics is not None and self.dynamics.last is not None:  # the bias's trajectory
+            spread_L = self.dynamics.last.max(dim=-1).values - self.dynamics.last.min(dim=-1).values
+            row.update({"bias_spread": spread_L.mean().item(), "bias_spread_worst": spread_L.max().item()})
         self.steps.append(row)
         return row
 

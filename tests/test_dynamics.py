@@ -12,10 +12,11 @@ U = 0.01
 
 
 def test_settle_step_is_where_maxvio_enters_its_final_band_for_good():
-    vio = [2.0 / (t + 1) for t in range(20)] + [0.2] * 30  # final 0.2, band +/- 0.1: inside from 0.3 down
-    assert settle_step(vio) == 7  # 2 / 7 = 0.286 is the first value inside the band; it never leaves
+    vio = [2.0 / (t + 1) for t in range(20)] + [0.2] * 30  # final 0.2, band +/- 0.1: inside below 0.3
+    # 50 steps: a trailing mean over 2 steps; step 7 averages 2/6 and 2/7 (0.310), step 8 2/7 and 2/8 (0.268)
+    assert settle_step(vio) == 8
     spike = vio[:40] + [0.9] + vio[41:]
-    assert settle_step(spike) == 42  # a late excursion resets it
+    assert settle_step(spike) == 43  # a late excursion resets it: steps 41 and 42 average it in
     assert settle_step([0.1] * 10) == 1 and math.isnan(settle_step([]))
 
 

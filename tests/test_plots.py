@@ -188,3 +188,14 @@ def test_plot_svg_format(tiny_suite_folder, capsys):
 def test_plot_on_a_folder_without_results(tmp_path, capsys):
     assert main(["plot", str(tmp_path)]) == 2
     assert "runs" in capsys.readouterr().err
+
+
+def test_controller_dynamics_marks_each_variants_settle_step():
+    steps = pd.DataFrame({"variant": ["lf"] * 4 + ["plain"] * 4, "seed": 0, "step": [10, 20, 30, 40] * 2,
+                          "maxvio_batch": [2.0, 1.0, 0.3, 0.3, 3.0, 3.0, 3.0, 3.0],
+                          "bias_spread": [0.1, 0.2, 0.25, 0.25, None, None, None, None]})
+    runs = pd.DataFrame({"variant": ["lf", "plain"], "settle_step": [25.0, None]})
+    fig = plots.controller_dynamics(steps, runs)
+    left, right = fig.axes[:2]
+    assert [line.get_xdata()[0] for line in left.get_lines() if line.get_linestyle() == ":"] == [25.0]
+    assert left.get_yscale() == "log" and legend_labels(fig) == {"lf"}  # only runs with a controller
