@@ -18,6 +18,8 @@ import seaborn as sns  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from harness.metric_registry import get_metric  # noqa: E402
+
 sns.set_theme(style="whitegrid", context="paper", font_scale=1.1)
 
 
@@ -220,10 +222,14 @@ def throughput(runs: pd.DataFrame, palette: dict | None = None, reliable: bool =
     return fig
 
 
-def sweep_objective(trials: pd.DataFrame, param: str, objective: str, hue: str | None = None) -> Figure:
-    """Each complete trial's objective against one swept parameter (log axis if positive)."""
+def sweep_objective(trials: pd.DataFrame, param: str, objective: str, hue: str | None = None,
+                    band: tuple[float, float] | None = None) -> Figure:
+    """Each complete trial's objective against one swept parameter (log axis if positive), with the
+    flat optimum's range of the parameter shaded (`band`: the trials within the noise of the best)."""
     data = trials[trials["state"] == "COMPLETE"].dropna(subset=[objective])
     fig, ax = _figure()
+    if band is not None:
+        ax.axvspan(*band, color="C2", alpha=0.15, label="flat optimum")
     sns.scatterplot(data=data, x=param, y=objective, hue=hue if hue in data else None, s=60, ax=ax)
     if len(data) and pd.api.types.is_numeric_dtype(data[param]) and (data[param] > 0).all():
         ax.set_xscale("log")
@@ -261,7 +267,10 @@ def sweep_history(trials: pd.DataFrame, objective: str, constraint: tuple[str, f
     if (~feasible).any():
         ax.scatter(data.loc[~feasible, "trial"], data.loc[~feasible, objective], facecolors="none",
                    edgecolors="0.6", label=f"fails {constraint[0]} <= {constraint[1]:g}")
-    best = data[objective].where(feasible).cummin()
+    better = getattr(get_metric(objective.removeprefix("objective_")), "better", None) or "min"
+    running = data[objective].where(feasible)
+    # NOTE: carried over infeasible trials, so the line does not break where one sits
+    best = (running.cummax() if better == "max" else running.cummin()).ffill()
     ax.step(data["trial"], best, where="post", color="C0", label="best so far" + (" (feasible)" if constraint else ""))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="trial", ylabel=objective, title="Optimisation history")

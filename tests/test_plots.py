@@ -199,3 +199,39 @@ def test_controller_dynamics_marks_each_variants_settle_step():
     left, right = fig.axes[:2]
     assert [line.get_xdata()[0] for line in left.get_lines() if line.get_linestyle() == ":"] == [25.0]
     assert left.get_yscale() == "log" and legend_labels(fig) == {"lf"}  # only runs with a controller
+
+
+def sweep_with_an_infeasible_best():
+    """Trial 1 has the lowest loss but breaks the MaxVio constraint; trial 2 is the best feasible, trial
+    3 is within its seed noise, trial 4 is clearly worse."""
+    trials = pd.DataFrame({"trial": range(5), "state": "COMPLETE",
+                           "label": [f"trial {i}" for i in range(5)],
+                           "router.bias_rate": [1e-4, 1e-3, 3e-3, 1e-2, 1e-1],
+                           "objective_val_loss": [2.0, 1.8, 1.9, 1.91, 2.3],
+                           "maxvio_global": [2.0, 0.9, 0.2, 0.2, 0.1],
+                           "constraint_metric": "maxvio_global", "constraint_max": 0.3})
+    offsets = {"trial 0": 0.1, "trial 1": -0.1, "trial 2": 0.0, "trial 3": 0.01, "trial 4": 0.4}
+    runs = pd.DataFrame([{"variant": label, "seed": seed, "status": "ok",
+                          "val_loss": 1.9 + off + luck + (noise if label == "trial 3" else 0.0)}
+                         for label, off in offsets.items()
+                         for seed, (luck, noise) in enumerate([(0.0, 0.02), (0.03, -0.03), (-0.02, 0.0)])])
+    return trials, runs
+
+
+def test_sweep_history_keeps_the_best_feasible_line_continuous():
+    trials, _ = sweep_with_an_infeasible_best()
+    history = plots.sweep_history(trials, "objective_val_loss", ("maxvio_global", 0.3)).axes[0]
+    best = [line for line in history.get_lines() if line.get_label().startswith("best so far")][0]
+    assert list(best.get_ydata())[2:] == [1.9, 1.9, 1.9]  # trial 1 (infeasible) never counts
+    assert not np.isnan(best.get_ydata()[2:]).any()
+
+
+def test_a_sweep_is_compared_with_its_best_feasible_trial_and_names_its_flat_optimum():
+    trials, runs = sweep_with_an_infeasible_best()
+    best, flat = report.flat_optimum(runs, trials)
+    assert best["label"] == "trial 2" and sorted(flat) == ["trial 2", "trial 3"]
+    sentence = report.flat_sentence(trials, best, flat)
+    assert "Best feasible trial: trial 2" in sentence and "router.bias_rate from 0.003 to 0.01" in sentence
+    fig = plots.sweep_objective(trials, "router.bias_rate", "objective_val_loss", band=(3e-3, 1e-2))
+    shaded = [p for p in fig.axes[0].patches if p.get_label() == "flat optimum"]
+    assert len(shaded) == 1
