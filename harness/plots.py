@@ -17,6 +17,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from harness.metric_registry import get_metric  # noqa: E402
 
@@ -114,7 +115,10 @@ def loss_vs_balance(runs: pd.DataFrame, palette: dict | None = None) -> Figure:
             mfc="none", label="Pareto front")  # rings, so a one-variant front still shows
     ax.set(xlabel="MaxVio_global (0 = balanced)", ylabel="final validation loss (nats/token)",
            title="Loss against load balance")
-    ax.legend()
+    # NOTE: a point per variant in the legend, not errorbar handles (they read as lines)
+    handles = [Line2D([], [], marker="o", linestyle="", color=palette[v], label=v) for v in means.index]
+    handles.append(Line2D([], [], color="k", linestyle="--", marker="o", ms=10, mfc="none", label="Pareto front"))
+    ax.legend(handles=handles)
     _legend_outside(ax)
     return fig
 

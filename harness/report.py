@@ -278,6 +278,19 @@ def paired_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def wide_paired(paired: pd.DataFrame) -> pd.DataFrame:
+    """A row per variant, a column per metric, each cell "difference [interval] (seeds to resolve)";
+    '≈' marks an interval that contains 0."""
+    cells = [d + (f" ({n} seeds to resolve)" if str(n) and "≈" in d else "")
+             for d, n in zip(paired["difference [95 % CI]"], paired["seeds to resolve"])]
+    wide = paired.assign(cell=cells).pivot(index="variant", columns="metric", values="cell")
+    wide = wide[[m for m in dict.fromkeys(paired["metric"]) if m in wide]]
+    first = paired.drop_duplicates("variant").set_index("variant")
+    wide.insert(0, "seeds", first["seeds"])
+    wide.insert(0, "baseline", first["baseline"])
+    return wide.loc[list(dict.fromkeys(paired["variant"]))].fillna("–")
+
+
 def seeds_sentence(paired: pd.DataFrame) -> str:
     """How many seeds the smallest val-loss difference shown would need, from its paired spread."""
     loss = paired[(paired["_metric"] == "val_loss") & (paired["seeds"] > 1)] if len(paired) else paired
@@ -367,7 +380,10 @@ COST_NOTE = ("What each load pattern would cost in expert-parallel training, per
 
 
 def add_tables(page: Page, runs: pd.DataFrame) -> None:
-    """The summary, what imbalance costs, the runs that did not finish, and the paired comparison."""
+    """The verdicts first (where the suite asks for them), then the summary, what imbalance costs,
+    the runs that did not finish, and the paired comparison."""
+    if add_verdicts(page, runs):
+        page.section("Means over seeds")
     table = summary_table(runs, summary_spec(runs))
     page.table(table)
     page.text(summary_note(runs, table))
@@ -380,10 +396,9 @@ def add_tables(page: Page, runs: pd.DataFrame) -> None:
     if len(failed):
         page.text("Runs that did not finish: " + "; ".join(f"{r.variant} (seed {r.seed}): {r.status}"
                                                            for r in failed.itertuples()))
-    add_verdicts(page, runs)
     paired = paired_table(runs)
     if len(paired):
-        shown = paired[[c for c in paired.columns if not c.startswith("_")]].set_index("variant")
+        shown = wide_paired(paired)
         page.section("Against the baseline")
         page.table(shown, shown.to_html(escape=True))
         page.text("Paired differences against the baseline over the seeds both share (the seed fixes "
@@ -418,11 +433,11 @@ def seeds_to_resolve(table: pd.DataFrame) -> list[str]:
     return out
 
 
-def add_verdicts(page: Page, runs: pd.DataFrame) -> None:
-    """A verdict per comparison, and the `verdicts.parquet` table beside the report."""
+def add_verdicts(page: Page, runs: pd.DataFrame) -> bool:
+    """A verdict per comparison, and the `verdicts.parquet` table beside the report; whether there were any."""
     table = verdict_table(runs)
     if not len(table):
-        return
+        return False
     tables.write_parquet_atomic(page.folder / "verdicts.parquet", table)
     shown = pd.DataFrame({
         "variant": table["variant"], "against": table["against"], "metric": table["metric"],
@@ -437,6 +452,7 @@ def add_verdicts(page: Page, runs: pd.DataFrame) -> None:
               "MaxVio range give none); below / above when the 95 % interval excludes 0. Equivalence (TOST): "
               "'equivalent' when the 90 % paired interval lies inside +/- the margin, 'different' when the 95 % "
               "interval excludes 0, else 'unresolved'. The table is also in verdicts.parquet.")
+    return True
 
 
 def write_report(folder: str | Path) -> list[Path]:
