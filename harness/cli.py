@@ -1,4 +1,4 @@
-"""The `moe-harness` command line: list, run, sweep, plot, report.
+"""The `moe-harness` command line: list, run, sweep, plot, report, export, rate.
 
     moe-harness list
     moe-harness run experiments/smoke.toml [--out results] [--device auto] [--set key=value ...]
@@ -59,6 +59,12 @@ def cmd_export(args: argparse.Namespace) -> None:
         raise FileNotFoundError(2, "No results (run `moe-harness run SUITE.toml` first)", str(args.dir))
     for path in tables.export(args.dir, args.to):
         print(path)
+
+
+def cmd_rate(args: argparse.Namespace) -> None:
+    from harness.rate import rate_command
+
+    print(rate_command(args.dir, args.steps, args.tokens_per_step, args.variant))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -124,6 +130,13 @@ def add_readers(sub) -> None:
     rep = sub.add_parser("report", help="write an HTML + Markdown report of a suite folder")
     rep.add_argument("dir")
     rep.set_defaults(fn=cmd_report)
+    rate = sub.add_parser("rate", help="recommend a bias rate u for a target run from a results folder's dynamics")
+    rate.add_argument("dir")
+    rate.add_argument("--steps", type=int, required=True, help="the target run's optimizer steps")
+    rate.add_argument("--tokens-per-step", type=int, default=None, help="the target's tokens per step (checked "
+                      "against the measured runs)")
+    rate.add_argument("--variant", default=None, help="only the runs of this variant label")
+    rate.set_defaults(fn=cmd_rate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,99 @@
+"""`moe-harness rate`: a bias rate u for the run you will do, from the dynamics of runs you did.
+
+    moe-harness rate results/my_suite --steps 25000 [--tokens-per-step 2048] [--variant loss_free]
+
+The rule (a hypothesis, not yet tested by a transfer study; docs/methods.md, "Controller dynamics"): a sign rule moves each
+bias by at most u per step, so a run spends about A / u of its steps unbalanced, and once
+balanced it jitters with a steady imbalance of about B u. Minimising A / (u T) + B u over u gives
+
+    u* = sqrt(A / (B T))
+
+From each measured run with rate u: A = settle_step x u, B = maxvio_batch / u (maxvio_batch is
+the second-half mean, the steady imbalance). The recommendation is the median over the runs of
+u* for the target T, with a 95 % t-interval on the log scale, and the expected settle fraction
+A / (u* T). It is a hypothesis that no transfer study has confirmed here yet; the command says
+so, and warns when the target's length or tokens per step lie outside what was measured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness import stats, tables
+
+NEEDED = ("settle_step", "maxvio_batch", "router.bias_rate", "train.steps")
+
+
+def measured_runs(folder: Path, variant: str | None) -> pd.DataFrame:
+    """The complete runs of `folder` with a rate-driven controller and its dynamics."""
+    if not tables.has_results(folder):
+        raise FileNotFoundError(2, "No results (run `moe-harness run SUITE.toml` first)", str(folder))
+    runs = tables.read(folder, "runs")
+    runs = runs[runs["status"] == "ok"] if "status" in runs else runs
+    missing = [c for c in NEEDED if c not in runs]
+    if missing:
+        raise ValueError(f"{folder}: its runs have no controller dynamics ({missing} missing); run a suite with a "
+                         "bias controller (router.bias_mode, e.g. loss_free) with this version first")
+    runs = runs.dropna(subset=list(NEEDED))
+    # NOTE: a controller without a rate (quantile) has no bias_travel: it is not driven by u
+    driven = runs["bias_travel"].notna() if "bias_travel" in runs else False
+    runs = runs[(runs["router.bias_rate"] > 0) & (runs["maxvio_batch"] > 0) & driven]
+    if variant is not None:
+        labels = sorted(runs["variant"].unique())
+        if variant not in labels:
+            raise ValueError(f"--variant {variant!r} is not among the runs with a rate-driven controller: {labels}")
+        runs = runs[runs["variant"] == variant]
+    if not len(runs):
+        raise ValueError(f"{folder}: no complete run with a rate-driven bias controller (loss_free, dynamic_k, ...)")
+    return runs
+
+
+def recommend(runs: pd.DataFrame, steps: int) -> dict:
+    """u* for a target of `steps` steps from each run's A and B; median and 95 % interval (log scale)."""
+    u = runs["router.bias_rate"].to_numpy(float)
+    a = runs["settle_step"].to_numpy(float) * u
+    b = runs["maxvio_batch"].to_numpy(float) / u
+    best = np.sqrt(a / (b * steps))
+    median = float(np.median(best))
+    _, low, high = stats.mean_interval(best, positive=True)
+    return {"rate": median, "low": low, "high": high, "runs": len(best),
+            "settle_fraction": float(np.median(a / (median * steps))), "A": float(np.median(a)),
+            "B": float(np.median(b))}
+
+
+def warnings_for(runs: pd.DataFrame, steps: int, tokens_per_step: int | None) -> list[str]:
+    out = []
+    measured = runs["train.steps"].astype(int)
+    if steps > 2 * measured.max() or steps < measured.min() / 2:
+        out.append(f"the target's {steps:,} steps lie outside the measured {measured.min():,}-{measured.max():,} "
+                   "(x2 either way): the square-root law is extrapolated")
+    if tokens_per_step is not None:
+        per_step = (runs["train.batch_size"] * runs["train.grad_accum"] * runs["model.seq_len"]
+                    * runs.get("world_size", 1)).astype(int)
+        if not per_step.min() / 2 <= tokens_per_step <= 2 * per_step.max():
+            out.append(f"the target's {tokens_per_step:,} tokens per step lie outside the measured "
+                       f"{per_step.min():,}-{per_step.max():,} (x2 either way): the law has no term for them")
+    return out
+
+
+def rate_command(folder: str, steps: int, tokens_per_step: int | None = None, variant: str | None = None) -> str:
+    """The text `moe-harness rate` prints."""
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"--steps = {steps!r} must be a whole number of optimizer steps >= 1")
+    if tokens_per_step is not None and tokens_per_step < 1:
+        raise ValueError(f"--tokens-per-step = {tokens_per_step!r} must be a whole number >= 1")
+    runs = measured_runs(Path(folder), variant)
+    r = recommend(runs, steps)
+    lines = [f"recommended bias rate u = {r['rate']:.3g} (95 % interval {r['low']:.3g} to {r['high']:.3g}) "
+             f"for {steps:,} steps",
+             f"  from {r['runs']} run(s) of {folder}: A = settle_step x u = {r['A']:.3g} (median), "
+             f"B = maxvio_batch / u = {r['B']:.3g}; u* = sqrt(A / (B T))",
+             f"  expected: unbalanced for about {r['settle_fraction']:.1%} of the run, steady MaxVio_batch about "
+             f"{r['B'] * r['rate']:.3g}",
+             "  note: u* ~ 1/sqrt(T) is a hypothesis from the sign rule's dynamics; no transfer study on this "
+             "harness has tested it yet (docs/methods.md)"]
+    lines += [f"  warning: {w}" for w in warnings_for(runs, steps, tokens_per_step)]
+    return "\n".join(lines)
