@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 import harness
-from harness import distributed
 from harness.config import RunConfig
 from harness.data import Corpus, sample_batch
 from harness.metric_registry import register_metric as metric

@@ -24,6 +24,7 @@ mean distance and its 95 % t-interval give the verdict: below (interval under 0)
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -137,10 +138,8 @@ def equivalence_table(runs: pd.DataFrame, margins: dict[str, float], bases: dict
     return pd.DataFrame(rows)
 
 
-def margins_of(runs: pd.DataFrame) -> dict[str, float]:
+def recorded_margins(runs: pd.DataFrame) -> dict[str, float]:
     """The suite's `equivalence_margin`, as its runs recorded it."""
-    import json
-
     if "equivalence_margin" not in runs:
         return {}
     stored = runs["equivalence_margin"].dropna()
@@ -155,7 +154,7 @@ def verdicts(runs: pd.DataFrame, bases: dict[str, str]) -> tuple[pd.DataFrame, p
         distances = front_distances(runs, family)
         front = front_verdicts(distances).assign(kind="front", against="front", metric="val_loss")
         parts.append(front.rename(columns={"distance": "diff", "low": "low95", "high": "high95"}))
-    margins = margins_of(runs)
+    margins = recorded_margins(runs)
     if margins:
         parts.append(equivalence_table(runs, margins, bases))
     table = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else pd.DataFrame()
