@@ -64,7 +64,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_rate(args: argparse.Namespace) -> None:
     from harness.rate import rate_command
 
-    print(rate_command(args.dir, args.steps, args.tokens_per_step, args.variant))
+    print(rate_command(args.dir, args.steps, args.tokens_per_step, args.variant, args.objective, args.cap, args.check))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -136,6 +136,11 @@ def add_readers(sub) -> None:
     rate.add_argument("--tokens-per-step", type=int, default=None, help="the target's tokens per step (checked "
                       "against the measured runs)")
     rate.add_argument("--variant", default=None, help="only the runs of this variant label")
+    rate.add_argument("--objective", default="val_loss", help="a transfer study's best rate per cell: val_loss "
+                      "(lowest val loss under --cap, default) or maxvio_time (lowest time-averaged MaxVio_batch)")
+    rate.add_argument("--cap", type=float, default=0.3, help="the MaxVio_global cap of the val_loss objective (0.3)")
+    rate.add_argument("--check", default=None, metavar="DIR", help="a direct sweep of rates at the target: is the "
+                      "prediction inside its flat optimum?")
     rate.set_defaults(fn=cmd_rate)
 
 

@@ -1,8 +1,15 @@
-"""`moe-harness rate`: a bias rate u for the run you will do, from the dynamics of runs you did.
+"""`moe-harness rate`: a bias rate u for the run you will do, from runs you did.
 
     moe-harness rate results/my_suite --steps 25000 [--tokens-per-step 2048] [--variant loss_free]
+    moe-harness rate results/rate_transfer --steps 1600 --tokens-per-step 512 [--check results/heldout]
 
-The rule (a hypothesis, not yet tested by a transfer study; docs/methods.md, "Controller dynamics"): a sign rule moves each
+Two modes, chosen by the folder. A transfer study (rates x at least two run lengths, see
+harness/transfer.py and experiments/rate_transfer.toml) gives the fitted law: the best rate of
+each (steps, tokens per step) cell, log u* = c + p log T (+ q log S) through them, and the
+target's u* with the line's 95 % interval; `--check DIR` compares it with the flat optimum of a
+direct sweep at the target. Any other folder gives the dynamics rule below.
+
+The dynamics rule (docs/methods.md, "Controller dynamics"): a sign rule moves each
 bias by at most u per step, so a run spends about A / u of its steps unbalanced, and once
 balanced it jitters with a steady imbalance of about B u. Minimising A / (u T) + B u over u gives
 
@@ -11,8 +18,9 @@ balanced it jitters with a steady imbalance of about B u. Minimising A / (u T) +
 From each measured run with rate u: A = settle_step x u, B = maxvio_batch / u (maxvio_batch is
 the second-half mean, the steady imbalance). The recommendation is the median over the runs of
 u* for the target T, with a 95 % t-interval on the log scale, and the expected settle fraction
-A / (u* T). It is a hypothesis that no transfer study has confirmed here yet; the command says
-so, and warns when the target's length or tokens per step lie outside what was measured.
+A / (u* T). results/reference/rate_transfer_cpu.md tests the law on the tiny model; the
+command says what it found, and warns when the target's
+length or tokens per step lie outside what was measured.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness import stats, tables
+from harness import stats, tables, transfer
 
 NEEDED = ("settle_step", "maxvio_batch", "router.bias_rate", "train.steps")
 
@@ -79,21 +87,80 @@ def warnings_for(runs: pd.DataFrame, steps: int, tokens_per_step: int | None) ->
     return out
 
 
-def rate_command(folder: str, steps: int, tokens_per_step: int | None = None, variant: str | None = None) -> str:
+def rate_command(folder: str, steps: int, tokens_per_step: int | None = None, variant: str | None = None,
+                 objective: str = "val_loss", cap: float = 0.3, check: str | None = None) -> str:
     """The text `moe-harness rate` prints."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"--steps = {steps!r} must be a whole number of optimizer steps >= 1")
     if tokens_per_step is not None and tokens_per_step < 1:
         raise ValueError(f"--tokens-per-step = {tokens_per_step!r} must be a whole number >= 1")
+    if objective not in transfer.OBJECTIVES:
+        raise ValueError(f"--objective = {objective!r}; allowed: {sorted(transfer.OBJECTIVES)}")
+    if not cap > 0:
+        raise ValueError(f"--cap = {cap!r} must be a MaxVio_global above 0")
     runs = measured_runs(Path(folder), variant)
-    r = recommend(runs, steps)
-    lines = [f"recommended bias rate u = {r['rate']:.3g} (95 % interval {r['low']:.3g} to {r['high']:.3g}) "
-             f"for {steps:,} steps",
-             f"  from {r['runs']} run(s) of {folder}: A = settle_step x u = {r['A']:.3g} (median), "
-             f"B = maxvio_batch / u = {r['B']:.3g}; u* = sqrt(A / (B T))",
-             f"  expected: unbalanced for about {r['settle_fraction']:.1%} of the run, steady MaxVio_batch about "
-             f"{r['B'] * r['rate']:.3g}",
-             "  note: u* ~ 1/sqrt(T) is a hypothesis from the sign rule's dynamics; no transfer study on this "
-             "harness has tested it yet (docs/methods.md)"]
+    if transfer.is_study(runs):
+        lines = law_lines(Path(folder), runs, steps, tokens_per_step, objective, cap, check)
+    elif check is not None:
+        raise ValueError(f"--check needs a transfer study (rates x at least two run lengths); {folder} is not one")
+    else:
+        lines = dynamics_lines(folder, runs, steps)
     lines += [f"  warning: {w}" for w in warnings_for(runs, steps, tokens_per_step)]
     return "\n".join(lines)
+
+
+def dynamics_lines(folder: str, runs: pd.DataFrame, steps: int) -> list[str]:
+    r = recommend(runs, steps)
+    return [f"recommended bias rate u = {r['rate']:.3g} (95 % interval {r['low']:.3g} to {r['high']:.3g}) "
+            f"for {steps:,} steps",
+            f"  from {r['runs']} run(s) of {folder}: A = settle_step x u = {r['A']:.3g} (median), "
+            f"B = maxvio_batch / u = {r['B']:.3g}; u* = sqrt(A / (B T))",
+            f"  expected: unbalanced for about {r['settle_fraction']:.1%} of the run, steady MaxVio_batch about "
+            f"{r['B'] * r['rate']:.3g}",
+            "  note: u* ~ 1/sqrt(T) is a hypothesis from the sign rule's dynamics; a transfer study tests it "
+            "(results/reference/rate_transfer_cpu.md, docs/methods.md)"]
+
+
+def law_lines(folder: Path, runs: pd.DataFrame, steps: int, tokens: int | None, objective: str, cap: float,
+              check: str | None) -> list[str]:
+    variants = sorted(runs["variant"].unique())
+    if len(variants) > 1:
+        raise ValueError(f"{folder} holds a study of several variants {variants}: choose one with --variant")
+    cells = transfer.best_rates(transfer.study_runs(folder, runs), objective, cap)
+    law = transfer.fit_law(cells)
+    rate, low, high = transfer.predict(law, steps, tokens)
+    target = f"{steps:,} steps" + (f" at {tokens:,} tokens per step" if tokens else "")
+    p, p_low, p_high = law["p"]
+    verdict = "inside" if p_low <= -0.5 <= p_high else "outside"
+    lines = [f"recommended bias rate u = {rate:.3g} (95 % interval {low:.3g} to {high:.3g}) for {target}",
+             f"  from the law fitted to {folder} ({variants[0]}): log u* = c + p log T"
+             + (" + q log S" if "q" in law else "") + f" over {law['cells']} cells; best u per cell = "
+             + transfer.OBJECTIVES[objective].format(cap=cap) + " (seed mean, parabola in log u)",
+             f"  exponent of the run length: p = {p:.2f} (95 % interval {p_low:.2f} to {p_high:.2f}); the "
+             f"square-root law's -0.5 is {verdict} it"]
+    if "q" in law:
+        q, q_low, q_high = law["q"]
+        lines.append(f"  exponent of the tokens per step: q = {q:.2f} (95 % interval {q_low:.2f} to {q_high:.2f})")
+    edge = cells[cells["at_edge"] | cells["rate"].isna()]
+    if len(edge):
+        lines.append("  left out (best rate at the edge of the grid or no feasible rate): "
+                     + ", ".join(f"{r.steps} steps x {r.tokens_per_step} tokens" for r in edge.itertuples()))
+    if check is not None:
+        lines += check_lines(Path(check), rate, low, high)
+    return lines
+
+
+def check_lines(folder: Path, rate: float, low: float, high: float) -> list[str]:
+    """Whether the predicted rate lies inside a direct sweep's flat optimum."""
+    if not tables.has_results(folder):
+        raise ValueError(f"--check {folder}: no results there (run the direct sweep at the target first)")
+    runs = tables.read(folder, "runs")
+    runs = runs[(runs["status"] == "ok") & runs[transfer.RATE].notna()] if "status" in runs else runs
+    if not len(runs) or runs[transfer.RATE].nunique() < 3:
+        raise ValueError(f"--check {folder}: needs a direct sweep of at least 3 bias rates")
+    best, flat = transfer.flat_optimum(runs)
+    inside = min(flat) <= rate <= max(flat)
+    return [f"  check against {folder}: best rate there {best:.3g}; flat optimum (paired val loss within noise "
+            f"of the best, {runs['seed'].nunique()} seeds) {min(flat):.3g} to {max(flat):.3g}",
+            f"  the predicted {rate:.3g} is {'INSIDE' if inside else 'OUTSIDE'} the flat optimum"
+            + ("" if inside else f" (its interval {low:.3g} to {high:.3g})")]
