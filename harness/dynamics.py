@@ -13,6 +13,9 @@
     bias_drift       RMS over experts of b(end) - b(3/4 of the run), layer mean, in units of u: how far
                      the bias still wanders over the last quarter
 
+    controller_speed how far the controller moves per step in its own units, `controller_speed_of`
+                     (router.bias_rate for a rate-driven rule, 1 - router.qb_ema for the EMA one)
+
 u is the controller's router.bias_rate (NaN travel and drift where it is 0). The accumulators are
 updated once per step from the bias before and after the update, so nothing is kept per step.
 """
@@ -33,6 +36,8 @@ metric("bias_spread", "bias spread", fmt="{:.4f}", meaning="max - min of the fin
 metric("bias_travel", "bias travel / u", fmt="{:.0f}", unit="steps", meaning="bias_spread over the bias rate u")
 metric("bias_flip_share", "bias sign flips", better="min", meaning="share of second-half bias updates that "
        "reverse the expert's previous one")
+metric("controller_speed", "controller speed", fmt="{:.3g}", meaning="the controller's per-step speed: u for a "
+       "rate-driven rule, 1 - m for an EMA (controller_speed_of names it)")
 metric("bias_drift", "bias drift / u", better="min", fmt="{:.1f}", meaning="RMS bias change over the last quarter, "
        "in units of u")
 

@@ -91,6 +91,30 @@ def controller_dynamics(steps: pd.DataFrame, runs: pd.DataFrame, palette: dict |
     return fig
 
 
+def controller_rates(runs: pd.DataFrame) -> Figure:
+    """Controllers side by side against their own speed (`controller_speed`, log): the settle
+    fraction (settle step over the run's steps) and the steady imbalance (MaxVio_batch over the
+    second half); runs as dots, the seed mean per speed as a line, one colour per controller."""
+    data = runs.dropna(subset=["controller_speed", "settle_step"]).copy()
+    data["controller"] = data["router.bias_mode"].astype(str) + " (" + data["controller_speed_of"].astype(str) + ")"
+    data["settle_fraction"] = data["settle_step"] / data["train.steps"]
+    palette = variant_palette(data["controller"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    for ax, y, label in ((axes[0], "settle_fraction", "settle step / run steps"),
+                         (axes[1], "maxvio_batch", "steady MaxVio_batch (second half)")):
+        sns.scatterplot(data=data, x="controller_speed", y=y, hue="controller", palette=palette, alpha=0.4,
+                        legend=False, ax=ax)
+        means = data.groupby(["controller", "controller_speed"], as_index=False)[y].mean()
+        sns.lineplot(data=means, x="controller_speed", y=y, hue="controller", palette=palette, marker="o",
+                     legend=ax is axes[1], ax=ax)
+        ax.set_xscale("log")
+        ax.set(xlabel="controller speed per step (its own units, log)", ylabel=label)
+    axes[0].set(title="How soon it settles")
+    axes[1].set(title="How much imbalance it leaves")
+    _legend_outside(axes[1])
+    return fig
+
+
 def pareto_mask(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """True for points not dominated in (x, y), both minimised."""
     x, y = np.asarray(x, float), np.asarray(y, float)

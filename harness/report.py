@@ -95,9 +95,15 @@ def figures(data: dict[str, pd.DataFrame]) -> list[tuple[str, plt.Figure, str]]:
 def dynamics_figure(steps: pd.DataFrame, ok: pd.DataFrame, palette: dict) -> list[tuple[str, plt.Figure, str]]:
     if "bias_spread" not in steps or not steps["bias_spread"].notna().any() or "settle_step" not in ok:
         return []
-    return [("controller_dynamics", plots.controller_dynamics(steps, ok, palette),
-             "How each bias controller moved: when the imbalance settled (dotted), and how far its bias had to "
-             "travel; a spread still growing at the end means the rate was too small for the run.")]
+    out = [("controller_dynamics", plots.controller_dynamics(steps, ok, palette),
+            "How each bias controller moved: when the imbalance settled (dotted), and how far its bias had to "
+            "travel; a spread still growing at the end means the rate was too small for the run.")]
+    if "controller_speed" in ok and ok.dropna(subset=["controller_speed"]).groupby(
+            ["router.bias_mode", "controller_speed"]).ngroups >= 2:
+        out.append(("controller_rates", plots.controller_rates(ok),
+                     "Controllers against their own speed per step (u for a rate-driven rule, 1 - m for an EMA): "
+                     "faster settles sooner but leaves more steady imbalance; compare where each curve sits."))
+    return out
 
 
 def front_figure(ok: pd.DataFrame, palette: dict) -> list[tuple[str, plt.Figure, str]]:

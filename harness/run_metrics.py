@@ -34,7 +34,8 @@ class RunMetrics:
         self.last_global_LE: torch.Tensor | None = None  # expert counts of the last evaluation (live heatmap)
         self._step_vio, self._step_costs = torch.zeros((), device=device), {}
         rcfg = cfg.router_cfg
-        uses_rate = "bias_rate" in get_controller(rcfg.bias_mode).fields
+        self.controller = get_controller(rcfg.bias_mode)
+        uses_rate = "bias_rate" in self.controller.fields
         self.dynamics = (BiasDynamics(cfg.train.steps, rcfg.bias_rate if uses_rate else 0.0)
                          if rcfg.bias_mode != "none" and num_layers else None)  # how the controller moved
 
@@ -114,7 +115,9 @@ class RunMetrics:
                   "compute_ratio": self.last_eval.get("mean_k", math.nan) / self.cfg.model.top_k}
         record.update(self.last_eval if status in ("ok", "pruned") else {})
         if self.dynamics is not None:
-            record.update(self.dynamics.summary([float(v[0]) for v in self.vio_history]))
+            record.update(self.dynamics.summary([float(v[0]) for v in self.vio_history]),
+                          controller_speed=self.controller.speed(self.cfg.router_cfg),
+                          controller_speed_of=self.controller.speed_of)
         # NOTE: bits per byte of validation text, comparable across tokenizers (NaN for .bin shards)
         record["val_bpb"] = record.get("val_loss", math.nan) / math.log(2) * tokens_per_byte
         return record

@@ -3,6 +3,7 @@ and in a real run's row."""
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -58,3 +59,46 @@ def test_every_controller_run_has_the_dynamics_columns(tiny_settings):
     assert 0 <= record["bias_flip_share"] <= 1 and record["maxvio_batch_sd"] >= 0
     plain = run(resolve({**tiny_settings, "router": "softmax_topk"})).record
     assert "settle_step" not in plain  # no controller, no dynamics
+
+
+def presets_by_controller():
+    from harness.routing.controllers import controller_names
+    from harness.routing.registry import get_router_config, router_names
+
+    first = {}
+    for name in router_names():
+        first.setdefault(get_router_config(name).bias_mode, name)
+    return [(mode, first[mode]) for mode in controller_names() if mode != "none" and mode in first]
+
+
+@pytest.mark.parametrize("mode, preset", presets_by_controller())
+def test_every_controller_records_its_speed_in_its_own_units(tiny_settings, mode, preset):
+    from harness.config import resolve
+    from harness.routing.controllers import get_controller
+    from harness.train import run
+
+    cfg = resolve({**tiny_settings, "router": preset, "train.steps": 8})
+    record = run(cfg).record
+    controller = get_controller(mode)
+    assert record["controller_speed_of"] == controller.speed_of
+    assert record["controller_speed"] == pytest.approx(controller.speed(cfg.router_cfg))
+    expected = 1 - cfg.router_cfg.qb_ema if mode == "quantile" else cfg.router_cfg.bias_rate
+    assert record["controller_speed"] == pytest.approx(expected) and 0 < expected < 1
+
+
+def test_controller_rates_sets_controllers_side_by_side_against_their_speed():
+    from harness import plots
+
+    rows = [{"router.bias_mode": mode, "controller_speed_of": of, "controller_speed": speed, "seed": seed,
+             "settle_step": 100 * (1 - speed) + seed, "train.steps": 200, "maxvio_batch": speed + 0.01 * seed}
+            for mode, of, speeds in (("loss_free", "router.bias_rate", [1e-3, 1e-2]),
+                                     ("quantile", "1 - router.qb_ema", [0.1, 0.5]))
+            for speed in speeds for seed in (0, 1)]
+    fig = plots.controller_rates(pd.DataFrame(rows))
+    left, right = fig.axes[:2]
+    assert left.get_xscale() == "log" and right.get_xscale() == "log"
+    lines = {tuple(line.get_xdata()) for line in left.get_lines() if len(line.get_xdata()) == 2}
+    assert (1e-3, 1e-2) in lines and (0.1, 0.5) in lines  # one mean line per controller, over its own speeds
+    labels = {t.get_text() for legend in fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+              for t in legend.get_texts()}
+    assert {"loss_free (router.bias_rate)", "quantile (1 - router.qb_ema)"} <= labels

@@ -35,6 +35,15 @@ class BiasController(nn.Module):
     init_from_scores = False  # `initial_bias` from the first batch's scores (every rank's)
     observes = False  # `observe` every training forward's scores
     params: dict[str, Param] = {}  # its own knobs, set as router.<name> (params.py)
+    speed_of = "router.bias_rate"  # what sets how fast it moves (None: nothing), named as `speed` reports it
+
+    @classmethod
+    def speed(cls, cfg) -> float:
+        """How far it moves per step, in its own units (`speed_of`): the rate u of a rule that
+        moves each bias by at most u; an EMA controller overrides it with its 1 - m. Runs record
+        it as `controller_speed`, so the report can set controllers' settle steps and steady
+        imbalance side by side against their speeds."""
+        return float(cfg.bias_rate) if cls.speed_of else float("nan")
 
     def __init__(self, num_experts: int, top_k: int, cfg):
         super().__init__()

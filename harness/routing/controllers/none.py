@@ -8,6 +8,7 @@ from harness.routing.controllers import BiasController, register_controller
 @register_controller("none")
 class NoBias(BiasController):
     selections = None
+    speed_of = None
 
     def update(self, bias_E, counts_E, num_tokens):
         return None
