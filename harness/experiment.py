@@ -28,14 +28,14 @@ import math
 import os
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from tqdm.auto import tqdm
 
-from harness import distributed, metric_registry, specfile, stats, tables, workqueue
+from harness import distributed, metric_registry, sequential, specfile, stats, tables, workqueue
 from harness.checkpoint import CheckpointMismatch
 from harness.errors import RunsFailed
 from harness.config import RunConfig, parse_overrides, resolve
@@ -60,12 +60,15 @@ class Suite:
     baseline: str = ""  # the label the report compares every variant with (default: the first variant)
     front: list[str] = field(default_factory=list)  # labels of the reference family (verdicts.py)
     margins: dict[str, float] = field(default_factory=dict)  # metric -> equivalence margin (TOST)
+    plan: sequential.Plan | None = None  # seeds = { min, max, ... }: seeds added while unresolved
 
 
 def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) -> Suite:
     specfile.check_keys(spec, SUITE_KEYS, source, "suite")
     specfile.load_plugins(spec, source)
-    name, seeds = specfile.name_of(spec, source), specfile.seeds_of(spec, source)
+    name = specfile.name_of(spec, source)
+    plan = sequential.plan_of(spec["seeds"], source) if isinstance(spec.get("seeds"), dict) else None
+    seeds = list(range(plan.max)) if plan else specfile.seeds_of(spec, source)
     variants, front = spec.get("variants"), front_variants(spec.get("front"), source)
     if not isinstance(variants, list) or not variants or not all(isinstance(v, dict) for v in variants):
         raise ValueError(f"{source}: variants = {variants!r}: a suite needs at least one [[variants]] table, "
@@ -96,7 +99,7 @@ def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) 
     if baseline not in labels and baseline not in variant_names:
         raise ValueError(f"{source}: baseline = {baseline!r} is not a variant of this suite; choose one of "
                          f"{sorted(set(labels) | set(variant_names))}")
-    return Suite(name, runs, source, baseline, [v["label"] for v in front], margins_of(spec, source))
+    return Suite(name, runs, source, baseline, [v["label"] for v in front], margins_of(spec, source), plan)
 
 
 def grid_of(spec: dict[str, Any], source: Path) -> dict[str, list]:
@@ -183,8 +186,55 @@ def execute(suite: Suite, out_dir: str | Path, progress: bool = True, storage=No
     """Run every run of `suite` not already complete in `out_dir/<name>/`; returns that folder.
 
     With `storage` (an Optuna storage), the runs are a queue shared by every worker started on it.
+    With a sequential plan, in rounds: `min` seeds of every variant, then more seeds only for the
+    comparisons still unresolved (sequential.py). Every worker decides the rounds from the same
+    tables, so they agree, and a rerun after a kill replays the finished rounds and goes on.
     """
     folder = prepare_folder(suite, out_dir)
+    if suite.plan is None:
+        return execute_runs(suite, folder, progress, storage)
+    want = {label: suite.plan.min for label in dict.fromkeys(r.variant for r in suite.runs)}
+    while True:
+        execute_runs(replace(suite, runs=[r for r in suite.runs if r.seed < want[r.variant]]), folder, progress,
+                     storage)
+        lead = distributed.rank() == 0
+        wanted = distributed.broadcast_object(next_round(suite, folder, want) if lead else None)
+        if wanted == want:
+            return folder
+        if lead:
+            more = {label: n for label, n in wanted.items() if n != want[label]}
+            print(f"{suite.name}: unresolved against {suite.baseline}, next look: "
+                  + ", ".join(f"{label} to {n} seeds" for label, n in more.items()))
+        want = wanted
+
+
+def sequential_decisions(suite: Suite, runs: pd.DataFrame) -> pd.DataFrame:
+    """The sequential design's verdict for every variant of `suite` (not the front family) against its baseline."""
+    ok = stats.with_groups(runs[(runs["status"] == "ok") & ~runs["variant"].isin(suite.front)])
+    if not len(ok):
+        return pd.DataFrame()
+    return sequential.decisions(ok, suite.plan, stats.baseline_groups(ok, suite.baseline), suite.margins)
+
+
+def next_round(suite: Suite, folder: Path, want: dict[str, int]) -> dict[str, int]:
+    """Seeds per variant label for the next round: an unresolved comparison moves to its next look,
+    the baseline and the front family keep pace with the furthest one; unchanged when all are done."""
+    runs = tables.read(folder, "runs")
+    table = sequential_decisions(suite, runs[runs["run_id"].isin({r.run_id for r in suite.runs})])
+    wanted = dict(want)
+    for row in table.to_dict("records") if len(table) else []:
+        if row["verdict"] == "running":
+            label = row["variant"].split(" [", 1)[0]
+            wanted[label] = max(wanted.get(label, 0), int(row["next"]))
+    furthest = max(wanted.values())
+    for label in wanted:
+        if suite.baseline in (label, label.split("[", 1)[0]) or label in suite.front:
+            wanted[label] = max(wanted[label], furthest)
+    return wanted
+
+
+def execute_runs(suite: Suite, folder: Path, progress: bool = True, storage=None) -> Path:
+    """Run every run of `suite` not already complete in `folder` (one round of a sequential suite)."""
 
     lead = distributed.rank() == 0  # under torchrun every rank trains each run; rank 0 writes
 
@@ -192,7 +242,8 @@ def execute(suite: Suite, out_dir: str | Path, progress: bool = True, storage=No
         result = run_or_fail(cfg, progress and lead, checkpoint_dir=folder / "checkpoints", log_dir=folder / "logs",
                              group=suite.name)
         result.record = {"suite": suite.name, "baseline": suite.baseline, "front": cfg.variant in suite.front,
-                         "equivalence_margin": json.dumps(suite.margins), **result.record}
+                         "equivalence_margin": json.dumps(suite.margins),
+                         "seed_plan": suite.plan.to_json() if suite.plan else "", **result.record}
         if lead:
             tables.append_run(folder, result)
         return result.record["status"]
@@ -273,6 +324,9 @@ def report_suite(suite: Suite, folder: Path) -> None:
         print(f"\n{suite.name}: {len(runs)} runs in {folder}")
         if (runs["status"] == "ok").any():
             print(summarize(runs).to_string())
+        if suite.plan is not None:
+            for row in sequential_decisions(suite, runs).to_dict("records"):
+                print(f"  {row['variant']} vs {row['against']}: {row['reason']}")
         bad = runs[runs["status"] != "ok"]
         for _, row in bad.iterrows():
             print(f"  {row['variant']} seed {row['seed']}: {row['status']} {row.get('error', '') or ''}")

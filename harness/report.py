@@ -344,6 +344,10 @@ class Page:
         body = html.escape(plain if plain is not None else markdown)
         self.html.append(f"<p>{body}{'' if code is None else f'<code>{html.escape(code)}</code>.'}</p>")
 
+    def bullets(self, lines: list[str]) -> None:
+        self.md += [f"- {line}" for line in lines] + [""]
+        self.html.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>")
+
     def table(self, frame: pd.DataFrame, as_html: str | None = None) -> None:
         self.md += [markdown_table(frame), ""]
         self.html.append(as_html if as_html is not None else _html_table(frame))
@@ -439,6 +443,31 @@ def seeds_to_resolve(table: pd.DataFrame) -> list[str]:
     return out
 
 
+def verdict_summary(table: pd.DataFrame) -> list[str]:
+    """One line per method: its place against the front, its verdict against the baseline (the
+    sequential design's where the suite has one), the seeds behind it and why they stopped."""
+    lines = []
+    for variant, rows in table.groupby("variant", sort=False):
+        parts = []
+        for r in rows.to_dict("records"):
+            interval = f" ({r['diff']:+.3g} [{r['low95']:+.3g}, {r['high95']:+.3g}])" if pd.notna(r.get("low95")) else ""
+            if r["kind"] == "front":
+                parts.append(f"{r['verdict']}{interval}")
+            else:
+                verdict = r["verdict"]
+                verdict = f"{verdict} from" if verdict == "different" else verdict if verdict == "running" else \
+                    f"{verdict} against"
+                parts.append(f"{verdict} {r['against']} on {r['metric']}{interval}")
+        seq = rows[rows["kind"] == "sequential"]
+        if len(seq):
+            parts.append(f"{int(seq['n'].iloc[0])} seeds: {seq['reason'].iloc[0]}")
+        else:
+            used = seeds_used(rows).dropna()
+            parts.append(f"{int(used.max())} seeds" if len(used) else "no seeds")
+        lines.append(f"{variant}: " + "; ".join(parts))
+    return lines
+
+
 def add_verdicts(page: Page, runs: pd.DataFrame) -> bool:
     """A verdict per comparison, and the `verdicts.parquet` table beside the report; whether there were any."""
     table = verdict_table(runs)
@@ -451,13 +480,18 @@ def add_verdicts(page: Page, runs: pd.DataFrame) -> bool:
                                  else f"{r.diff:+.3g}" for r in table.itertuples()],
         "verdict": table["verdict"], "seeds": seeds_used(table),
         "seeds to resolve": seeds_to_resolve(table)}).set_index("variant")
+    if "reason" in table:
+        shown["stopped because"] = table["reason"].fillna("").to_numpy()
     page.section("Verdicts")
+    page.bullets(verdict_summary(table))
     page.table(shown)
     page.text("Against the front: the val-loss distance to the reference family's front at the method's own "
               "MaxVio, interpolated per seed between the bracketing family points (seeds outside the family's "
               "MaxVio range give none); below / above when the 95 % interval excludes 0. Equivalence (TOST): "
               "'equivalent' when the 90 % paired interval lies inside +/- the margin, 'different' when the 95 % "
-              "interval excludes 0, else 'unresolved'. The table is also in verdicts.parquet.")
+              "interval excludes 0, else 'unresolved'. Sequential seeds: each look spends part of alpha "
+              "(docs/methods.md, 'Seeds that stop'), so a verdict there holds although the seeds stopped on the "
+              "data. The table is also in verdicts.parquet.")
     return True
 
 

@@ -20,6 +20,9 @@ own MaxVio, interpolated between the bracketing pair of the same seed; a seed wh
 outside the family's range gives no distance (no extrapolation). Over the seeds that do, the
 mean distance and its 95 % t-interval give the verdict: below (interval under 0), above (over
 0), on (contains 0); outside the range when fewer than 2 seeds fall inside it.
+
+A suite with sequential seeds (`seeds = { min, max, ... }`) judges its metric by the design of
+sequential.py instead: alpha spent over planned looks, so stopping early does not inflate it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from harness import sequential
 from harness.stats import paired_difference, seeds_needed
 
 
@@ -154,8 +158,13 @@ def verdicts(runs: pd.DataFrame, bases: dict[str, str]) -> tuple[pd.DataFrame, p
         distances = front_distances(runs, family)
         front = front_verdicts(distances).assign(kind="front", against="front", metric="val_loss")
         parts.append(front.rename(columns={"distance": "diff", "low": "low95", "high": "high95"}))
-    margins = recorded_margins(runs)
+    margins, plan = recorded_margins(runs), sequential.recorded_plan(runs)
     if margins:
-        parts.append(equivalence_table(runs, margins, bases))
+        table = equivalence_table(runs, margins, bases)
+        # NOTE: a sequential suite's verdict on its metric is the design's (alpha spent over its looks)
+        parts.append(table[table["metric"] != plan.metric] if plan is not None and len(table) else table)
+    if plan is not None:
+        parts.append(sequential.decisions(runs[~family], plan, {g: b for g, b in bases.items()
+                                                                if g in set(runs.loc[~family, "variant"])}, margins))
     table = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else pd.DataFrame()
     return table, distances
