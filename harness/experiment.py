@@ -58,9 +58,10 @@ class Suite:
     runs: list[RunConfig]
     source: Path
     baseline: str = ""  # the label the report compares every variant with (default: the first variant)
-    front: list[str] = field(default_factory=list)  # labels of the reference family (verdicts.py)
+    front: list[str] = field(default_factory=list)  # labels of the reference families' runs (verdicts.py)
     margins: dict[str, float] = field(default_factory=dict)  # metric -> equivalence margin (TOST)
     plan: sequential.Plan | None = None  # seeds = { min, max, ... }: seeds added while unresolved
+    front_family: dict[str, str] = field(default_factory=dict)  # such a label -> its family's name
 
 
 def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) -> Suite:
@@ -69,7 +70,7 @@ def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) 
     name = specfile.name_of(spec, source)
     plan = sequential.plan_of(spec["seeds"], source) if isinstance(spec.get("seeds"), dict) else None
     seeds = list(range(plan.max)) if plan else specfile.seeds_of(spec, source)
-    variants, front = spec.get("variants"), front_variants(spec.get("front"), source)
+    variants, (front, family_of) = spec.get("variants"), front_variants(spec.get("front"), source)
     if not isinstance(variants, list) or not variants or not all(isinstance(v, dict) for v in variants):
         raise ValueError(f"{source}: variants = {variants!r}: a suite needs at least one [[variants]] table, "
                          'e.g. [[variants]] router = "loss_free"')
@@ -99,7 +100,8 @@ def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) 
     if baseline not in labels and baseline not in variant_names:
         raise ValueError(f"{source}: baseline = {baseline!r} is not a variant of this suite; choose one of "
                          f"{sorted(set(labels) | set(variant_names))}")
-    return Suite(name, runs, source, baseline, [v["label"] for v in front], margins_of(spec, source), plan)
+    return Suite(name, runs, source, baseline, [v["label"] for v in front], margins_of(spec, source), plan,
+                 family_of)
 
 
 def grid_of(spec: dict[str, Any], source: Path) -> dict[str, list]:
@@ -114,19 +116,36 @@ def grid_of(spec: dict[str, Any], source: Path) -> dict[str, list]:
     return grid
 
 
-def front_variants(front: Any, source: Path) -> list[dict[str, Any]]:
+def front_variants(front: Any, source: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """`front = { router = "sigmoid_topk_aux", key = "router.aux_alpha", values = [...] }`: one
-    variant per value, the reference family the report measures other methods against."""
+    variant per value, the reference family the report measures other methods against. A list of
+    such tables gives several families, each with a `name`; any other key of a table is a
+    run-config setting of its family (`"router.aux_scope" = "sequence"`). Returns the variants and
+    each one's family name."""
     if front is None:
-        return []
-    if (not isinstance(front, dict) or set(front) != {"router", "key", "values"} or not isinstance(front["values"], list)
-            or len(front["values"]) < 2 or not isinstance(front["key"], str)):
-        raise ValueError(f"{source}: front = {front!r} must be {{ router = PRESET, key = RUN-CONFIG KEY, values = "
-                         "[at least 2 values] }, e.g. { router = \"sigmoid_topk_aux\", key = \"router.aux_alpha\", "
-                         "values = [1e-3, 1e-2, 1e-1] }")
-    short = front["key"].rpartition(".")[2]
-    return [{"router": front["router"], front["key"]: value, "label": f"front {short}={value:g}"
-             if isinstance(value, (int, float)) else f"front {short}={value}"} for value in front["values"]]
+        return [], {}
+    example = ('{ router = "sigmoid_topk_aux", key = "router.aux_alpha", values = [1e-3, 1e-2, 1e-1] }, or a list '
+               'of such tables each with its own name = "..."')
+    families = front if isinstance(front, list) else [front]
+    names = [f.get("name", "front") if isinstance(f, dict) else None for f in families]
+    if len(families) > 1 and (not all(isinstance(f, dict) and isinstance(f.get("name"), str) for f in families)
+                              or len(set(names)) < len(names)):
+        raise ValueError(f"{source}: front lists {len(families)} families: give each its own name = \"...\"; "
+                         f"got names {names}")
+    variants, family_of = [], {}
+    for family, name in zip(families, names):
+        if (not isinstance(family, dict) or not {"router", "key", "values"} <= set(family)
+                or not isinstance(family["values"], list) or len(family["values"]) < 2
+                or not isinstance(family["key"], str)):
+            raise ValueError(f"{source}: front = {family!r} must be {{ router = PRESET, key = RUN-CONFIG KEY, values = "
+                             f"[at least 2 values] }}, e.g. {example}")
+        fixed = {k: v for k, v in flatten(family).items() if k not in {"router", "key", "values", "name"}}
+        short = family["key"].rpartition(".")[2]
+        for value in family["values"]:
+            label = f"{name} {short}={value:g}" if isinstance(value, (int, float)) else f"{name} {short}={value}"
+            variants.append({**fixed, "router": family["router"], family["key"]: value, "label": label})
+            family_of[label] = name
+    return variants, family_of
 
 
 def margins_of(spec: dict[str, Any], source: Path) -> dict[str, float]:
@@ -242,6 +261,7 @@ def execute_runs(suite: Suite, folder: Path, progress: bool = True, storage=None
         result = run_or_fail(cfg, progress and lead, checkpoint_dir=folder / "checkpoints", log_dir=folder / "logs",
                              group=suite.name)
         result.record = {"suite": suite.name, "baseline": suite.baseline, "front": cfg.variant in suite.front,
+                         "front_family": suite.front_family.get(cfg.variant, ""),
                          "equivalence_margin": json.dumps(suite.margins),
                          "seed_plan": suite.plan.to_json() if suite.plan else "", **result.record}
         if lead:

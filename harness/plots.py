@@ -307,21 +307,28 @@ def sweep_history(trials: pd.DataFrame, objective: str, constraint: tuple[str, f
 
 
 def front(runs: pd.DataFrame, distances: pd.DataFrame, palette: dict | None = None) -> Figure:
-    """The reference family's front per seed (val loss against MaxVio_global, log x, one grey line
-    per seed) and every other run as a point in its variant's colour, marked like its seed's line."""
-    fig, ax = _figure()
-    family = runs[runs["front"].fillna(False).astype(bool)].dropna(subset=["maxvio_global", "val_loss"])
-    others = distances.dropna(subset=["maxvio_global", "val_loss"])
-    palette = palette or variant_palette(others["variant"].unique())
-    by_seed = family["seed"].nunique() <= 6  # NOTE: the same marker for a seed's line and its points
-    sns.lineplot(data=family.sort_values("maxvio_global"), x="maxvio_global", y="val_loss", units="seed",
-                 estimator=None, sort=False, color="0.6", linewidth=1, ax=ax, legend=False,
-                 style="seed" if by_seed else None, markers=by_seed, dashes=False)
-    sns.scatterplot(data=others, x="maxvio_global", y="val_loss", hue="variant", palette=palette, ax=ax, s=60,
-                    style="seed" if by_seed else None)
-    ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # NOTE: crowded minor labels on a short range
-    ax.set_xlabel("MaxVio global (log)")
-    ax.set_ylabel("val loss")
-    _legend_outside(ax)
+    """Each reference family's front per seed (val loss against MaxVio_global, log x, one grey line
+    per seed) and every other run as a point in its variant's colour, marked like its seed's line;
+    one panel per family (`distances["family"]`, verdicts.verdicts)."""
+    names = list(distances["family"].unique()) if "family" in distances else ["front"]
+    fig, axes = plt.subplots(1, len(names), figsize=(6.4 * len(names) + 1.6, 4.4), layout="constrained",
+                             sharey=True, squeeze=False)
+    is_front = runs["front"].fillna(False).astype(bool)
+    named = runs["front_family"].astype(str).replace("", "front") if "front_family" in runs else None
+    for ax, name in zip(axes[0], names):
+        mine = is_front & (named == name) if named is not None else is_front
+        family = runs[mine].dropna(subset=["maxvio_global", "val_loss"])
+        part = distances[distances["family"] == name] if "family" in distances else distances
+        others = part.dropna(subset=["maxvio_global", "val_loss"])
+        palette = palette or variant_palette(others["variant"].unique())
+        by_seed = family["seed"].nunique() <= 6  # NOTE: the same marker for a seed's line and its points
+        sns.lineplot(data=family.sort_values("maxvio_global"), x="maxvio_global", y="val_loss", units="seed",
+                     estimator=None, sort=False, color="0.6", linewidth=1, ax=ax, legend=False,
+                     style="seed" if by_seed else None, markers=by_seed, dashes=False)
+        sns.scatterplot(data=others, x="maxvio_global", y="val_loss", hue="variant", palette=palette, ax=ax, s=60,
+                        style="seed" if by_seed else None, legend=ax is axes[0][-1])
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # NOTE: crowded minor labels on a short range
+        ax.set(xlabel="MaxVio global (log)", ylabel="val loss", title=name if len(names) > 1 else None)
+    _legend_outside(axes[0][-1])
     return fig

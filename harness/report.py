@@ -452,7 +452,9 @@ def verdict_summary(table: pd.DataFrame) -> list[str]:
         for r in rows.to_dict("records"):
             interval = f" ({r['diff']:+.3g} [{r['low95']:+.3g}, {r['high95']:+.3g}])" if pd.notna(r.get("low95")) else ""
             if r["kind"] == "front":
-                parts.append(f"{r['verdict']}{interval}")
+                named = r["verdict"] if r["against"] == "front" else r["verdict"].replace(
+                    "the front", f"the front '{r['against']}'")
+                parts.append(f"{named}{interval}")
             else:
                 verdict = r["verdict"]
                 verdict = f"{verdict} from" if verdict == "different" else verdict if verdict == "running" else \

@@ -13,7 +13,8 @@ with the seeds each would need at the observed spread: the smallest n whose 90 %
 below m - |dbar| (equivalence), or whose 95 % half-width is below |dbar| (difference).
 
 The front. A suite declares a reference family swept over a strength knob,
-`front = { router = "sigmoid_topk_aux", key = "router.aux_alpha", values = [...] }`. Per seed the
+`front = { router = "sigmoid_topk_aux", key = "router.aux_alpha", values = [...] }` (or a list
+of named families, each judged on its own). Per seed the
 front is val loss against log MaxVio_global, piecewise linear through the family's points in
 order of MaxVio. A method's distance to it at that seed is its val loss minus the front's at its
 own MaxVio, interpolated between the bracketing pair of the same seed; a seed whose MaxVio lies
@@ -150,14 +151,26 @@ def recorded_margins(runs: pd.DataFrame) -> dict[str, float]:
     return json.loads(stored.iloc[0]) if len(stored) else {}
 
 
+def families_of(runs: pd.DataFrame, family: pd.Series) -> pd.Series:
+    """Per run: the name of the front family it belongs to (None for the methods measured against
+    it); runs written before families had names belong to one called "front"."""
+    named = runs["front_family"].where(runs["front_family"].astype(str) != "") if "front_family" in runs else None
+    names = named.fillna("front") if named is not None else pd.Series("front", index=runs.index)
+    return names.where(family, None)
+
+
 def verdicts(runs: pd.DataFrame, bases: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(the `verdicts` table: front and equivalence rows, long form; the per-seed front distances)."""
-    parts, distances = [], pd.DataFrame()
+    parts, found = [], []
     family = runs["front"].fillna(False).astype(bool) if "front" in runs else pd.Series(False, index=runs.index)
-    if family.any() and (~family).any():
-        distances = front_distances(runs, family)
-        front = front_verdicts(distances).assign(kind="front", against="front", metric="val_loss")
+    names = families_of(runs, family)
+    for name in names.dropna().unique() if (~family).any() else []:
+        mine = names == name
+        distances = front_distances(runs[~family | mine], mine[~family | mine]).assign(family=name)
+        front = front_verdicts(distances).assign(kind="front", against=name, metric="val_loss")
         parts.append(front.rename(columns={"distance": "diff", "low": "low95", "high": "high95"}))
+        found.append(distances)
+    distances = pd.concat(found, ignore_index=True) if found else pd.DataFrame()
     margins, plan = recorded_margins(runs), sequential.recorded_plan(runs)
     if margins:
         table = equivalence_table(runs, margins, bases)

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from harness import verdicts
+from harness import tables, verdicts
+from harness.cli import main
 
 D = np.array([0.004, -0.002, 0.006, 0.001, -0.003, 0.002])  # paired differences over 6 seeds
 
@@ -117,3 +118,36 @@ def test_bad_verdict_keys_exit_2(make_suite, tmp_path, capsys, extra, message):
     suite.write_text(extra + "\n" + suite.read_text())
     assert main(["run", str(suite), "--out", str(tmp_path)]) == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_a_suite_with_several_named_fronts_judges_against_each(make_suite, tmp_path, capsys):
+    suite = make_suite([{"router": "loss_free", "router.bias_rate": 0.01}], seeds=(0, 1))
+    text = suite.read_text().replace("[base]", textwrap.dedent("""\
+        front = [
+          { name = "aux micro", router = "sigmoid_topk_aux", key = "router.aux_alpha", values = [0.001, 1.0] },
+          { name = "aux seq", router = "sigmoid_topk_aux", "router.aux_scope" = "sequence", key = "router.aux_alpha", values = [0.001, 1.0] },
+        ]
+        [base]"""), 1)
+    suite.write_text(text)
+    assert main(["run", str(suite), "--out", str(tmp_path)]) == 0
+    runs = tables.read(tmp_path / "tiny")
+    seq = runs[runs["front_family"] == "aux seq"]
+    assert set(seq["variant"]) == {"aux seq aux_alpha=0.001", "aux seq aux_alpha=1"}
+    assert set(seq["router.aux_scope"]) == {"sequence"}  # the family's own setting
+    assert set(runs[runs["front_family"] == "aux micro"]["router.aux_scope"]) == {"micro_batch"}
+    assert main(["report", str(tmp_path / "tiny")]) == 0
+    table = pd.read_parquet(tmp_path / "tiny" / "verdicts.parquet")
+    front = table[table["kind"] == "front"]
+    assert set(front["against"]) == {"aux micro", "aux seq"} and set(front["variant"]) == {"loss_free"}
+    report = (tmp_path / "tiny" / "report.md").read_text()
+    assert "the front 'aux seq'" in report and "the front 'aux micro'" in report
+
+
+def test_several_fronts_need_distinct_names(make_suite, tmp_path, capsys):
+    suite = make_suite([{"router": "loss_free"}])
+    suite.write_text(suite.read_text().replace("[base]", textwrap.dedent("""\
+        front = [{ router = "sigmoid_topk_aux", key = "router.aux_alpha", values = [0.001, 1.0] },
+                 { router = "sigmoid_topk_aux", key = "router.aux_alpha", values = [0.01, 1.0] }]
+        [base]"""), 1))
+    assert main(["run", str(suite), "--out", str(tmp_path)]) == 2
+    assert "front lists 2 families: give each its own name" in capsys.readouterr().err
