@@ -167,7 +167,7 @@ TIMING = {"tokens_per_s", "wall_s", "train_wall_s", "train_cpu_s", "cpu_utilisat
           "throughput_ratio", "throughput_reliable", "peak_mem_mb", "resumed_from_step", "git_commit"}
 
 
-@pytest.mark.parametrize("router", ["loss_free", "dynamic_k"])
+@pytest.mark.parametrize("router", ["loss_free", "dynamic_k", "smebu"])  # smebu: its momentum is checkpointed
 def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_end(make_suite, tmp_path, router):
     suite = make_suite([{"router": router, "router.bias_rate": 0.01}], base=RESUME)
     env = dict(os.environ, OMP_NUM_THREADS="1")

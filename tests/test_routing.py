@@ -1,6 +1,7 @@
 """Router behaviour a user would notice, parametrized over every registered preset."""
 
 import dataclasses
+import math
 from dataclasses import replace
 
 import pytest
@@ -134,6 +135,33 @@ def test_loss_free_update_forms_on_hand_counts(update, expected_step):
     router.balance_update(COUNTS, num_tokens=40)
     expected = torch.tensor([0.1, 0.2, 0.3, 0.4]) - 0.01 * torch.tensor(expected_step)
     torch.testing.assert_close(router.expert_bias, expected)
+
+
+def test_smebu_update_on_hand_counts():
+    # counts [10, 30, 20, 20]: relative violation e = (c - 20) / 20 = [-.5, .5, 0, 0]
+    cfg = RouterConfig(score_func="sigmoid", bias_mode="smebu", bias_rate=0.01,
+                       params={"smebu_kappa": 2.0, "smebu_momentum": 0.5})
+    router = Router(DIM, 4, 2, cfg)
+    start = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    router.expert_bias.copy_(start)
+    t = math.tanh(1.0)  # tanh(kappa e) at e = +-.5
+    step = torch.tensor([0.01 * t, -0.01 * t, 0.0, 0.0])  # -u tanh(kappa e), already centred
+    router.balance_update(COUNTS, num_tokens=40)
+    torch.testing.assert_close(router.expert_bias, start + 0.5 * step)  # m = (1 - beta) step
+    router.balance_update(COUNTS, num_tokens=40)
+    torch.testing.assert_close(router.expert_bias, start + (0.5 + 0.75) * step)  # m = beta m + (1 - beta) step
+    torch.testing.assert_close(router.expert_bias.mean(), start.mean())  # centred: the mean stays
+
+
+def test_smebu_clamps_softly_and_centres_a_lopsided_step():
+    from harness.routing.controllers.smebu import smebu_step
+
+    step = smebu_step(torch.tensor([80.0, 0.0, 0.0, 0.0]), rate=0.01, kappa=2.0)  # e = [3, -1, -1, -1]
+    raw = -0.01 * torch.tanh(torch.tensor([6.0, -2.0, -2.0, -2.0]))
+    torch.testing.assert_close(step, raw - raw.mean())
+    assert step.abs().max() <= 0.02 and step.sum().abs() < 1e-9  # bounded by the clamp, centred
+    near = smebu_step(torch.tensor([21.0, 19.0, 20.0, 20.0]), rate=0.01, kappa=2.0)  # e = +-.05: linear regime
+    torch.testing.assert_close(near[:2], torch.tensor([-0.01 * 2 * 0.05, 0.01 * 2 * 0.05]), rtol=1e-2, atol=0)
 
 
 @pytest.mark.parametrize("update", ["sign", "rms", "linear"])

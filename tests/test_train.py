@@ -178,10 +178,11 @@ def test_same_seed_same_losses_on_cpu(tiny_settings):
     assert a.record["val_loss"] == b.record["val_loss"] and a.record["run_id"] == b.record["run_id"]
 
 
-def test_loss_free_balances_better_than_the_control(tiny_settings):
+@pytest.mark.parametrize("router", ["loss_free", "smebu"])
+def test_loss_free_balances_better_than_the_control(tiny_settings, router):
     settings = {**tiny_settings, "train.steps": 60, "train.eval_every": 60}
     control = run(resolve({**settings, "router": "sigmoid_topk"})).record
-    balanced = run(resolve({**settings, "router": "loss_free", "router.bias_rate": 0.02})).record
+    balanced = run(resolve({**settings, "router": router, "router.bias_rate": 0.02})).record
     assert balanced["maxvio_global"] < control["maxvio_global"]
 
 

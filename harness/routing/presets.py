@@ -56,6 +56,12 @@ def loss_free_softmax() -> RouterConfig:
     return replace(softmax_topk(), bias_mode="loss_free", bias_rate=1e-3)
 
 
+@register_router("smebu")
+def smebu() -> RouterConfig:
+    """SMEBU (Trinity Large): sigmoid top-k, Loss-Free bias with a tanh-clamped, centred, momentum step, u = 1e-3."""
+    return replace(sigmoid_topk(), bias_mode="smebu", bias_rate=1e-3)
+
+
 @register_router("deepseek_v3")
 def deepseek_v3() -> RouterConfig:
     """DeepSeek-V3-like: Loss-Free sign bias plus a sequence-wise aux loss, alpha 1e-4."""

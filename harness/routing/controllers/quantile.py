@@ -50,15 +50,15 @@ def histogram_quantiles(hist_EB: torch.Tensor, q: float) -> torch.Tensor:
 @register_controller("quantile")
 class Quantile(BiasController):
     fields = ("qb_ema", "bias_freeze_frac")
+    selections = ("topk", "threshold")
+    sets_budget = True
+    init_from_scores = True
+    observes = True
     speed_of = "1 - router.qb_ema"  # the share of the gap to the step's target closed per step
 
     @classmethod
     def speed(cls, cfg) -> float:
         return 1.0 - float(cfg.qb_ema)
-    selections = ("topk", "threshold")
-    sets_budget = True
-    init_from_scores = True
-    observes = True
 
     @classmethod
     def check(cls, cfg) -> None:
