@@ -64,7 +64,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_rate(args: argparse.Namespace) -> None:
     from harness.rate import rate_command
 
-    print(rate_command(args.dir, args.steps, args.tokens_per_step, args.variant, args.objective, args.cap, args.check))
+    print(rate_command(args.dir, args.steps, args.tokens_per_step, args.variant, args.objective, args.cap, args.check,
+                       args.experts, args.top_k))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -139,6 +140,8 @@ def add_readers(sub) -> None:
     rate.add_argument("--objective", default="val_loss", help="a transfer study's best rate per cell: val_loss "
                       "(lowest val loss under --cap, default) or maxvio_time (lowest time-averaged MaxVio_batch)")
     rate.add_argument("--cap", type=float, default=0.3, help="the MaxVio_global cap of the val_loss objective (0.3)")
+    rate.add_argument("--experts", type=int, default=None, help="the target's routed experts (warned if unmeasured)")
+    rate.add_argument("--top-k", type=int, default=None, help="the target's k (warned if unmeasured)")
     rate.add_argument("--check", default=None, metavar="DIR", help="a direct sweep of rates at the target: is the "
                       "prediction inside its flat optimum?")
     rate.set_defaults(fn=cmd_rate)

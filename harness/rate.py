@@ -72,23 +72,30 @@ def recommend(runs: pd.DataFrame, steps: int) -> dict:
             "B": float(np.median(b))}
 
 
-def warnings_for(runs: pd.DataFrame, steps: int, tokens_per_step: int | None) -> list[str]:
+def warnings_for(runs: pd.DataFrame, steps: int, tokens_per_step: int | None, experts: int | None = None,
+                 top_k: int | None = None, law: str = "the square-root law", tokens_term: bool = False) -> list[str]:
     out = []
     measured = runs["train.steps"].astype(int)
     if steps > 2 * measured.max() or steps < measured.min() / 2:
         out.append(f"the target's {steps:,} steps lie outside the measured {measured.min():,}-{measured.max():,} "
-                   "(x2 either way): the square-root law is extrapolated")
+                   f"(x2 either way): {law} is extrapolated")
     if tokens_per_step is not None:
-        per_step = (runs["train.batch_size"] * runs["train.grad_accum"] * runs["model.seq_len"]
-                    * runs.get("world_size", 1)).astype(int)
+        per_step = transfer.tokens_per_step(runs)
         if not per_step.min() / 2 <= tokens_per_step <= 2 * per_step.max():
             out.append(f"the target's {tokens_per_step:,} tokens per step lie outside the measured "
-                       f"{per_step.min():,}-{per_step.max():,} (x2 either way): the law has no term for them")
+                       f"{per_step.min():,}-{per_step.max():,} (x2 either way): "
+                       + ("the fitted exponent is extrapolated" if tokens_term else "the law has no term for them"))
+    for value, column, what in ((experts, "model.num_experts", "experts"), (top_k, "model.top_k", "k")):
+        seen = sorted(runs[column].dropna().astype(int).unique()) if column in runs else []
+        if value is not None and value not in seen:
+            out.append(f"the target's {what} = {value} was not measured (runs had {seen}): the rate has no term for "
+                       f"{what}, so this is the measured runs' answer, untested at {value}")
     return out
 
 
 def rate_command(folder: str, steps: int, tokens_per_step: int | None = None, variant: str | None = None,
-                 objective: str = "val_loss", cap: float = 0.3, check: str | None = None) -> str:
+                 objective: str = "val_loss", cap: float = 0.3, check: str | None = None, experts: int | None = None,
+                 top_k: int | None = None) -> str:
     """The text `moe-harness rate` prints."""
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"--steps = {steps!r} must be a whole number of optimizer steps >= 1")
@@ -98,14 +105,20 @@ def rate_command(folder: str, steps: int, tokens_per_step: int | None = None, va
         raise ValueError(f"--objective = {objective!r}; allowed: {sorted(transfer.OBJECTIVES)}")
     if not cap > 0:
         raise ValueError(f"--cap = {cap!r} must be a MaxVio_global above 0")
+    for name, value in (("--experts", experts), ("--top-k", top_k)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} = {value!r} must be a whole number >= 1")
     runs = measured_runs(Path(folder), variant)
-    if transfer.is_study(runs):
+    study = transfer.is_study(runs)
+    if study:
         lines = law_lines(Path(folder), runs, steps, tokens_per_step, objective, cap, check)
     elif check is not None:
         raise ValueError(f"--check needs a transfer study (rates x at least two run lengths); {folder} is not one")
     else:
         lines = dynamics_lines(folder, runs, steps)
-    lines += [f"  warning: {w}" for w in warnings_for(runs, steps, tokens_per_step)]
+    law = "the fitted law" if study else "the square-root law"
+    tokens_term = study and transfer.tokens_per_step(runs).nunique() > 1
+    lines += [f"  warning: {w}" for w in warnings_for(runs, steps, tokens_per_step, experts, top_k, law, tokens_term)]
     return "\n".join(lines)
 
 

@@ -61,3 +61,15 @@ def test_rate_on_a_folder_without_dynamics_exits_2(tmp_path, capsys):
     assert main(["rate", str(tmp_path), "--steps", "100"]) == 2
     assert "have no controller dynamics" in capsys.readouterr().err
     assert main(["rate", str(tmp_path / "missing"), "--steps", "100"]) == 2
+
+
+def test_rate_warns_when_the_targets_experts_or_k_were_not_measured(folder, capsys):
+    from harness import tables as t
+
+    runs = t.read(folder)
+    assert "model.num_experts" not in runs  # the fixture's runs do not say: every target value is unmeasured
+    assert main(["rate", str(folder), "--steps", "800", "--experts", "256", "--top-k", "4"]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    assert len(warnings) == 2 and "experts = 256 was not measured" in warnings[0] and "k = 4" in warnings[1]
+    assert main(["rate", str(folder), "--steps", "800", "--experts", "0"]) == 2
+    assert "--experts = 0 must be a whole number >= 1" in capsys.readouterr().err
