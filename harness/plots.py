@@ -7,6 +7,8 @@ variant has one colour throughout.
 
 from __future__ import annotations
 
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")  # NOTE: headless; a report is written on servers and in CI
@@ -112,6 +114,39 @@ def controller_rates(runs: pd.DataFrame) -> Figure:
     axes[0].set(title="How soon it settles")
     axes[1].set(title="How much imbalance it leaves")
     _legend_outside(axes[1])
+    return fig
+
+
+def rate_transfer(cells: pd.DataFrame, fitted: pd.DataFrame) -> Figure:
+    """The best bias rate of each (steps, tokens per step) cell against the run's length (log-log),
+    one panel per objective (`cells["objective"]`), one colour per tokens per step; hollow markers:
+    a best rate at the edge of the rate grid (only a bound, left out of the fit); lines: the fitted
+    law (`fitted`: objective, tokens_per_step, steps, rate) and, dotted, a slope of -1/2 through its
+    middle for the square-root hypothesis."""
+    objectives = list(dict.fromkeys(cells["objective"]))
+    fig, axes = plt.subplots(1, len(objectives), figsize=(5.6 * len(objectives) + 1.6, 4.2), layout="constrained",
+                             squeeze=False)
+    sizes = sorted(cells["tokens_per_step"].unique())
+    colours = dict(zip(sizes, sns.color_palette("colorblind", len(sizes))))
+    for ax, objective in zip(axes[0], objectives):
+        mine = cells[cells["objective"] == objective]
+        for size, part in mine.groupby("tokens_per_step"):
+            inside, edge = part[~part["at_edge"]], part[part["at_edge"]]
+            ax.plot(inside["steps"], inside["rate"], "o", color=colours[size], label=f"{size} tokens/step")
+            ax.plot(edge["steps"], edge["rate"], "o", mfc="none", color=colours[size])
+            line = fitted[(fitted["objective"] == objective) & (fitted["tokens_per_step"] == size)]
+            ax.plot(line["steps"], line["rate"], "-", color=colours[size], lw=1)
+        line = fitted[fitted["objective"] == objective]
+        if len(line):
+            mid_steps = math.exp(np.log(line["steps"]).mean())
+            mid_rate = math.exp(np.log(line["rate"]).mean())
+            xs = np.array([line["steps"].min(), line["steps"].max()])
+            ax.plot(xs, mid_rate * (xs / mid_steps) ** -0.5, ":", color="0.4", label="slope -1/2")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set(xlabel="run length, optimizer steps (log)", ylabel="best bias rate u (log)", title=objective)
+    axes[0][-1].plot([], [], "o", mfc="none", color="0.4", label="at the grid's edge")
+    _legend_outside(axes[0][-1])
     return fig
 
 

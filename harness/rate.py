@@ -139,7 +139,8 @@ def law_lines(folder: Path, runs: pd.DataFrame, steps: int, tokens: int | None, 
     variants = sorted(runs["variant"].unique())
     if len(variants) > 1:
         raise ValueError(f"{folder} holds a study of several variants {variants}: choose one with --variant")
-    cells = transfer.best_rates(transfer.study_runs(folder, runs), objective, cap)
+    steps_table = tables.read(folder, "steps", columns=["run_id", "maxvio_batch"])
+    cells = transfer.best_rates(transfer.study_runs(runs, steps_table), objective, cap)
     law = transfer.fit_law(cells)
     rate, low, high = transfer.predict(law, steps, tokens)
     target = f"{steps:,} steps" + (f" at {tokens:,} tokens per step" if tokens else "")

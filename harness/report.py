@@ -12,6 +12,7 @@ import base64
 import html
 import io
 import math
+import contextlib
 import re
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from harness import metric_registry, plots, stats, tables, verdicts
+from harness import metric_registry, plots, stats, tables, transfer, verdicts
 
 def spec_of(metrics) -> dict[str, tuple]:
     """metric -> (label, better, number format), from the metric registry."""
@@ -82,7 +83,7 @@ def figures(data: dict[str, pd.DataFrame]) -> list[tuple[str, plt.Figure, str]]:
         out.append(("k_vs_loss", plots.k_against_loss(ok, palette),
                     "Do hard tokens get more experts? Mean experts per token in each decile of validation loss; "
                     "a rising line is Su's premise for dynamic k."))
-    out += front_figure(ok, palette) + dynamics_figure(steps, ok, palette)
+    out += front_figure(ok, palette) + dynamics_figure(steps, ok, palette) + transfer_figure(ok, data["steps"])
     domain_loads = data["loads"][data["loads"]["scope"].astype(str).str.startswith("domain:")] \
         if len(data["loads"]) else data["loads"]
     if len(domain_loads):
@@ -90,6 +91,32 @@ def figures(data: dict[str, pd.DataFrame]) -> list[tuple[str, plt.Figure, str]]:
                     "Do experts specialise by domain? How much more (red) or less (blue) a domain uses each expert "
                     "than the average domain does, for the domains that differ most; a pale panel: no specialisation."))
     return out
+
+
+def transfer_figure(ok: pd.DataFrame, steps: pd.DataFrame) -> list[tuple[str, plt.Figure, str]]:
+    """For a transfer study (rates x run lengths, transfer.py): the best rate per cell and the fitted law."""
+    needed = {"router.bias_rate", "train.steps", "train.batch_size", "seed", "maxvio_global", "val_loss"}
+    if not needed <= set(ok):
+        return []
+    rated = ok[ok["router.bias_rate"].fillna(0) > 0]
+    if not len(rated) or rated["router.bias_mode"].nunique() != 1 or not transfer.is_study(rated):
+        return []
+    runs = transfer.study_runs(rated, steps)
+    cells, fitted = [], []
+    for objective in transfer.OBJECTIVES:
+        found = transfer.best_rates(runs, objective, cap=0.3).assign(objective=objective)
+        cells.append(found)
+        with contextlib.suppress(ValueError):  # too few cells inside the grid: points, no line
+            law = transfer.fit_law(found)
+            for size in found["tokens_per_step"].unique():
+                for steps in np.geomspace(found["steps"].min(), found["steps"].max(), 20):
+                    fitted.append({"objective": objective, "tokens_per_step": size, "steps": steps,
+                                   "rate": transfer.predict(law, int(round(steps)), int(size))[0]})
+    fitted = pd.DataFrame(fitted, columns=["objective", "tokens_per_step", "steps", "rate"])
+    return [("rate_transfer", plots.rate_transfer(pd.concat(cells, ignore_index=True), fitted),
+             "The best bias rate against the run's length: lowest val loss with MaxVio_global <= 0.3 (left) and lowest "
+             "time-averaged MaxVio_batch (right), per tokens-per-step; lines: the fitted law log u* = c + p log T + "
+             "q log S; dotted: the square-root hypothesis's slope. `moe-harness rate` gives the numbers.")]
 
 
 def dynamics_figure(steps: pd.DataFrame, ok: pd.DataFrame, palette: dict) -> list[tuple[str, plt.Figure, str]]:

@@ -21,13 +21,11 @@ contains 0; the prediction passes if it lies within the flat optimum's range.
 from __future__ import annotations
 
 import math
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from harness import stats, tables
+from harness import stats
 
 OBJECTIVES = {"val_loss": "lowest val loss with MaxVio_global <= {cap:g}",
               "maxvio_time": "lowest time-averaged MaxVio_batch"}
@@ -39,12 +37,11 @@ def tokens_per_step(runs: pd.DataFrame) -> pd.Series:
     return (runs["train.batch_size"] * runs["train.grad_accum"] * runs["model.seq_len"] * world).astype(int)
 
 
-def study_runs(folder: Path, runs: pd.DataFrame) -> pd.DataFrame:
+def study_runs(runs: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
     """`runs` with the columns a study needs: steps, tokens_per_step and maxvio_time (the mean of
-    the run's logged MaxVio_batch, read from its steps table)."""
+    the run's logged MaxVio_batch in `steps`, its steps table)."""
     runs = runs.assign(steps=runs["train.steps"].astype(int), tokens_per_step=tokens_per_step(runs))
-    steps = tables.read(folder, "steps", columns=["run_id", "maxvio_batch"])
-    if len(steps):
+    if len(steps) and {"run_id", "maxvio_batch"} <= set(steps):
         runs = runs.merge(steps.groupby("run_id")["maxvio_batch"].mean().rename("maxvio_time"),
                           left_on="run_id", right_index=True, how="left")
     else:

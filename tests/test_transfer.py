@@ -74,7 +74,7 @@ def test_rate_fits_the_law_of_a_study_and_tests_the_square_root(tmp_path, capsys
 
 def test_cells_whose_best_rate_is_at_the_grid_edge_are_left_out(tmp_path, capsys):
     make_study(tmp_path, p=-1.2, wobble=0.0)  # u* from 0.03 at 100 steps to 2.5e-3 at 800: inside the grid
-    cells = transfer.best_rates(transfer.study_runs(tmp_path, tables.read(tmp_path)), "val_loss", 0.3)
+    cells = transfer.best_rates(transfer.study_runs(tables.read(tmp_path), tables.read(tmp_path, "steps")), "val_loss", 0.3)
     assert not cells["at_edge"].any()
     assert main(["rate", str(tmp_path), "--steps", "3200", "--tokens-per-step", "512"]) == 0
     out = capsys.readouterr().out
@@ -83,7 +83,7 @@ def test_cells_whose_best_rate_is_at_the_grid_edge_are_left_out(tmp_path, capsys
 
     edge = tmp_path / "edge"
     make_study(edge, p=-3.0, wobble=0.0)  # 0.03 x 8^-3 = 6e-5 at 800 steps: below the grid's 1e-3
-    cells = transfer.best_rates(transfer.study_runs(edge, tables.read(edge)), "val_loss", 0.3)
+    cells = transfer.best_rates(transfer.study_runs(tables.read(edge), tables.read(edge, "steps")), "val_loss", 0.3)
     assert set(cells[cells["at_edge"]]["steps"]) == {400, 800}
     assert main(["rate", str(edge), "--steps", "200", "--tokens-per-step", "512"]) == 0
     assert "left out (best rate at the edge of the grid or no feasible rate): 400 steps x 512 tokens" in \
@@ -94,7 +94,7 @@ def test_the_maxvio_cap_decides_which_rates_count(tmp_path):
     for i, rate in enumerate(RATES):
         for seed in (0, 1):  # the loss is best at the smallest rate, which never balances
             write_run(tmp_path, 10 * i + seed, 100, 8, rate, seed, loss=2 + rate, maxvio=0.5 if rate < 4e-3 else 0.1)
-    runs = transfer.study_runs(tmp_path, tables.read(tmp_path))
+    runs = transfer.study_runs(tables.read(tmp_path), tables.read(tmp_path, "steps"))
     assert transfer.cell_optimum(runs, "val_loss", cap=0.3)["rate"] == 4e-3
     assert transfer.cell_optimum(runs, "val_loss", cap=1.0)["rate"] == 1e-3
     # the time-averaged MaxVio objective reads the steps table: lowest where the rate balances
@@ -147,3 +147,21 @@ def test_check_needs_a_study(tmp_path, capsys):
     write_run(tmp_path, 0, 100, 8, 1e-2, 0, 2.0)
     assert main(["rate", str(tmp_path), "--steps", "400", "--check", str(tmp_path)]) == 2
     assert "--check needs a transfer study" in capsys.readouterr().err
+
+
+def test_the_report_draws_a_studys_best_rates_and_its_fitted_law(tmp_path):
+    from harness import report
+
+    make_study(tmp_path, p=-0.5, q=0.25)
+    runs = tables.read(tmp_path).assign(**{"router.bias_mode": "loss_free"})
+    [(stem, fig, caption)] = report.transfer_figure(runs, tables.read(tmp_path, "steps"))
+    assert stem == "rate_transfer" and "fitted law" in caption
+    left = fig.axes[0]
+    assert left.get_xscale() == "log" and left.get_yscale() == "log" and left.get_title() == "val_loss"
+    points = [line for line in left.get_lines() if line.get_linestyle() == "None" and len(line.get_xdata())]
+    assert sorted(len(line.get_xdata()) for line in points) == [4, 4]  # 4 lengths x 2 tokens-per-step, all inside
+    fitted = [line for line in left.get_lines() if line.get_linestyle() == "-"]
+    for line in fitted:  # the fitted law's lines fall as T^-0.5 here
+        x, y = np.log(line.get_xdata()), np.log(line.get_ydata())
+        assert (y[-1] - y[0]) / (x[-1] - x[0]) == pytest.approx(-0.5, abs=0.05)
+    assert report.transfer_figure(runs[runs["train.steps"] == 100], tables.read(tmp_path, "steps")) == []  # one length
