@@ -35,6 +35,11 @@ from harness import stats, tables, transfer
 NEEDED = ("settle_step", "maxvio_batch", "router.bias_rate", "train.steps")
 
 
+def base_labels(runs: pd.DataFrame) -> pd.Series:
+    """Each run's variant label without the [grid] point a suite appends (`loss_free[train.steps=100]`)."""
+    return runs["variant"].astype(str).str.split("[", n=1).str[0]
+
+
 def measured_runs(folder: Path, variant: str | None) -> pd.DataFrame:
     """The complete runs of `folder` with a rate-driven controller and its dynamics."""
     if not tables.has_results(folder):
@@ -49,27 +54,35 @@ def measured_runs(folder: Path, variant: str | None) -> pd.DataFrame:
     # NOTE: a controller without a rate (quantile) has no bias_travel: it is not driven by u
     driven = runs["bias_travel"].notna() if "bias_travel" in runs else False
     runs = runs[(runs["router.bias_rate"] > 0) & (runs["maxvio_batch"] > 0) & driven]
-    if variant is not None:
-        labels = sorted(runs["variant"].unique())
+    if variant is not None:  # a suite's label, or the label of one point of its [grid] (`label[key=value,...]`)
+        labels = sorted(set(runs["variant"]) | set(base_labels(runs)))
         if variant not in labels:
             raise ValueError(f"--variant {variant!r} is not among the runs with a rate-driven controller: {labels}")
-        runs = runs[runs["variant"] == variant]
+        runs = runs[(runs["variant"] == variant) | (base_labels(runs) == variant)]
     if not len(runs):
         raise ValueError(f"{folder}: no complete run with a rate-driven bias controller (loss_free, dynamic_k, ...)")
     return runs
 
 
+def geometric(x: np.ndarray) -> tuple[float, float, float]:
+    """(geometric mean, low, high): the 95 % t-interval of the mean of log x, back on x's scale."""
+    log = np.log(x)
+    if len(log) < 2:
+        return float(np.exp(log.mean())), np.nan, np.nan
+    half = stats.t975(len(log)) * float(log.std(ddof=1)) / np.sqrt(len(log))
+    return float(np.exp(log.mean())), float(np.exp(log.mean() - half)), float(np.exp(log.mean() + half))
+
+
 def recommend(runs: pd.DataFrame, steps: int) -> dict:
-    """u* for a target of `steps` steps from each run's A and B; median and 95 % interval (log scale)."""
+    """u* for a target of `steps` steps from each run's A and B: their geometric mean over the
+    runs with its 95 % interval (a t-interval on the log scale, so the interval is about the
+    same statistic as the estimate)."""
     u = runs["router.bias_rate"].to_numpy(float)
     a = runs["settle_step"].to_numpy(float) * u
     b = runs["maxvio_batch"].to_numpy(float) / u
-    best = np.sqrt(a / (b * steps))
-    median = float(np.median(best))
-    _, low, high = stats.mean_interval(best, positive=True)
-    return {"rate": median, "low": low, "high": high, "runs": len(best),
-            "settle_fraction": float(np.median(a / (median * steps))), "A": float(np.median(a)),
-            "B": float(np.median(b))}
+    rate, low, high = geometric(np.sqrt(a / (b * steps)))
+    return {"rate": rate, "low": low, "high": high, "runs": len(u), "settle_fraction": geometric(a / (rate * steps))[0],
+            "A": geometric(a)[0], "B": geometric(b)[0]}
 
 
 def warnings_for(runs: pd.DataFrame, steps: int, tokens_per_step: int | None, experts: int | None = None,
@@ -126,7 +139,7 @@ def dynamics_lines(folder: str, runs: pd.DataFrame, steps: int) -> list[str]:
     r = recommend(runs, steps)
     return [f"recommended bias rate u = {r['rate']:.3g} (95 % interval {r['low']:.3g} to {r['high']:.3g}) "
             f"for {steps:,} steps",
-            f"  from {r['runs']} run(s) of {folder}: A = settle_step x u = {r['A']:.3g} (median), "
+            f"  from {r['runs']} run(s) of {folder}: A = settle_step x u = {r['A']:.3g} (geometric mean), "
             f"B = maxvio_batch / u = {r['B']:.3g}; u* = sqrt(A / (B T))",
             f"  expected: unbalanced for about {r['settle_fraction']:.1%} of the run, steady MaxVio_batch about "
             f"{r['B'] * r['rate']:.3g}",
@@ -136,7 +149,7 @@ def dynamics_lines(folder: str, runs: pd.DataFrame, steps: int) -> list[str]:
 
 def law_lines(folder: Path, runs: pd.DataFrame, steps: int, tokens: int | None, objective: str, cap: float,
               check: str | None) -> list[str]:
-    variants = sorted(runs["variant"].unique())
+    variants = sorted(base_labels(runs).unique())  # NOTE: a study's rates and lengths are one label's [grid]
     if len(variants) > 1:
         raise ValueError(f"{folder} holds a study of several variants {variants}: choose one with --variant")
     steps_table = tables.read(folder, "steps", columns=["run_id", "maxvio_batch"])
@@ -160,21 +173,31 @@ def law_lines(folder: Path, runs: pd.DataFrame, steps: int, tokens: int | None, 
         lines.append("  left out (best rate at the edge of the grid or no feasible rate): "
                      + ", ".join(f"{r.steps} steps x {r.tokens_per_step} tokens" for r in edge.itertuples()))
     if check is not None:
-        lines += check_lines(Path(check), rate, low, high)
+        lines += check_lines(Path(check), rate, low, high, objective)
     return lines
 
 
-def check_lines(folder: Path, rate: float, low: float, high: float) -> list[str]:
-    """Whether the predicted rate lies inside a direct sweep's flat optimum."""
+def check_lines(folder: Path, rate: float, low: float, high: float, objective: str = "val_loss") -> list[str]:
+    """Whether the predicted rate lies inside a direct sweep's flat optimum, judged by the objective's
+    own metric (val loss, or the time-averaged MaxVio_batch)."""
     if not tables.has_results(folder):
         raise ValueError(f"--check {folder}: no results there (run the direct sweep at the target first)")
     runs = tables.read(folder, "runs")
     runs = runs[(runs["status"] == "ok") & runs[transfer.RATE].notna()] if "status" in runs else runs
     if not len(runs) or runs[transfer.RATE].nunique() < 3:
         raise ValueError(f"--check {folder}: needs a direct sweep of at least 3 bias rates")
-    best, flat = transfer.flat_optimum(runs)
+    metric = "val_loss" if objective == "val_loss" else "maxvio_time"
+    if metric == "maxvio_time":
+        runs = transfer.study_runs(runs, tables.read(folder, "steps", columns=["run_id", "maxvio_batch"]))
+    best, flat = transfer.flat_optimum(runs, metric)
     inside = min(flat) <= rate <= max(flat)
-    return [f"  check against {folder}: best rate there {best:.3g}; flat optimum (paired val loss within noise "
-            f"of the best, {runs['seed'].nunique()} seeds) {min(flat):.3g} to {max(flat):.3g}",
-            f"  the predicted {rate:.3g} is {'INSIDE' if inside else 'OUTSIDE'} the flat optimum"
-            + ("" if inside else f" (its interval {low:.3g} to {high:.3g})")]
+    swept = sorted(runs[transfer.RATE].unique())
+    what = "val loss" if metric == "val_loss" else "time-averaged MaxVio_batch"
+    lines = [f"  check against {folder}: best rate there {best:.3g}; flat optimum (paired {what} within noise "
+             f"of the best, {runs['seed'].nunique()} seeds) {min(flat):.3g} to {max(flat):.3g}",
+             f"  the predicted {rate:.3g} is {'INSIDE' if inside else 'OUTSIDE'} the flat optimum"
+             + ("" if inside else f" (its interval {low:.3g} to {high:.3g})")]
+    if min(flat) <= swept[0] and max(flat) >= swept[-1]:
+        lines.append(f"  note: the flat optimum is the whole swept range ({swept[0]:.3g} to {swept[-1]:.3g}): the sweep "
+                     "cannot tell these rates apart at its seeds, so this check has no power")
+    return lines

@@ -22,7 +22,9 @@ def true_rate(steps, tokens, p, q=0.0):
 
 
 def write_run(folder, i, steps, batch, rate, seed, loss, maxvio=0.1, variant="loss_free"):
-    record = {"run_id": f"r{i}", "status": "ok", "variant": variant, "seed": seed, "router.bias_mode": "loss_free",
+    # NOTE: a suite's [grid] appends its point to the label, as experiments/rate_transfer.toml's runs show
+    label = f"{variant}[train.steps={steps},train.batch_size={batch},router.bias_rate={rate}]"
+    record = {"run_id": f"r{i}", "status": "ok", "variant": label, "seed": seed, "router.bias_mode": "loss_free",
               "router.bias_rate": rate, "settle_step": steps / 3, "maxvio_batch": maxvio, "maxvio_global": maxvio,
               "bias_travel": 10.0, "train.steps": steps, "train.batch_size": batch, "train.grad_accum": 1,
               "model.seq_len": 64, "world_size": 1, "val_loss": loss}
