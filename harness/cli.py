@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunsFailed as err:
         print(f"moe-harness {args.command}: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `moe-harness rate ... | head`: the reader left; no traceback for that
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except USER_ERRORS as err:
         message = err
         if isinstance(err, FileNotFoundError) and err.filename:

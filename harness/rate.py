@@ -16,11 +16,11 @@ balanced it jitters with a steady imbalance of about B u. Minimising A / (u T) +
     u* = sqrt(A / (B T))
 
 From each measured run with rate u: A = settle_step x u, B = maxvio_batch / u (maxvio_batch is
-the second-half mean, the steady imbalance). The recommendation is the median over the runs of
-u* for the target T, with a 95 % t-interval on the log scale, and the expected settle fraction
-A / (u* T). results/reference/rate_transfer_cpu.md tests the law on the tiny model; the
-command says what it found, and warns when the target's
-length or tokens per step lie outside what was measured.
+the second-half mean, the steady imbalance). The recommendation is the geometric mean over the
+runs of u* for the target T, with a 95 % t-interval on the log scale, and the expected settle
+fraction A / (u* T). On the tiny model (results/reference/rate_transfer_cpu.md) A and B changed
+with the run's length and the balance-optimal rate fell as T^-0.18, not T^-1/2; the command
+says so, and warns when the target lies outside what was measured.
 """
 
 from __future__ import annotations
@@ -143,8 +143,9 @@ def dynamics_lines(folder: str, runs: pd.DataFrame, steps: int) -> list[str]:
             f"B = maxvio_batch / u = {r['B']:.3g}; u* = sqrt(A / (B T))",
             f"  expected: unbalanced for about {r['settle_fraction']:.1%} of the run, steady MaxVio_batch about "
             f"{r['B'] * r['rate']:.3g}",
-            "  note: u* ~ 1/sqrt(T) is a hypothesis from the sign rule's dynamics; a transfer study tests it "
-            "(results/reference/rate_transfer_cpu.md, docs/methods.md)"]
+            "  note: u* ~ 1/sqrt(T) is a hypothesis from the sign rule's dynamics; on the tiny model a transfer "
+            "study found the balance-optimal rate falling as T^-0.18 and A, B changing with the run's length "
+            "(results/reference/rate_transfer_cpu.md): prefer a study of two or more lengths (moe-harness rate STUDY)"]
 
 
 def law_lines(folder: Path, runs: pd.DataFrame, steps: int, tokens: int | None, objective: str, cap: float,
