@@ -146,7 +146,7 @@ def rate_transfer(cells: pd.DataFrame, fitted: pd.DataFrame) -> Figure:
         ax.set_yscale("log")
         ax.set(xlabel="run length, optimizer steps (log)", ylabel="best bias rate u (log)", title=objective)
     axes[0][-1].plot([], [], "o", mfc="none", color="0.4", label="at the grid's edge")
-    _legend_outside(axes[0][-1])
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
 
 
