@@ -154,7 +154,8 @@ def law_lines(folder: Path, runs: pd.DataFrame, steps: int, tokens: int | None, 
     if len(variants) > 1:
         raise ValueError(f"{folder} holds a study of several variants {variants}: choose one with --variant")
     steps_table = tables.read(folder, "steps", columns=["run_id", "maxvio_batch"])
-    cells = transfer.best_rates(transfer.study_runs(runs, steps_table), objective, cap)
+    study = transfer.study_runs(runs, steps_table)
+    cells = transfer.best_rates(study, objective, cap)
     law = transfer.fit_law(cells)
     rate, low, high = transfer.predict(law, steps, tokens)
     target = f"{steps:,} steps" + (f" at {tokens:,} tokens per step" if tokens else "")
@@ -165,7 +166,9 @@ def law_lines(folder: Path, runs: pd.DataFrame, steps: int, tokens: int | None, 
              + (" + q log S" if "q" in law else "") + f" over {law['cells']} cells; best u per cell = "
              + transfer.OBJECTIVES[objective].format(cap=cap) + " (seed mean, parabola in log u)",
              f"  exponent of the run length: p = {p:.2f} (95 % interval {p_low:.2f} to {p_high:.2f}); the "
-             f"square-root law's -0.5 is {verdict} it"]
+             f"square-root law's -0.5 is {verdict} it",
+             f"  expected: unbalanced for about {transfer.settle_fraction(study, rate, steps, tokens, cap):.1%} of the "
+             f"run (settle fraction fitted on log u, log T and log S over the study's runs with MaxVio_global <= {cap:g})"]
     if "q" in law:
         q, q_low, q_high = law["q"]
         lines.append(f"  exponent of the tokens per step: q = {q:.2f} (95 % interval {q_low:.2f} to {q_high:.2f})")

@@ -143,3 +143,21 @@ def flat_optimum(runs: pd.DataFrame, metric: str = "val_loss") -> tuple[float, l
         if diff["n"] >= 2 and diff["low"] <= 0 <= diff["high"]:
             flat.append(float(rate))
     return best, sorted(flat)
+
+
+def settle_fraction(runs: pd.DataFrame, rate: float, steps: int, tokens: int | None, cap: float = 0.3) -> float:
+    """The expected settle fraction (settle step / steps) of a run at `rate` for `steps` steps:
+    least squares of log(settle fraction) on log u, log T (and log S where the study varied it)
+    over the study's runs that balanced (MaxVio_global <= cap: a run that never balances "settles"
+    early at a high level, which says nothing about when balance comes), evaluated at the target."""
+    data = runs.dropna(subset=["settle_step"])
+    data = data[(data["settle_step"] > 0) & (data[RATE] > 0) & (data["maxvio_global"] <= cap)]
+    terms = [np.log(data[RATE].to_numpy(float)), np.log(data["steps"].to_numpy(float))]
+    at = [math.log(rate), math.log(steps)]
+    if data["tokens_per_step"].nunique() > 1 and tokens is not None:
+        terms.append(np.log(data["tokens_per_step"].to_numpy(float)))
+        at.append(math.log(tokens))
+    x = np.column_stack([np.ones(len(data))] + terms)
+    coef, *_ = np.linalg.lstsq(x, np.log(data["settle_step"].to_numpy(float) / data["steps"].to_numpy(float)),
+                               rcond=None)
+    return float(min(1.0, math.exp(float(np.array([1.0] + at) @ coef))))

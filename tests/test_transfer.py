@@ -72,6 +72,8 @@ def test_rate_fits_the_law_of_a_study_and_tests_the_square_root(tmp_path, capsys
     assert r_low <= true_rate(1600, 512, p, 0.25) <= r_high and rate == pytest.approx(true_rate(1600, 512, p, 0.25), rel=0.1)
     # 1600 steps is 2x the longest measured 800: inside the x2 band, no warning
     assert "warning" not in out
+    # every synthetic run settles at a third of its steps: the fitted settle fraction says so
+    assert "unbalanced for about 33.3% of the run" in out
 
 
 def test_cells_whose_best_rate_is_at_the_grid_edge_are_left_out(tmp_path, capsys):
