@@ -480,6 +480,7 @@ def verdict_summary(table: pd.DataFrame) -> list[str]:
             interval = f" ({r['diff']:+.3g} [{r['low95']:+.3g}, {r['high95']:+.3g}])" if pd.notna(r.get("low95")) else ""
             if r["kind"] == "front":
                 named = r["verdict"] if r["against"] == "front" else r["verdict"].replace(
+                    "the front's MaxVio range", f"the MaxVio range of the front '{r['against']}'").replace(
                     "the front", f"the front '{r['against']}'")
                 parts.append(f"{named}{interval}")
             else:
