@@ -196,13 +196,7 @@ def flat_optimum(runs: pd.DataFrame, trials: pd.DataFrame) -> tuple[pd.Series | 
     if best is None or metric not in runs:
         return best, []
     per_seed = runs[runs["status"] == "ok"].pivot_table(index="seed", columns="variant", values=metric)
-    flat = [best["label"]]
-    for label in per_seed.columns.drop(best["label"], errors="ignore"):
-        if best["label"] in per_seed:
-            diff = stats.paired_difference(per_seed[label], per_seed[best["label"]])
-            if diff["n"] >= 2 and diff["low"] <= 0 <= diff["high"]:
-                flat.append(label)
-    return best, flat
+    return best, stats.within_noise(per_seed, best["label"])
 
 
 def flat_sentence(trials: pd.DataFrame, best: pd.Series | None, flat: list[str]) -> str:

@@ -120,6 +120,18 @@ def paired_difference(x: pd.Series, base: pd.Series) -> dict:
     return out
 
 
+def within_noise(per_seed: pd.DataFrame, best) -> list:
+    """The columns of `per_seed` (seeds x configs) whose paired 95 % interval of the difference to
+    column `best`, over at least 2 common seeds, contains 0: the flat optimum, `best` first."""
+    out = [best]
+    for column in per_seed.columns.drop(best, errors="ignore"):
+        if best in per_seed:
+            diff = paired_difference(per_seed[column], per_seed[best])
+            if diff["n"] >= 2 and diff["low"] <= 0 <= diff["high"]:
+                out.append(column)
+    return out
+
+
 def seeds_needed(diff: float, sd: float, limit: int = 1000) -> float:
     """Smallest n whose 95 % paired interval half-width t s / sqrt(n) is below |diff| (inf past `limit`)."""
     if diff == 0 or not math.isfinite(diff):

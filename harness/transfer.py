@@ -137,12 +137,7 @@ def flat_optimum(runs: pd.DataFrame, metric: str = "val_loss") -> tuple[float, l
     difference to it contains 0, the best included) of a direct sweep over rates."""
     per_seed = runs.pivot_table(index="seed", columns=RATE, values=metric)
     best = float(per_seed.mean().idxmin())
-    flat = [best]
-    for rate in per_seed.columns.drop(best):
-        diff = stats.paired_difference(per_seed[rate], per_seed[best])
-        if diff["n"] >= 2 and diff["low"] <= 0 <= diff["high"]:
-            flat.append(float(rate))
-    return best, sorted(flat)
+    return best, sorted(float(rate) for rate in stats.within_noise(per_seed, best))
 
 
 def settle_fraction(runs: pd.DataFrame, rate: float, steps: int, tokens: int | None, cap: float = 0.3) -> float:
