@@ -14,7 +14,7 @@ import sys
 
 from harness.errors import RunsFailed
 
-STORAGE_ENV = "MOE_HARNESS_STORAGE"  # harness.storage.ENV (not imported here: it pulls in Optuna)
+STORAGE_ENV = "MOE_HARNESS_STORAGE"  # harness.suites.storage.ENV (not imported here: it pulls in Optuna)
 USER_ERRORS = (ValueError, FileNotFoundError)  # what a user got wrong; anything else is a bug
 
 
@@ -28,15 +28,15 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from harness import experiment
+    from harness.suites import runner
 
-    experiment.run_suite_file(args.suite, out_dir=args.out, device=args.device, overrides=args.set,
+    runner.run_suite_file(args.suite, out_dir=args.out, device=args.device, overrides=args.set,
                               progress=args.progress, storage=args.storage, jobs=args.jobs, argv=args.argv,
                               heartbeat_s=args.heartbeat, dist_backend=args.dist_backend)
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from harness import sweep
+    from harness.suites import sweep
 
     sweep.run_sweep_file(
         args.sweep, out_dir=args.out, storage=args.storage, n_trials=args.n_trials,
@@ -46,7 +46,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from harness import report
+    from harness.analysis import report
 
     for path in report.write_plots(args.dir, fmt=args.format):
         print(path)
@@ -62,14 +62,14 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_rate(args: argparse.Namespace) -> None:
-    from harness.rate import rate_command
+    from harness.analysis.rate import rate_command
 
     print(rate_command(args.dir, args.steps, args.tokens_per_step, args.variant, args.objective, args.cap, args.check,
                        args.experts, args.top_k))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from harness import report
+    from harness.analysis import report
 
     for path in report.write_report(args.dir):
         print(path)
@@ -162,11 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
-        from harness.specfile import load_env_plugins
+        from harness.suites.specfile import load_env_plugins
 
         load_env_plugins()  # MOE_HARNESS_PLUGINS: methods of the user's own, for every command
         if getattr(args, "threads", None) is not None:  # NOTE: the environment carries it to --jobs workers too
-            from harness.threads import ENV, fixed_threads
+            from harness.engine.threads import ENV, fixed_threads
 
             os.environ[ENV] = args.threads
             fixed_threads()  # a bad value stops here, before anything runs

@@ -16,8 +16,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from harness import tables
-from harness.config import resolve
-from harness.train import Trainer, corpus_for
+from harness.engine.config import resolve
+from harness.engine.train import Trainer, corpus_for
 from tests.conftest import TINY_BASE, kill_mid_run, process_tree, wait_until
 
 STEPS = 8
@@ -197,7 +197,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_end(make_suite, tm
 
 def test_a_corrupt_checkpoint_is_reported_and_ignored_and_a_foreign_one_refused(make_suite, tmp_path, capsys):
     from harness.cli import main
-    from harness.experiment import load_suite
+    from harness.suites.suite import load_suite
 
     suite = make_suite([{"router": "loss_free"}], base=RESUME)
     run_id = load_suite(suite).runs[0].run_id

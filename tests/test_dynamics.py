@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.dynamics import BiasDynamics, settle_step
+from harness.engine.dynamics import BiasDynamics, settle_step
 
 U = 0.01
 
@@ -50,8 +50,8 @@ def test_a_steady_drift_never_flips_and_travels_its_spread_in_units_of_u():
 
 
 def test_every_controller_run_has_the_dynamics_columns(tiny_settings):
-    from harness.config import resolve
-    from harness.train import run
+    from harness.engine.config import resolve
+    from harness.engine.train import run
 
     record = run(resolve({**tiny_settings, "router": "loss_free", "router.bias_rate": 0.01,
                           "train.steps": 12})).record
@@ -73,9 +73,9 @@ def presets_by_controller():
 
 @pytest.mark.parametrize("mode, preset", presets_by_controller())
 def test_every_controller_records_its_speed_in_its_own_units(tiny_settings, mode, preset):
-    from harness.config import resolve
+    from harness.engine.config import resolve
     from harness.routing.controllers import get_controller
-    from harness.train import run
+    from harness.engine.train import run
 
     cfg = resolve({**tiny_settings, "router": preset, "train.steps": 8})
     record = run(cfg).record
@@ -87,7 +87,7 @@ def test_every_controller_records_its_speed_in_its_own_units(tiny_settings, mode
 
 
 def test_controller_rates_sets_controllers_side_by_side_against_their_speed():
-    from harness import plots
+    from harness.analysis import plots
 
     rows = [{"router.bias_mode": mode, "controller_speed_of": of, "controller_speed": speed, "seed": seed,
              "settle_step": 100 * (1 - speed) + seed, "train.steps": 200, "maxvio_batch": speed + 0.01 * seed}

@@ -7,7 +7,9 @@ import pandas as pd
 from harness import tables
 import pytest
 
-from harness import experiment
+from harness.suites import runner as experiment
+from harness.suites import suite as suite_mod
+from harness.suites.specfile import read_toml
 from harness.cli import main
 from harness.errors import RunsFailed
 
@@ -126,7 +128,7 @@ def test_diverging_run_is_recorded_and_the_next_proceeds(make_suite, tmp_path):
 
 def test_grid_and_seeds_expand_into_labelled_runs(make_suite):
     suite = make_suite([{"router": "loss_free"}], seeds=(0, 1), extra='[grid]\n"router.bias_rate" = [0.001, 0.01]\n')
-    runs = experiment.load_suite(suite).runs
+    runs = suite_mod.load_suite(suite).runs
     assert len(runs) == 4 and len({r.run_id for r in runs}) == 4
     assert {r.variant for r in runs} == {"loss_free[router.bias_rate=0.001]", "loss_free[router.bias_rate=0.01]"}
 
@@ -173,7 +175,7 @@ def test_shipped_suites_resolve(name):
     from pathlib import Path
 
     path = Path(__file__).parent.parent / "experiments" / f"{name}.toml"
-    suite = experiment.expand_suite(experiment.read_toml(path), {"train.device": "cpu"}, path)
+    suite = suite_mod.expand_suite(read_toml(path), {"train.device": "cpu"}, path)
     assert len(suite.runs) >= 5 and len({r.run_id for r in suite.runs}) == len(suite.runs)
 
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch._dynamo as dynamo
 
-from harness.config import resolve
-from harness.model import MoETransformer
+from harness.engine.config import resolve
+from harness.engine.model import MoETransformer
 from harness.routing import get_router_config, router_names
-from harness.train import Trainer, corpus_for, run
+from harness.engine.train import Trainer, corpus_for, run
 from tests.conftest import TINY_BASE
 
 GPU_LIKE = {"model.expert_impl": "grouped_mm", "train.dtype": "bfloat16", "model.expert_hidden": 64}

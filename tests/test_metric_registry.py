@@ -6,8 +6,9 @@ import dataclasses
 import pandas as pd
 import pytest
 
-from harness import metric_registry, report, stats
-from harness.experiment import summary_columns
+from harness import metric_registry
+from harness.analysis import report, stats
+from harness.metric_registry import summary_columns
 from harness.metric_registry import get_metric, register_metric
 
 
@@ -27,7 +28,7 @@ def runs_with(column: str) -> pd.DataFrame:
 
 
 def test_a_declared_metric_reaches_every_consumer(a_new_metric):
-    from harness.sweep import parse_objective
+    from harness.suites.sweep import parse_objective
 
     runs = runs_with("my_score")
     assert "my score" in report.summary_table(runs).columns  # the report's first table

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from harness.moe import MoELayer, swiglu, unit_rms
+from harness.engine.moe import MoELayer, swiglu, unit_rms
 from harness.routing import get_router_config, router_names
 
 DIM, HIDDEN, NUM_EXPERTS, TOP_K = 16, 32, 8, 2

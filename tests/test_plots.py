@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import plots, report
+from harness.analysis import plots, report
 from harness.cli import main
 
 VARIANTS = ["loss_free", "softmax_topk", "dynamic_k"]

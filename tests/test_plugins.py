@@ -118,7 +118,7 @@ def test_a_toy_controller_runs_from_a_suite_file_resumes_and_reaches_every_outpu
 
 
 def test_the_toy_controller_is_in_the_plots(tmp_path):
-    from harness import plots
+    from harness.analysis import plots
 
     (tmp_path / "toy.py").write_text(TOY)
     suite = tmp_path / "plug.toml"

@@ -7,7 +7,7 @@ import pytest
 
 from harness import tables
 from harness.cli import main
-from harness.train import RunResult
+from harness.engine.train import RunResult
 
 RUNS = [  # (variant, bias_mode, u, settle_step, maxvio_batch, steps)
     ("loss_free", "loss_free", 1e-2, 100.0, 0.2, 400),

@@ -9,7 +9,7 @@ import torch
 
 from harness.routing import ROUTERS, Router, RouterConfig, get_router_config, register_router, router_names
 from harness.routing import balancing
-from harness.metrics import maxvio
+from harness.engine.metrics import maxvio
 
 DIM, NUM_EXPERTS, TOP_K = 16, 8, 2
 # NOTE: a capacity preset drops assignments by design, so it is not held to exactly k per token
@@ -360,7 +360,7 @@ def test_sinkhorn_balances_the_training_selection_and_leaves_the_gates_alone():
 
 
 def test_capacity_is_exact_where_floating_point_is_not():
-    from harness.metrics import capacity_drop_frac
+    from harness.engine.metrics import capacity_drop_frac
 
     assert 1.1 * 50 * 2 / 10 > 11  # the float product that kept a 12th slot
     assert balancing.expert_capacity(1.1, 50, 2, 10) == 11
@@ -493,7 +493,7 @@ def test_expert_choice_refuses_what_it_cannot_combine_with(bad, match):
 
 
 def test_expert_choice_chunk_must_divide_the_micro_batch():
-    from harness.config import resolve
+    from harness.engine.config import resolve
 
     with pytest.raises(ValueError, match=r"router.ec_chunk = 100 must divide the 2048 tokens.*batch_size 16"):
         resolve({"router": "expert_choice", "router.ec_chunk": 100, "model.seq_len": 128})

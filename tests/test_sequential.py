@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import sequential, tables
+from harness.analysis import sequential
+from harness import tables
 from harness.cli import main
-from harness.sequential import Plan
+from harness.analysis.sequential import Plan
 
 from .conftest import wait_until, write_suite
 

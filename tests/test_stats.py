@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from harness import stats
+from harness.analysis import stats
 
 
 def test_paired_interval_equals_scipy_ttest_rel():

@@ -9,7 +9,7 @@ import pandas as pd
 from harness import tables
 import pytest
 
-from harness import sweep as sweep_mod
+from harness.suites import sweep as sweep_mod
 from harness.cli import main
 from tests.conftest import TINY_BASE, toml_value
 

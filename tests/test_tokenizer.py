@@ -5,10 +5,10 @@ import random
 import pytest
 import torch
 
-from harness import tokenizer
-from harness.config import resolve
-from harness.data import load_corpus
-from harness.train import run
+from harness.data import tokenizer
+from harness.engine.config import resolve
+from harness.data.corpus import load_corpus
+from harness.engine.train import run
 
 COMMON = ["router", "expert", "balance", "token", "loss", "bias", "gate", "layer", "the", "of"]
 
@@ -117,7 +117,7 @@ def test_a_subword_run_records_its_tokenizer_and_bits_per_byte(text_glob, tiny_s
 def test_the_report_shows_bits_per_byte_when_a_run_is_on_subwords():
     import pandas as pd
 
-    from harness import report
+    from harness.analysis import report
 
     runs = pd.DataFrame({"variant": ["a", "b"], "seed": 0, "status": "ok", "val_loss": [1.4, 3.1],
                          "val_bpb": [2.02, 1.31], "data.tokenizer": ["bytes", "bpe:4096"]})

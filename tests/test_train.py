@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from harness import metrics
-from harness.config import resolve
-from harness.data import load_corpus, sample_batch, validation_batches
-from harness.model import MoETransformer, model_config
+from harness.engine import metrics
+from harness.engine.config import resolve
+from harness.data.corpus import load_corpus, sample_batch, validation_batches
+from harness.engine.model import MoETransformer, model_config
 from harness.routing import get_router_config
-from harness.train import lr_at, run
+from harness.engine.train import lr_at, run
 
 
 # --- metrics on hand-built count vectors -------------------------------------------------
@@ -94,7 +94,7 @@ def test_text_glob_splits_by_file(tmp_path):
 
 
 def test_validation_documents_carry_their_domain(tmp_path):
-    from harness.data import stdlib_domain
+    from harness.data.corpus import stdlib_domain
 
     assert stdlib_domain("email/mime/text.py") == "email" and stdlib_domain("os.py") == "os"
     corpus = load_corpus("stdlib")
@@ -124,7 +124,7 @@ def test_uint16_bin_shards(tmp_path):
     corpus = load_corpus(str(tmp_path / "*.bin"))
     assert len(corpus.train) == 5000 and len(corpus.val) == 1000 and corpus.vocab_size == 5056
     with pytest.raises(ValueError, match="set model.vocab_size >= 5056"):
-        from harness.train import corpus_for
+        from harness.engine.train import corpus_for
         corpus_for(resolve({"data.source": str(tmp_path / "*.bin")}))
 
 
@@ -194,7 +194,7 @@ def test_grad_accum_counts_feed_the_bias_update(tiny_settings):
 
 
 def test_simulated_expert_parallelism_and_capacity_drops_on_hand_counts():
-    from harness.metrics import MetricsConfig, capacity_drop_frac, cost_metrics, ep_balance
+    from harness.engine.metrics import MetricsConfig, capacity_drop_frac, cost_metrics, ep_balance
 
     counts_LE = torch.tensor([[8.0, 0, 4, 4, 2, 2, 6, 6], [4.0] * 8])  # 32 assignments per layer
     imbalance, efficiency = ep_balance(counts_LE, 4)  # devices: [8, 8, 4, 12] and [8, 8, 8, 8]

@@ -8,9 +8,10 @@ import re
 import numpy as np
 import pytest
 
-from harness import tables, transfer
+from harness import tables
+from harness.analysis import transfer
 from harness.cli import main
-from harness.train import RunResult
+from harness.engine.train import RunResult
 
 RATES = [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2]
 STEPS = [100, 200, 400, 800]
@@ -154,7 +155,7 @@ def test_check_needs_a_study(tmp_path, capsys):
 
 
 def test_the_report_draws_a_studys_best_rates_and_its_fitted_law(tmp_path):
-    from harness import report
+    from harness.analysis import report
 
     make_study(tmp_path, p=-0.5, q=0.25)
     runs = tables.read(tmp_path).assign(**{"router.bias_mode": "loss_free"})

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from harness import tables, verdicts
+from harness import tables
+from harness.analysis import verdicts
 from harness.cli import main
 
 D = np.array([0.004, -0.002, 0.006, 0.001, -0.003, 0.002])  # paired differences over 6 seeds

@@ -15,10 +15,11 @@ import optuna
 import pandas as pd
 import pytest
 
-from harness import tables, workqueue
+from harness import tables
+from harness.suites import workqueue
 from harness.cli import main
-from harness.experiment import load_suite
-from harness.storage import close_storage, open_storage
+from harness.suites.runner import load_suite
+from harness.suites.storage import close_storage, open_storage
 from tests.conftest import kill_mid_run, process_tree, wait_until
 from tests.test_sweep import RATE_SPACE, write_sweep
 
@@ -89,7 +90,7 @@ def test_each_run_is_one_file_per_table_and_export_writes_single_files(make_suit
 
 
 def test_readers_tolerate_columns_only_some_runs_have(tmp_path):
-    from harness.train import RunResult
+    from harness.engine.train import RunResult
 
     tables.append_run(tmp_path, RunResult({"run_id": "a", "status": "ok", "val_loss": 1.0}))
     tables.append_run(tmp_path, RunResult({"run_id": "b", "status": "ok", "val_loss": 2.0, "trial": 3}))
@@ -248,7 +249,7 @@ def test_ctrl_c_ends_a_worker_with_one_line_and_the_rerun_resumes(make_suite, tm
 
 
 def test_is_complete_reads_one_run_file(tmp_path):
-    from harness.train import RunResult
+    from harness.engine.train import RunResult
 
     tables.append_run(tmp_path, RunResult({"run_id": "a", "status": "ok"}))
     tables.append_run(tmp_path, RunResult({"run_id": "b", "status": "failed"}))

@@ -12,12 +12,12 @@ import time
 import pytest
 import torch
 
-from harness.config import resolve
-from harness.data import sample_batch
-from harness.model import MoETransformer
-from harness.moe import DenseFFN, MoELayer
+from harness.engine.config import resolve
+from harness.data.corpus import sample_batch
+from harness.engine.model import MoETransformer
+from harness.engine.moe import DenseFFN, MoELayer
 from harness.routing import Router, get_router_config, router_names
-from harness.train import build_optimizer
+from harness.engine.train import build_optimizer
 from tests.benchmarks.conftest import fwd_bwd, sync, tag
 
 TOKENS, DIM, HIDDEN, EXPERTS, TOP_K = 4096, 256, 512, 16, 2

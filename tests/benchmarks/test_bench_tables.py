@@ -12,7 +12,7 @@ import itertools
 import pytest
 
 from harness import tables
-from harness.train import RunResult
+from harness.engine.train import RunResult
 from tests.benchmarks.conftest import tag
 
 COUNTER = itertools.count()

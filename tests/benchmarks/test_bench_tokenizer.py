@@ -7,8 +7,8 @@ both splits; later loads read the cache and cost what a byte corpus costs.
 
 from __future__ import annotations
 
-from harness import tokenizer
-from harness.data import _stdlib_split, load_corpus
+from harness.data import tokenizer
+from harness.data.corpus import _stdlib_split, load_corpus
 from tests.benchmarks.conftest import tag
 
 

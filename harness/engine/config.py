@@ -19,14 +19,14 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import torch
 
 from harness._compat import tomllib
-from harness.data import DataConfig
-from harness.livelog import check_log_to
-from harness.metrics import MetricsConfig
-from harness.model import ModelConfig, model_config
+from harness.data.corpus import DataConfig
+from harness.engine.livelog import check_log_to
+from harness.engine.metrics import MetricsConfig
+from harness.engine.model import ModelConfig, model_config
 from harness.routing import RouterConfig, get_router_config
 from harness.routing.params import declared, resolved_params
 from harness.routing.selection import get_selection
-from harness.tokenizer import check_tokenizer
+from harness.data.tokenizer import check_tokenizer
 
 
 def check_number(key: str, value: float, low: float | None = None, high: float | None = None,

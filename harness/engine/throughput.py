@@ -22,19 +22,12 @@ import torch
 import torch.nn.functional as F
 
 import harness
-from harness.config import RunConfig
-from harness.data import Corpus, sample_batch
-from harness.metric_registry import register_metric as metric
-from harness.model import MoETransformer
-from harness.optim import autocast_for, build_optimizer
-from harness.threads import ThreadGovernor
+from harness.engine.config import RunConfig
+from harness.data.corpus import Corpus, sample_batch
+from harness.engine.model import MoETransformer
+from harness.engine.optim import autocast_for, build_optimizer
+from harness.engine.threads import ThreadGovernor
 
-# NOTE: the run-row columns computed here, declared once (metric_registry.py; docs/methods.md)
-metric("throughput_ratio", "speed / dense", better="max", positive=True, fmt="{:.2f}", summary=4,
-       meaning="training tokens/s over the dense twin of equal active width, median of probes through the run")
-metric("tokens_per_s", "tokens/s", better="max", positive=True, fmt="{:,.0f}", summary=5, objective=True,
-       live="train", unit="tokens/s")
-metric("dense_tokens_per_s", "dense tokens/s", better="max", positive=True, fmt="{:,.0f}", unit="tokens/s")
 
 # NOTE: measured on the 2-core VM (issue 11), tiny and small models: 0.96-0.99 of the threads
 # alone, 0.87-0.89 per rank under torchrun (Gloo waits), 0.40-0.50 beside one or two busy

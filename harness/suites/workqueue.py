@@ -33,7 +33,7 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from harness import tables
-from harness.storage import ENV, heartbeat_enabled
+from harness.suites.storage import ENV, heartbeat_enabled
 
 POLL_S = 1.0  # how often an idle worker looks at the queue
 FILL_TIMEOUT_S = 120  # how long a worker waits for another to finish enqueueing
@@ -167,7 +167,7 @@ class SuiteQueue:
 def work(suite, folder: Path, storage, run_one, progress: bool = True) -> int:
     """Take runs from the suite's queue until none is waiting or running; returns how many this worker ran.
 
-    `run_one(cfg)` trains one run and writes its files (experiment.execute's loop body).
+    `run_one(cfg)` trains one run and writes its files (runner.execute_runs's loop body).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     queue = SuiteQueue(suite, folder, storage)

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from harness.config import RunConfig
+from harness.engine.config import RunConfig
 
 
 def lr_at(step: int, cfg) -> float:

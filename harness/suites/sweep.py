@@ -37,14 +37,16 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from harness import specfile, tables
-from harness.config import coerce, parse_overrides, resolve
+from harness.suites import specfile
+from harness import tables
+from harness.engine.config import coerce, parse_overrides, resolve
 from harness.errors import RunsFailed
-from harness.experiment import check_data, run_or_fail, summary_columns
-from harness.metric_registry import objectives
-from harness.specfile import read_toml
-from harness.storage import HEARTBEAT_S, close_storage, heartbeat_enabled, open_storage
-from harness.workqueue import POLL_S, WORKER
+from harness.suites.runner import run_or_fail
+from harness.suites.suite import check_data
+from harness.metric_registry import objectives, summary_columns
+from harness.suites.specfile import read_toml
+from harness.suites.storage import HEARTBEAT_S, close_storage, heartbeat_enabled, open_storage
+from harness.suites.workqueue import POLL_S, WORKER
 
 SWEEP_KEYS = {"name", "description", "n_trials", "seeds", "plugins", "base", "objective", "space"}
 OBJECTIVE_KEYS = {"metrics", "constraint", "pruner", "sampler"}

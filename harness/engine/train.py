@@ -1,7 +1,7 @@
 """One run: a RunConfig in, a flat record + step rows + load rows out.
 
-    from harness.config import resolve
-    from harness.train import run
+    from harness.engine.config import resolve
+    from harness.engine.train import run
     result = run(resolve({"router": "loss_free", "train.steps": 50}))
 
 The balancing update runs after each optimizer step, on the counts summed over the step's
@@ -24,27 +24,17 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from harness import checkpoint, distributed
-from harness.config import RunConfig
-from harness.data import Corpus, load_corpus, sample_batch
-from harness.evaluate import Evaluator
-from harness.livelog import LiveLog
-from harness.metric_registry import register_metric as metric
-from harness.model import MoETransformer
-from harness.run_metrics import RunMetrics
-from harness.optim import autocast_for, build_optimizer, lr_at  # noqa: F401 (lr_at: public here too)
-from harness.throughput import SpeedMeter, environment
+from harness.engine import checkpoint
+from harness import distributed
+from harness.engine.config import RunConfig
+from harness.data.corpus import Corpus, load_corpus, sample_batch
+from harness.engine.evaluate import Evaluator
+from harness.engine.livelog import LiveLog
+from harness.engine.model import MoETransformer
+from harness.engine.run_metrics import RunMetrics
+from harness.engine.optim import autocast_for, build_optimizer, lr_at  # noqa: F401 (lr_at: public here too)
+from harness.engine.throughput import SpeedMeter, environment
 
-# NOTE: the run-row columns computed here, declared once (metric_registry.py; docs/methods.md)
-metric("val_loss", "val loss", better="min", summary=0, objective=True, live="val", unit="nats/token",
-       meaning="cross-entropy on the fixed validation set")
-metric("val_bpb", "val bits/byte", better="min", objective=True, unit="bits/byte",
-       meaning="validation loss in bits per byte of text: compares tokenizers")
-metric("train_loss", "train loss", better="min", objective=True, live="train", unit="nats/token")
-metric("aux_loss", "aux loss", live="train", meaning="the step's auxiliary and z losses, as added to the LM loss")
-metric("lr", "learning rate", fmt="{:.2e}", live="train")
-metric("val_loss_causal", "val loss, causal top-k", better="min", cost=4, live="val", unit="nats/token",
-       meaning="validation loss with a causal top-k of the same scores (non-causal rules)")
 
 EvalCallback = Callable[[int, float], bool]  # (step, val_loss) -> stop now (a pruner said so)
 

@@ -26,20 +26,7 @@ import math
 
 import torch
 
-from harness.metric_registry import register_metric as metric
 
-metric("settle_step", "settle step", better="min", fmt="{:.0f}", unit="steps",
-       meaning="first step after which MaxVio_batch stays within final +/- (0.25 final + 0.05)")
-metric("maxvio_batch_sd", "MaxVio batch sd", better="min", positive=True,
-       meaning="spread of MaxVio_batch over the second half of training")
-metric("bias_spread", "bias spread", fmt="{:.4f}", meaning="max - min of the final bias, layer mean")
-metric("bias_travel", "bias travel / u", fmt="{:.0f}", unit="steps", meaning="bias_spread over the bias rate u")
-metric("bias_flip_share", "bias sign flips", better="min", meaning="share of second-half bias updates that "
-       "reverse the expert's previous one")
-metric("controller_speed", "controller speed", fmt="{:.3g}", meaning="the controller's per-step speed: u for a "
-       "rate-driven rule, 1 - m for an EMA (controller_speed_of names it)")
-metric("bias_drift", "bias drift / u", better="min", fmt="{:.1f}", meaning="RMS bias change over the last quarter, "
-       "in units of u")
 
 
 def settle_step(vio: list[float]) -> float:

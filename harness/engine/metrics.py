@@ -11,35 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from harness.metric_registry import register_metric as metric
 from harness.routing.balancing import expert_capacity
 
-# NOTE: the run-row columns computed here, declared once (metric_registry.py; docs/methods.md)
-metric("maxvio_global", "MaxVio global", better="min", positive=True, summary=1, objective=True, live="val",
-       meaning="n max_i F_i - 1 over the validation set, layer mean (0 balanced, n - 1 collapsed)")
-metric("maxvio_global_worst", "MaxVio global, worst layer", better="min", positive=True)
-metric("maxvio_batch", "MaxVio batch", better="min", positive=True, summary=2, objective=True, live="train",
-       meaning="MaxVio of each training step's tokens, layer mean, second half of training")
-metric("maxvio_batch_worst", "MaxVio batch, worst layer", better="min", positive=True)
-metric("maxvio_compute", "MaxVio of a rank's micro-batch", better="min", positive=True,
-       meaning="MaxVio of the computation batch an expert-parallel system pays for")
-metric("mean_k", "experts/token", fmt="{:.2f}", summary=3, live="train",
-       meaning="experts per (layer, token); k for top-k, varies for threshold and expert choice")
-metric("cv_global", "CV of expert load", better="min", positive=True)
-metric("dead_experts", "dead experts", better="min", meaning="share of experts below 1 % of the mean load")
-metric("entropy_global", "load entropy / log n", better="max")
-metric("ep{N}_imbalance", "EP{N} imbalance", better="min", positive=True,
-       meaning="busiest of N devices over the mean, minus 1, experts placed contiguously")
-metric("ep{N}_efficiency", "EP{N} efficiency", better="max", positive=True, cost=0,
-       meaning="mean over busiest device load: the share of expert compute a synchronous step uses")
-metric("drop_frac_cf{N}", "drops at c={N}", better="min", positive=True, cost=1,
-       meaning="share of assignments a capacity-c system would drop")
-metric("drop_frac", "dropped (own capacity)", positive=True, cost=2,
-       meaning="share of assignments the run's own capacity factor dropped in training")
-metric("specialisation", "specialisation (NMI)", positive=True, cost=3,
-       meaning="normalised mutual information of expert and token domain, layer mean", live="val")
-metric("k_loss_corr", "k-loss Spearman", fmt="{:+.3f}", cost=5, live="val",
-       meaning="Spearman's rho of a token's experts and its loss (variable-k routers)")
 
 
 @dataclass(kw_only=True)

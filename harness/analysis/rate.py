@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness import stats, tables, transfer
+from harness.analysis import stats, transfer
+from harness import tables
 
 NEEDED = ("settle_step", "maxvio_batch", "router.bias_rate", "train.steps")
 

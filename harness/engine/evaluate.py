@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from harness import distributed, metrics
-from harness.data import validation_batches, validation_domains
+from harness import distributed
+from harness.engine import metrics
+from harness.data.corpus import validation_batches, validation_domains
 from harness.routing.selection import get_selection
 
 

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness import tokenizer
-from harness.tokenizer import check_tokenizer
+import harness.data.tokenizer as tokenizer
+from harness.data.tokenizer import check_tokenizer
 
 
 @dataclass(kw_only=True)

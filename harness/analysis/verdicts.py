@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from harness import sequential
-from harness.stats import paired_difference, seeds_needed
+from harness.analysis import sequential
+from harness.analysis.stats import paired_difference, seeds_needed
 
 
 def t_quantile(p: float, n: int) -> float:

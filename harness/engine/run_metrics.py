@@ -13,8 +13,8 @@ import math
 
 import torch
 
-from harness import metrics
-from harness.dynamics import BiasDynamics
+from harness.engine import metrics
+from harness.engine.dynamics import BiasDynamics
 from harness.routing.controllers import get_controller
 
 

@@ -20,7 +20,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from harness import metric_registry, plots, stats, tables, transfer, verdicts
+from harness import metric_registry, tables
+from harness.analysis import plots, stats, transfer, verdicts
 
 def spec_of(metrics) -> dict[str, tuple]:
     """metric -> (label, better, number format), from the metric registry."""

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.moe import DenseFFN, ExpertImpl, MoELayer
+from harness.engine.moe import DenseFFN, ExpertImpl, MoELayer
 from harness.routing import RouterConfig
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from harness import stats
+from harness.analysis import stats
 
 OBJECTIVES = {"val_loss": "lowest val loss with MaxVio_global <= {cap:g}",
               "maxvio_time": "lowest time-averaged MaxVio_batch"}

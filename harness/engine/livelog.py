@@ -87,7 +87,7 @@ class LiveLog:
         """One step row's live scalars; at an evaluation also its scalars, the MaxVio of each layer
         and the expert-load heatmap of its [L, E] counts. Which scalars: the metric registry's."""
         from harness.metric_registry import live_metrics
-        from harness.metrics import maxvio
+        from harness.engine.metrics import maxvio
 
         self.scalars(step, {f"train/{k}": row[k] for k in live_metrics("train") if k in row})
         if evaluation is None:

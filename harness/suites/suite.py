@@ -1,0 +1,161 @@
+"""Suite files: a TOML file expanded into validated run configs (variants x grid x seeds).
+
+A suite file:
+
+    name = "smoke"
+    seeds = [0, 1]
+    [base]                      # any run-config key, for every run
+    size = "tiny"
+    "train.steps" = 400         # quote dotted keys ([base.train] tables work too)
+    [[variants]]                # one entry per arm; `label` defaults to the router name
+    router = "loss_free"
+    "router.bias_rate" = 1e-2   # quoted: `router` itself is the preset name
+    [grid]                      # optional: every combination of these values, for every variant
+    "train.lr" = [1e-3, 3e-3]
+
+plus the answers it asks for: `baseline`, `front` (reference families, analysis/verdicts.py),
+`equivalence_margin` and sequential `seeds = { min, max, ... }` (analysis/sequential.py).
+Every run is resolved, and so checked, before any starts; runner.py executes them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import metric_registry
+from harness.analysis import sequential
+from harness.engine.config import RunConfig, resolve
+from harness.engine.train import corpus_for
+from harness.suites import specfile
+from harness.suites.specfile import flatten, read_toml
+
+SUITE_KEYS = {"name", "description", "seeds", "plugins", "base", "variants", "grid", "baseline", "front",
+              "equivalence_margin"}
+
+
+
+@dataclass
+class Suite:
+    name: str
+    runs: list[RunConfig]
+    source: Path
+    baseline: str = ""  # the label the report compares every variant with (default: the first variant)
+    front: list[str] = field(default_factory=list)  # labels of the reference families' runs (verdicts.py)
+    margins: dict[str, float] = field(default_factory=dict)  # metric -> equivalence margin (TOST)
+    plan: sequential.Plan | None = None  # seeds = { min, max, ... }: seeds added while unresolved
+    front_family: dict[str, str] = field(default_factory=dict)  # such a label -> its family's name
+
+
+def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) -> Suite:
+    specfile.check_keys(spec, SUITE_KEYS, source, "suite")
+    specfile.load_plugins(spec, source)
+    name = specfile.name_of(spec, source)
+    plan = sequential.plan_of(spec["seeds"], source) if isinstance(spec.get("seeds"), dict) else None
+    seeds = list(range(plan.max)) if plan else specfile.seeds_of(spec, source)
+    variants, (front, family_of) = spec.get("variants"), front_variants(spec.get("front"), source)
+    if not isinstance(variants, list) or not variants or not all(isinstance(v, dict) for v in variants):
+        raise ValueError(f"{source}: variants = {variants!r}: a suite needs at least one [[variants]] table, "
+                         'e.g. [[variants]] router = "loss_free"')
+    variants = variants + front
+    labels = [v.get("label", v.get("router", "softmax_topk")) for v in variants]
+    duplicated = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicated:
+        raise ValueError(f"{source}: variant label(s) {duplicated} appear more than once; give each [[variants]] "
+                         "its own `label` so their runs are not averaged together")
+    base = specfile.table_of(spec, "base", source)
+    grid = grid_of(spec, source)
+    specfile.no_seed_in({"--set": overrides, "[base]": base, "[grid]": grid,
+                         **{f"[[variants]] {label!r}": flatten(v) for label, v in zip(labels, variants)}}, source)
+    runs = []
+    for variant in variants:
+        variant = flatten(variant)
+        label = variant.pop("label", variant.get("router", "softmax_topk"))
+        for combo in itertools.product(*grid.values()):
+            point = dict(zip(grid, combo))
+            suffix = ",".join(f"{k}={v}" for k, v in point.items())
+            for seed in seeds:
+                settings = {**base, **variant, **point, **overrides,
+                            "variant": f"{label}[{suffix}]" if suffix else label, "seed": seed}
+                runs.append(resolve(settings))
+    baseline = spec.get("baseline", labels[0])
+    variant_names = sorted({r.variant for r in runs})
+    if baseline not in labels and baseline not in variant_names:
+        raise ValueError(f"{source}: baseline = {baseline!r} is not a variant of this suite; choose one of "
+                         f"{sorted(set(labels) | set(variant_names))}")
+    return Suite(name, runs, source, baseline, [v["label"] for v in front], margins_of(spec, source), plan,
+                 family_of)
+
+
+def grid_of(spec: dict[str, Any], source: Path) -> dict[str, list]:
+    """`[grid]`: key = [values], every combination run for every variant."""
+    grid = spec.get("grid", {})
+    if not isinstance(grid, dict):
+        raise ValueError(f"{source}: grid = {grid!r} must be a table of key = [values] ([grid])")
+    grid = flatten(grid)
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{source}: grid key {key!r} must map to a non-empty list, got {values!r}")
+    return grid
+
+
+def front_variants(front: Any, source: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """`front = { router = "sigmoid_topk_aux", key = "router.aux_alpha", values = [...] }`: one
+    variant per value, the reference family the report measures other methods against. A list of
+    such tables gives several families, each with a `name`; any other key of a table is a
+    run-config setting of its family (`"router.aux_scope" = "sequence"`). Returns the variants and
+    each one's family name."""
+    if front is None:
+        return [], {}
+    example = ('{ router = "sigmoid_topk_aux", key = "router.aux_alpha", values = [1e-3, 1e-2, 1e-1] }, or a list '
+               'of such tables each with its own name = "..."')
+    families = front if isinstance(front, list) else [front]
+    names = [f.get("name", "front") if isinstance(f, dict) else None for f in families]
+    if len(families) > 1 and (not all(isinstance(f, dict) and isinstance(f.get("name"), str) for f in families)
+                              or len(set(names)) < len(names)):
+        raise ValueError(f"{source}: front lists {len(families)} families: give each its own name = \"...\"; "
+                         f"got names {names}")
+    variants, family_of = [], {}
+    for family, name in zip(families, names):
+        if (not isinstance(family, dict) or not {"router", "key", "values"} <= set(family)
+                or not isinstance(family["values"], list) or len(family["values"]) < 2
+                or not isinstance(family["key"], str)):
+            raise ValueError(f"{source}: front = {family!r} must be {{ router = PRESET, key = RUN-CONFIG KEY, values = "
+                             f"[at least 2 values] }}, e.g. {example}")
+        fixed = {k: v for k, v in flatten(family).items() if k not in {"router", "key", "values", "name"}}
+        short = family["key"].rpartition(".")[2]
+        for value in family["values"]:
+            label = f"{name} {short}={value:g}" if isinstance(value, (int, float)) else f"{name} {short}={value}"
+            variants.append({**fixed, "router": family["router"], family["key"]: value, "label": label})
+            family_of[label] = name
+    return variants, family_of
+
+
+def margins_of(spec: dict[str, Any], source: Path) -> dict[str, float]:
+    """`equivalence_margin = { val_loss = 0.01 }`: per metric, the margin of the TOST verdicts."""
+    margins = spec.get("equivalence_margin", {})
+    if not isinstance(margins, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf for v in margins.values()):
+        raise ValueError(f"{source}: equivalence_margin = {margins!r} must map metric names to margins > 0, "
+                         "e.g. { val_loss = 0.01 }")
+    unknown = sorted(m for m in margins if metric_registry.get_metric(m) is None)
+    if unknown:
+        raise ValueError(f"{source}: equivalence_margin names unknown metric(s) {unknown}; e.g. val_loss, "
+                         "maxvio_global")
+    return {m: float(v) for m, v in margins.items()}
+
+
+def load_suite(path: str | Path, overrides: dict[str, Any] | None = None) -> Suite:
+    """Read and validate a suite file; every run is resolved (and so checked) before any starts."""
+    suite = expand_suite(read_toml(path), overrides or {}, Path(path))
+    check_data(suite.runs)
+    return suite
+
+
+def check_data(runs: list[RunConfig]) -> None:
+    """Load each distinct corpus once, so a missing file or a too-small vocab fails up front."""
+    for cfg in runs:
+        corpus_for(cfg)
