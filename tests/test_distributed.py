@@ -20,6 +20,9 @@ from harness.engine.config import resolve
 from harness.engine.train import Trainer, corpus_for
 from tests.conftest import TINY_BASE, kill_mid_run, process_tree, wait_until
 
+# NOTE: torchrun and spawned ranks, kills and resumes: in the slow set (python -m pytest -m slow), which CI runs too
+pytestmark = pytest.mark.slow
+
 STEPS = 8
 CASES = {
     "loss_free": {"router": "loss_free", "router.bias_rate": 0.01},
@@ -155,8 +158,10 @@ def test_torchrun_with_nccl_on_cpu_exits_2(make_suite, tmp_path):
     suite = make_suite([{"router": "loss_free"}])
     proc = subprocess.run(torchrun("run", suite, "--out", tmp_path, "--device", "cpu", "--dist-backend", "nccl"),
                           capture_output=True, text=True, timeout=300)
-    # each rank stops with exit 2 and the one-line message (torchrun then prints its own summary)
-    assert proc.stderr.count("error: --dist-backend nccl needs CUDA devices") == 2
+    # NOTE: what is guaranteed: the first rank to get there stops with exit 2 and the one-line
+    # message, and torchrun reports that exit; the other rank may print the same first or be
+    # stopped by torchrun before it does (a busy machine showed both)
+    assert 1 <= proc.stderr.count("error: --dist-backend nccl needs CUDA devices") <= 2
     assert "exitcode  : 2" in proc.stderr and proc.returncode != 0
 
 

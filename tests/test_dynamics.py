@@ -63,7 +63,7 @@ def test_every_controller_run_has_the_dynamics_columns(tiny_settings):
 
 def presets_by_controller():
     from harness.routing.controllers import controller_names
-    from harness.routing.registry import get_router_config, router_names
+    from harness.routing import get_router_config, router_names
 
     first = {}
     for name in router_names():
@@ -80,9 +80,9 @@ def test_every_controller_records_its_speed_in_its_own_units(tiny_settings, mode
     cfg = resolve({**tiny_settings, "router": preset, "train.steps": 8})
     record = run(cfg).record
     controller = get_controller(mode)
-    assert record["controller_speed_of"] == controller.speed_of
+    assert record["controller_speed_of"] == controller.speed_of(cfg.router_cfg)
     assert record["controller_speed"] == pytest.approx(controller.speed(cfg.router_cfg))
-    expected = 1 - cfg.router_cfg.qb_ema if mode == "quantile" else cfg.router_cfg.bias_rate
+    expected = 1 - cfg.router_cfg.param("qb_ema") if mode == "quantile" else cfg.router_cfg.param("bias_rate")
     assert record["controller_speed"] == pytest.approx(expected) and 0 < expected < 1
 
 

@@ -40,6 +40,7 @@ def test_grouped_mm_backward_always_gets_a_contiguous_output_gradient(tiny_setti
     assert seen and all(seen), seen
 
 
+@pytest.mark.slow
 def test_top_k_routers_compile_to_one_graph_on_the_grouped_mm_path():
     """No graph break in the top-k path: static counts, no data-dependent Python reads. (Capacity
     dropping keeps a data-dependent number of assignments, so it breaks, like threshold selection.)"""
@@ -56,6 +57,7 @@ def test_top_k_routers_compile_to_one_graph_on_the_grouped_mm_path():
         assert explained.graph_break_count == 0, (name, [str(b.reason)[:200] for b in explained.break_reasons])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gpu_like", [True, False])
 def test_train_compile_runs_a_whole_training_run(tiny_settings, monkeypatch, gpu_like):
     # NOTE: aot_eager traces exactly what inductor would (dynamo + AOT autograd) without its

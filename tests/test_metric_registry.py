@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from harness import metric_registry
-from harness.analysis import report, stats
+from harness.analysis import stats
+from harness.analysis.report import summary as report
 from harness.metric_registry import summary_columns
 from harness.metric_registry import get_metric, register_metric
 

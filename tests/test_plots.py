@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.analysis import plots, report
+from harness.analysis import plots
+from harness.analysis.report import summary as report, sweep as report_sweep
 from harness.cli import main
 
 VARIANTS = ["loss_free", "softmax_topk", "dynamic_k"]
@@ -228,9 +229,9 @@ def test_sweep_history_keeps_the_best_feasible_line_continuous():
 
 def test_a_sweep_is_compared_with_its_best_feasible_trial_and_names_its_flat_optimum():
     trials, runs = sweep_with_an_infeasible_best()
-    best, flat = report.flat_optimum(runs, trials)
+    best, flat = report_sweep.flat_optimum(runs, trials)
     assert best["label"] == "trial 2" and sorted(flat) == ["trial 2", "trial 3"]
-    sentence = report.flat_sentence(trials, best, flat)
+    sentence = report_sweep.flat_sentence(trials, best, flat)
     assert "Best feasible trial: trial 2" in sentence and "router.bias_rate from 0.003 to 0.01" in sentence
     fig = plots.sweep_objective(trials, "router.bias_rate", "objective_val_loss", band=(3e-3, 1e-2))
     shaded = [p for p in fig.axes[0].patches if p.get_label() == "flat optimum"]

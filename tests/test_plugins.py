@@ -26,7 +26,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 TOY = textwrap.dedent('''
     import torch
 
-    from harness.routing.controllers import BiasController, register_controller
+    from harness.routing.controllers import BIAS_RATE, BiasController, register_controller
     from harness.routing.params import Param
 
 
@@ -34,8 +34,8 @@ TOY = textwrap.dedent('''
     class ToyMomentum(BiasController):
         """Sign updates through a momentum buffer: v <- beta v + sign(F - Q), b <- b - u v."""
 
-        fields = ("bias_rate",)
-        params = {"toy_beta": Param(float, 0.5, "momentum of the toy's sign updates", low=0.0, high=1.0)}
+        params = {"bias_rate": BIAS_RATE,
+                  "toy_beta": Param(float, 0.5, "momentum of the toy's sign updates", low=0.0, high=1.0)}
 
         def __init__(self, num_experts, top_k, cfg):
             super().__init__(num_experts, top_k, cfg)
@@ -46,7 +46,7 @@ TOY = textwrap.dedent('''
             frac_E = counts_E / counts_E.sum().clamp_min(1.0)
             self.velocity.mul_(self.param("toy_beta")).add_(torch.sign(frac_E - 1.0 / self.num_experts))
             self.steps_seen += 1
-            return bias_E - self.cfg.bias_rate * self.velocity
+            return bias_E - self.param("bias_rate") * self.velocity
 ''')
 
 @pytest.fixture(autouse=True)
@@ -81,6 +81,7 @@ def cli(*args):
     return [sys.executable, "-m", "harness.cli", *map(str, args)]
 
 
+@pytest.mark.slow
 def test_a_toy_controller_runs_from_a_suite_file_resumes_and_reaches_every_output(tmp_path):
     (tmp_path / "toy.py").write_text(TOY)
     toy = {"router": "sigmoid_topk", "label": "toy", "router.bias_mode": "toy_momentum", "router.bias_rate": 0.01,
@@ -176,8 +177,8 @@ def test_bad_plugins_exit_2(tmp_path, capsys, body, message):
 @pytest.mark.parametrize("setting, message", [
     ("router.toy_beta=2.0", r"router.toy_beta = 2.0 must be a finite number in \[0.0, 1.0\] \(momentum of the toy"),
     ('router.toy_beta="x"', r"router.toy_beta expects a value of type float, got 'x'"),
-    ("router.bias_mode=loss_free", r"router.toy_beta is not a parameter of router.selection = 'topk' or "
-                                   r"router.bias_mode = 'loss_free'; theirs: none"),
+    ("router.bias_mode=loss_free", r"router.toy_beta is not read by router.selection = 'topk' or "
+                                   r"router.bias_mode = 'loss_free'; it is read by router.bias_mode in \['toy_momentum'\]"),
 ])
 def test_a_declared_parameter_is_checked_like_a_field(tmp_path, capsys, setting, message):
     (tmp_path / "toy.py").write_text(TOY)

@@ -1,13 +1,11 @@
 """Router behaviour a user would notice, parametrized over every registered preset."""
 
-import dataclasses
 import math
-from dataclasses import replace
 
 import pytest
 import torch
 
-from harness.routing import ROUTERS, Router, RouterConfig, get_router_config, register_router, router_names
+from harness.routing import ROUTERS, Router, RouterConfig, get_router_config, register_router, resolve_router, router_names
 from harness.routing import balancing
 from harness.engine.metrics import maxvio
 
@@ -44,15 +42,36 @@ def test_unknown_override_key_names_the_allowed_keys():
 
 @pytest.mark.parametrize("bad, match", [
     (dict(score_func="tanh"), r"router.score_func = 'tanh'.*'softmax', 'sigmoid'"),
-    (dict(bias_update="abs"), r"router.bias_update = 'abs'.*'sign', 'rms', 'linear'"),
+    (dict(bias_mode="loss_free", bias_update="abs"), r"router.bias_update = 'abs'.*'sign', 'rms', 'linear'"),
     (dict(selection="threshold"), "threshold selection needs a controller"),
     (dict(output_form="magnitude", score_func="softmax"), "non-negative, non-softmax"),
-    (dict(bias_rate=-1.0), "router.bias_rate"),
-    (dict(bias_freeze_frac=1.0), "bias_freeze_frac"),
+    (dict(bias_mode="loss_free", bias_rate=-1.0), "router.bias_rate"),
+    (dict(bias_mode="loss_free", bias_freeze_frac=1.0), r"bias_freeze_frac = 1.0 must be a finite number in \[0.0, 1.0\)"),
 ])
 def test_bad_router_config_names_the_key(bad, match):
     with pytest.raises(ValueError, match=match):
-        RouterConfig(**bad)
+        resolve_router(RouterConfig().replace(**bad))
+
+
+@pytest.mark.parametrize("preset, name, value, readers", [
+    ("quantile_balancing", "bias_rate", 0.01, r"router.bias_mode in \['dynamic_k', 'loss_free', 'smebu'\]"),
+    ("dynamic_k", "bias_update", "rms", r"router.bias_mode in \['loss_free'\]"),
+    ("loss_free", "qb_ema", 0.5, r"router.bias_mode in \['quantile'\]"),
+    ("loss_free", "ec_chunk", 16, r"router.selection in \['expert_choice'\]"),
+    ("dynamic_k", "sinkhorn_iters", 4, r"router.selection in \['topk'\]"),
+])
+def test_a_setting_the_chosen_methods_do_not_read_is_refused_naming_those_that_do(preset, name, value, readers):
+    cfg = get_router_config(preset)
+    with pytest.raises(ValueError, match=rf"router.{name} is not read by router.selection = '{cfg.selection}' or "
+                                         rf"router.bias_mode = '{cfg.bias_mode}'; it is read by {readers}"):
+        get_router_config(preset, **{name: value})
+
+
+def test_switching_a_presets_method_drops_the_presets_settings_for_the_old_one():
+    cfg = get_router_config("loss_free", bias_mode="quantile")  # loss_free's bias_rate does not apply to quantile
+    assert cfg.controller.name == "quantile" and "bias_rate" not in cfg.params
+    with pytest.raises(ValueError, match="router.bias_rate is not read"):  # but the user's own is refused
+        get_router_config("loss_free", bias_mode="quantile", bias_rate=0.01)
 
 
 def test_k_greater_than_n_is_rejected():
@@ -91,7 +110,7 @@ def expected_gates(cfg: RouterConfig, scores_TE, token_A, expert_A):
 
 # NOTE: Sinkhorn's training selection reads the balanced logits, not s + b, and capacity caps how
 # many tokens expert 3 may take (both tested below)
-@pytest.mark.parametrize("name", [n for n in router_names() if not get_router_config(n).sinkhorn_iters
+@pytest.mark.parametrize("name", [n for n in router_names() if not get_router_config(n).params.get("sinkhorn_iters")
                                   and get_router_config(n).selection != "expert_choice"  # it has no bias
                                   and not get_router_config(n).capacity_factor])
 def test_bias_changes_selection_but_never_the_gates(name):
@@ -129,7 +148,7 @@ COUNTS = torch.tensor([10.0, 30.0, 20.0, 20.0])  # F = [.125, .375, .25, .25], Q
     ("linear", [-0.5, 0.5, 0.0, 0.0]),
 ])
 def test_loss_free_update_forms_on_hand_counts(update, expected_step):
-    cfg = RouterConfig(score_func="sigmoid", bias_mode="loss_free", bias_update=update, bias_rate=0.01)
+    cfg = RouterConfig(score_func="sigmoid").replace(bias_mode="loss_free", bias_update=update, bias_rate=0.01)
     router = Router(DIM, 4, 2, cfg)
     router.expert_bias.copy_(torch.tensor([0.1, 0.2, 0.3, 0.4]))
     router.balance_update(COUNTS, num_tokens=40)
@@ -139,8 +158,8 @@ def test_loss_free_update_forms_on_hand_counts(update, expected_step):
 
 def test_smebu_update_on_hand_counts():
     # counts [10, 30, 20, 20]: relative violation e = (c - 20) / 20 = [-.5, .5, 0, 0]
-    cfg = RouterConfig(score_func="sigmoid", bias_mode="smebu", bias_rate=0.01,
-                       params={"smebu_kappa": 2.0, "smebu_momentum": 0.5})
+    cfg = RouterConfig(score_func="sigmoid").replace(bias_mode="smebu", bias_rate=0.01, smebu_kappa=2.0,
+                                                     smebu_momentum=0.5)
     router = Router(DIM, 4, 2, cfg)
     start = torch.tensor([0.1, 0.2, 0.3, 0.4])
     router.expert_bias.copy_(start)
@@ -166,7 +185,8 @@ def test_smebu_clamps_softly_and_centres_a_lopsided_step():
 
 @pytest.mark.parametrize("update", ["sign", "rms", "linear"])
 def test_centring_keeps_the_mean_of_the_bias(update):
-    cfg = RouterConfig(score_func="sigmoid", bias_mode="loss_free", bias_update=update, bias_center=True, bias_rate=0.1)
+    cfg = RouterConfig(score_func="sigmoid").replace(bias_mode="loss_free", bias_update=update, bias_center=True,
+                                                     bias_rate=0.1)
     router = Router(DIM, 4, 2, cfg)
     router.expert_bias.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0]))
     for counts in ([10.0, 30.0, 25.0, 15.0], [1.0, 0.0, 0.0, 79.0]):
@@ -192,7 +212,8 @@ def test_bias_freezes_for_the_last_fraction_of_training():
     ("eq5", [0.0, 1.0, 1.0, 1.0]),
 ])
 def test_dynamic_k_rules_on_hand_counts(rule, expected):
-    cfg = RouterConfig(score_func="sigmoid", selection="threshold", bias_mode="dynamic_k", dynamic_k_rule=rule, bias_rate=1.0)
+    cfg = RouterConfig(score_func="sigmoid", selection="threshold").replace(bias_mode="dynamic_k", dynamic_k_rule=rule,
+                                                                            bias_rate=1.0)
     router = Router(DIM, 4, 2, cfg)
     new = router.controller.update(torch.zeros(4), torch.tensor([2.0, 1.0, 1.0, 0.0]), 4)
     # eq3 adds sign(K - k) = -1 to every expert; eq4 clamps that at 0
@@ -203,7 +224,8 @@ def test_dynamic_k_rules_on_hand_counts(rule, expected):
 @pytest.mark.parametrize("name", THRESHOLD_PRESETS)
 def test_dynamic_k_controller_holds_k_and_balances(name):
     torch.manual_seed(0)
-    router = Router(DIM, NUM_EXPERTS, TOP_K, get_router_config(name, bias_rate=0.01))
+    rate = {"bias_rate": 0.01} if "bias_rate" in get_router_config(name).controller.params else {}
+    router = Router(DIM, NUM_EXPERTS, TOP_K, get_router_config(name, **rate))
     # a fixed, skewed input distribution: a shared offset makes a few experts preferred
     offset = torch.randn(DIM) * 2.0
     gen = torch.Generator().manual_seed(1)
@@ -223,7 +245,7 @@ def test_dynamic_k_controller_holds_k_and_balances(name):
             ks.append(out.counts_E.sum().item() / 256)
             vios.append(maxvio(out.counts_E))
     mean_k = sum(ks) / len(ks)
-    if router.cfg.dynamic_k_rule == "eq4":
+    if router.cfg.params.get("dynamic_k_rule") == "eq4":
         assert mean_k <= TOP_K * 1.1
     else:
         assert abs(mean_k - TOP_K) <= 0.1 * TOP_K
@@ -294,13 +316,13 @@ def test_global_batch_scope_counts_the_whole_step():
 
 
 def test_presets_are_copies_that_change_one_field():
-    assert dataclasses.replace(get_router_config("loss_free"), bias_update="rms") == get_router_config("loss_free_rms")
+    assert resolve_router(get_router_config("loss_free").replace(bias_update="rms")) == get_router_config("loss_free_rms")
 
 
 @pytest.mark.parametrize("n_group, topk_group, top_k", [(4, 2, 2), (4, 1, 2), (8, 3, 3), (2, 1, 1)])
 def test_group_limited_routing_never_selects_outside_the_best_groups(n_group, topk_group, top_k):
     torch.manual_seed(0)
-    cfg = replace(get_router_config("loss_free"), n_group=n_group, topk_group=topk_group)
+    cfg = get_router_config("loss_free", n_group=n_group, topk_group=topk_group)
     router = Router(16, 8, top_k, cfg)
     router.expert_bias.copy_(torch.randn(8) * 0.1)  # the bias counts in the group scores
     out = router(torch.randn(64, 16))
@@ -318,9 +340,9 @@ def test_group_limited_routing_never_selects_outside_the_best_groups(n_group, to
 
 def test_group_limited_routing_that_cannot_hold_k_experts_is_refused():
     with pytest.raises(ValueError, match="router.n_group = 3 must divide model.num_experts = 8"):
-        Router(16, 8, 2, replace(get_router_config("loss_free"), n_group=3, topk_group=1))
+        Router(16, 8, 2, get_router_config("loss_free", n_group=3, topk_group=1))
     with pytest.raises(ValueError, match="eligible groups must hold at least top_k = 3"):
-        Router(16, 8, 3, replace(get_router_config("loss_free"), n_group=8, topk_group=2))
+        Router(16, 8, 3, get_router_config("loss_free", n_group=8, topk_group=2))
 
 
 def test_aux_counts_unbiased_ignores_the_bias_dispatched_follows_it():
@@ -328,7 +350,7 @@ def test_aux_counts_unbiased_ignores_the_bias_dispatched_follows_it():
     x = torch.randn(256, 16)
     losses = {}
     for counts in ("dispatched", "unbiased"):
-        cfg = replace(get_router_config("deepseek_v3"), aux_scope="micro_batch", aux_alpha=1.0, aux_counts=counts)
+        cfg = get_router_config("deepseek_v3", aux_scope="micro_batch", aux_alpha=1.0, aux_counts=counts)
         torch.manual_seed(1)
         router = Router(16, 8, 2, cfg)
         router.expert_bias.copy_(torch.tensor([50.0, 50.0, 0, 0, 0, 0, 0, 0]))  # dispatch all to experts 0, 1
@@ -373,14 +395,13 @@ def test_capacity_is_exact_where_floating_point_is_not():
 @pytest.mark.parametrize("factor", [0.5, 1.0, 1.1, 1.25])
 def test_capacity_keeps_exactly_the_right_assignments(policy, factor):
     torch.manual_seed(0)
-    cfg = replace(get_router_config("switch_capacity"), capacity_factor=factor, drop_policy=policy)
+    cfg = get_router_config("switch_capacity", capacity_factor=factor, drop_policy=policy)
     router = Router(16, 8, 2, cfg)
     with torch.no_grad():
         router.gate.weight[:2] += 0.1  # an imbalance for capacity to bite on
     x = torch.randn(96, 16) + 1.0
     out = router(x)
-    full = replace(cfg, capacity_factor=0.0)
-    router.cfg = full
+    router.cfg = resolve_router(cfg.replace(capacity_factor=0.0))
     ref = router(x)
     capacity = {0.5: 12, 1.0: 24, 1.1: 27, 1.25: 30}[factor]  # ceil(c 96 2 / 8), by hand
     expected = set()
@@ -485,6 +506,7 @@ def test_expert_choice_depends_on_later_tokens_and_causal_topk_does_not():
 @pytest.mark.parametrize("bad, match", [
     ({"ec_chunk": -1}, "router.ec_chunk"),
     ({"bias_mode": "loss_free"}, "expert_choice.*bias_mode"),
+    ({"n_group": 2}, r"router.n_group is not read by router.selection = 'expert_choice'.*selection in \['topk'\]"),
     ({"capacity_factor": 1.0}, "expert_choice.*capacity_factor"),
 ])
 def test_expert_choice_refuses_what_it_cannot_combine_with(bad, match):

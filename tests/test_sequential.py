@@ -115,6 +115,7 @@ def test_a_sequential_suite_adds_seeds_only_where_unresolved(tmp_path, capsys):
     assert Plan.from_json(table["seed_plan"].iloc[0]) == Plan(3, 6, 3)
 
 
+@pytest.mark.slow
 def test_sequential_rounds_with_local_workers_match_one_process(tmp_path):
     suite = sequential_suite(tmp_path / "open.toml", margin=None)
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -128,6 +129,7 @@ def test_sequential_rounds_with_local_workers_match_one_process(tmp_path):
     assert len(tables.read(tmp_path / "open")) == 12  # every run once, though two workers decided the rounds
 
 
+@pytest.mark.slow
 def test_a_killed_sequential_suite_resumes_where_it_stopped(tmp_path, capsys):
     suite = sequential_suite(tmp_path / "open.toml", margin=None, plan="{ min = 2, max = 4, step = 2 }")
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(suite), "--out", str(tmp_path),

@@ -50,6 +50,7 @@ def test_second_invocation_adds_trials_to_the_same_study(tmp_path):
     assert len(tables.read(tmp_path / "tiny_sweep", "runs")) == 4
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_storage(tmp_path):
     path = write_sweep(tmp_path / "s.toml", RATE_SPACE)
     storage = f"sqlite:///{tmp_path / 'shared.db'}"

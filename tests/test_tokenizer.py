@@ -117,7 +117,7 @@ def test_a_subword_run_records_its_tokenizer_and_bits_per_byte(text_glob, tiny_s
 def test_the_report_shows_bits_per_byte_when_a_run_is_on_subwords():
     import pandas as pd
 
-    from harness.analysis import report
+    from harness.analysis.report import summary as report
 
     runs = pd.DataFrame({"variant": ["a", "b"], "seed": 0, "status": "ok", "val_loss": [1.4, 3.1],
                          "val_bpb": [2.02, 1.31], "data.tokenizer": ["bytes", "bpe:4096"]})

@@ -155,7 +155,7 @@ def test_check_needs_a_study(tmp_path, capsys):
 
 
 def test_the_report_draws_a_studys_best_rates_and_its_fitted_law(tmp_path):
-    from harness.analysis import report
+    from harness.analysis.report import figures as report
 
     make_study(tmp_path, p=-0.5, q=0.25)
     runs = tables.read(tmp_path).assign(**{"router.bias_mode": "loss_free"})

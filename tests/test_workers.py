@@ -18,10 +18,13 @@ import pytest
 from harness import tables
 from harness.suites import workqueue
 from harness.cli import main
-from harness.suites.runner import load_suite
+from harness.suites.suite import load_suite
 from harness.suites.storage import close_storage, open_storage
 from tests.conftest import kill_mid_run, process_tree, wait_until
 from tests.test_sweep import RATE_SPACE, write_sweep
+
+# NOTE: worker processes, kills and PostgreSQL: in the slow set (python -m pytest -m slow), which CI runs too
+pytestmark = pytest.mark.slow
 
 FOUR_RUNS = [{"router": "softmax_topk"}, {"router": "loss_free", "router.bias_rate": 0.01}]
 SLOW = {"train.steps": 40, "train.eval_every": 20}  # a few seconds a run, long enough to be killed mid-run

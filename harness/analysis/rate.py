@@ -65,13 +65,7 @@ def measured_runs(folder: Path, variant: str | None) -> pd.DataFrame:
     return runs
 
 
-def geometric(x: np.ndarray) -> tuple[float, float, float]:
-    """(geometric mean, low, high): the 95 % t-interval of the mean of log x, back on x's scale."""
-    log = np.log(x)
-    if len(log) < 2:
-        return float(np.exp(log.mean())), np.nan, np.nan
-    half = stats.t975(len(log)) * float(log.std(ddof=1)) / np.sqrt(len(log))
-    return float(np.exp(log.mean())), float(np.exp(log.mean() - half)), float(np.exp(log.mean() + half))
+geometric = stats.geometric_interval  # (geometric mean, low, high), the interval about the same statistic
 
 
 def recommend(runs: pd.DataFrame, steps: int) -> dict:

@@ -27,7 +27,6 @@ measures both the error rates and the seeds saved.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -36,9 +35,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
-
 from harness import metric_registry
+from harness.analysis import stats
 
 KEYS = {"min", "max", "step", "until", "metric", "alpha"}
 
@@ -95,17 +93,7 @@ def plan_of(value: Any, source: Path) -> Plan:
     return Plan(ints["min"], ints["max"], ints["step"], metric, float(alpha))
 
 
-@functools.lru_cache(maxsize=4096)
-def t_quantile(p: float, dof: int) -> float:
-    return float(sps.t.ppf(p, dof))
-
-
-def interval(d: np.ndarray, level: float) -> tuple[float, float, float]:
-    """(mean, low, high): the two-sided `level` t-interval of the mean of d."""
-    n, mean = len(d), float(np.mean(d))
-    sd = float(np.std(d, ddof=1))
-    half = t_quantile(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
+interval = stats.t_interval  # (mean, low, high) of the paired differences at a look's level
 
 
 def judge(d: np.ndarray, alpha: float, margin: float | None) -> str:
@@ -147,12 +135,12 @@ def paired_in_order(per_seed: pd.DataFrame, group: str, base: str) -> np.ndarray
 def decisions(runs: pd.DataFrame, plan: Plan, bases: dict[str, str], margins: dict[str, float]) -> pd.DataFrame:
     """Per group compared with a baseline (`bases`, stats.baseline_groups of `runs`): the design's
     verdict on `plan.metric`, the seeds used, the seeds its next look needs, and why it stopped."""
-    per_seed = runs.pivot_table(index="seed", columns="variant", values=plan.metric, aggfunc="mean")
+    table = stats.per_seed(runs, plan.metric)
     rows = []
     for group, base in bases.items():
         if group == base:
             continue
-        d = paired_in_order(per_seed, group, base)
+        d = paired_in_order(table, group, base)
         course = replay(d, plan, margins.get(plan.metric))
         mean, low, high = interval(d[:course["seeds"]], 0.95) if course["seeds"] >= 2 else (math.nan,) * 3
         rows.append({"kind": "sequential", "variant": group, "against": base, "metric": plan.metric,

@@ -23,10 +23,15 @@ Per-variant means of a metric that is positive by nature (MaxVio, tokens/s, thro
 get an interval on the log scale, which never crosses zero:
     m = mean(x),  s_l = sd(log x),  interval [m / f, m * f],  f = exp(t_{0.975, n-1} s_l / sqrt(n));
 other metrics (losses) get the plain t-interval m -/+ t s / sqrt(n).
+
+This is the one module of the analysis that computes intervals, t quantiles, the seeds a
+difference needs and the per-seed table (`per_seed`): verdicts, sequential seeds, the transfer
+law and `rate` call it.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -40,9 +45,40 @@ NOT_CONFIG = {"run_id", "config_id", "seed", "variant", "suite", "baseline", "tr
 CONFIG_PREFIXES = ("model.", "router.", "train.", "data.", "metrics.")  # the resolved config's columns
 
 
+@functools.lru_cache(maxsize=4096)
+def t_quantile(p: float, dof: int) -> float:
+    """The p quantile of Student's t with `dof` degrees of freedom (NaN for dof < 1)."""
+    return float(sps.t.ppf(p, dof)) if dof >= 1 else math.nan
+
+
 def t975(n: int) -> float:
     """Two-sided 95 % Student t quantile for a sample of n (n - 1 degrees of freedom)."""
-    return float(sps.t.ppf(0.975, n - 1)) if n > 1 else math.nan
+    return t_quantile(0.975, n - 1)
+
+
+def t_interval(x, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): the two-sided `level` t-interval of the mean of a sample (NaN bounds below 2)."""
+    x = np.asarray(x, dtype=float)
+    n = len(x)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(np.mean(x))
+    if n < 2:
+        return mean, math.nan, math.nan
+    half = t_quantile(0.5 + level / 2, n - 1) * float(np.std(x, ddof=1)) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def geometric_interval(x, level: float = 0.95) -> tuple[float, float, float]:
+    """(geometric mean, low, high): the t-interval of the mean of log x, back on x's scale."""
+    mean, low, high = t_interval(np.log(np.asarray(x, dtype=float)), level)
+    return math.exp(mean), math.exp(low), math.exp(high)
+
+
+def per_seed(runs: pd.DataFrame, metric: str, columns: str = "variant") -> pd.DataFrame:
+    """Seeds x `columns` (groups by default): the metric's mean per cell, the table every paired
+    comparison reads."""
+    return runs.pivot_table(index="seed", columns=columns, values=metric, aggfunc="mean")
 
 
 def group_keys(runs: pd.DataFrame) -> pd.Series:
@@ -136,10 +172,23 @@ def seeds_needed(diff: float, sd: float, limit: int = 1000) -> float:
     """Smallest n whose 95 % paired interval half-width t s / sqrt(n) is below |diff| (inf past `limit`)."""
     if diff == 0 or not math.isfinite(diff):
         return math.nan if sd == 0 else math.inf  # nothing to resolve / a zero mean never separates
+    return smallest_n(abs(diff), sd, 0.975, limit)
+
+
+def seeds_to_equivalence(diff: float, sd: float, margin: float, limit: int = 1000) -> float:
+    """Smallest n whose 90 % half-width t s / sqrt(n) is below margin - |diff| (inf if never)."""
+    room = margin - abs(diff)
+    if room <= 0 or not math.isfinite(room):
+        return math.inf
+    return smallest_n(room, sd, 0.95, limit)
+
+
+def smallest_n(width: float, sd: float, p: float, limit: int = 1000) -> float:
+    """Smallest n >= 2 with t_{p, n-1} sd / sqrt(n) < width (2 when sd is 0, inf past `limit`)."""
     if sd == 0:
         return 2.0
     for n in range(2, limit + 1):
-        if t975(n) * sd / math.sqrt(n) < abs(diff):
+        if t_quantile(p, n - 1) * sd / math.sqrt(n) < width:
             return float(n)
     return math.inf
 
@@ -158,13 +207,13 @@ def comparison(runs: pd.DataFrame, metrics: list[str], baseline: str) -> pd.Data
     rows = []
     bases = baseline_groups(runs, baseline)
     for metric in [m for m in metrics if m in runs]:
-        per_seed = runs.pivot_table(index="seed", columns="variant", values=metric, aggfunc="mean")
+        table = per_seed(runs, metric)
         for group, part in runs.groupby("variant", sort=False):
             mean, low, high = mean_interval(part[metric], positive=is_positive_metric(metric))
             row = {"variant": group, "metric": metric, "n": int(part[metric].notna().sum()), "mean": mean,
                    "low": low, "high": high, "baseline": bases.get(group, "")}
             base = bases.get(group)
-            if base and base != group and base in per_seed and group in per_seed:
-                row.update({f"paired_{k}": v for k, v in paired_difference(per_seed[group], per_seed[base]).items()})
+            if base and base != group and base in table and group in table:
+                row.update({f"paired_{k}": v for k, v in paired_difference(table[group], table[base]).items()})
             rows.append(row)
     return pd.DataFrame(rows)

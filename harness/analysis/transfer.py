@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from harness.analysis import stats
 
@@ -109,7 +108,7 @@ def fit_law(cells: pd.DataFrame) -> dict:
     resid = y - x @ coef
     sigma2 = float(resid @ resid) / dof
     cov = sigma2 * np.linalg.inv(x.T @ x)
-    t = float(sps.t.ppf(0.975, dof))
+    t = stats.t_quantile(0.975, dof)
     se = np.sqrt(np.diag(cov))
     law = {"terms": terms, "coef": coef, "cov": cov, "t": t, "dof": dof, "cells": len(used),
            "residual_sd": math.sqrt(sigma2)}
@@ -135,9 +134,9 @@ def predict(law: dict, steps: int, tokens: int | None) -> tuple[float, float, fl
 def flat_optimum(runs: pd.DataFrame, metric: str = "val_loss") -> tuple[float, list[float]]:
     """(the rate with the lowest seed-mean `metric`, the rates whose paired 95 % interval of the
     difference to it contains 0, the best included) of a direct sweep over rates."""
-    per_seed = runs.pivot_table(index="seed", columns=RATE, values=metric)
-    best = float(per_seed.mean().idxmin())
-    return best, sorted(float(rate) for rate in stats.within_noise(per_seed, best))
+    table = stats.per_seed(runs, metric, columns=RATE)
+    best = float(table.mean().idxmin())
+    return best, sorted(float(rate) for rate in stats.within_noise(table, best))
 
 
 def settle_fraction(runs: pd.DataFrame, rate: float, steps: int, tokens: int | None, cap: float = 0.3) -> float:

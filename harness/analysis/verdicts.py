@@ -36,11 +36,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from harness.analysis import sequential
-from harness.analysis.stats import paired_difference, seeds_needed
-
-
-def t_quantile(p: float, n: int) -> float:
-    return float(sps.t.ppf(p, n - 1)) if n > 1 else math.nan
+from harness.analysis.stats import paired_difference, per_seed, seeds_needed, seeds_to_equivalence, t_quantile
 
 
 def tost(d, margin: float) -> dict:
@@ -54,7 +50,7 @@ def tost(d, margin: float) -> dict:
         return out
     sd = float(d.std(ddof=1))
     se = sd / math.sqrt(n)
-    half90, half95 = t_quantile(0.95, n) * se, t_quantile(0.975, n) * se
+    half90, half95 = t_quantile(0.95, n - 1) * se, t_quantile(0.975, n - 1) * se
     p_lower = float(sps.t.sf((mean + margin) / se, n - 1)) if se > 0 else float(mean <= -margin)
     p_upper = float(sps.t.cdf((mean - margin) / se, n - 1)) if se > 0 else float(mean >= margin)
     out.update(low90=mean - half90, high90=mean + half90, low95=mean - half95, high95=mean + half95,
@@ -65,19 +61,6 @@ def tost(d, margin: float) -> dict:
     elif out["low95"] > 0 or out["high95"] < 0:
         out["verdict"] = "different"
     return out
-
-
-def seeds_to_equivalence(diff: float, sd: float, margin: float, limit: int = 1000) -> float:
-    """Smallest n whose 90 % half-width t s / sqrt(n) is below margin - |diff| (inf if never)."""
-    room = margin - abs(diff)
-    if room <= 0 or not math.isfinite(room):
-        return math.inf
-    if sd == 0:
-        return 2.0
-    for n in range(2, limit + 1):
-        if t_quantile(0.95, n) * sd / math.sqrt(n) < room:
-            return float(n)
-    return math.inf
 
 
 def front_loss(points: pd.DataFrame, maxvio: float) -> float:
@@ -133,11 +116,11 @@ def equivalence_table(runs: pd.DataFrame, margins: dict[str, float], bases: dict
     for metric, margin in margins.items():
         if metric not in runs:
             continue
-        per_seed = runs.pivot_table(index="seed", columns="variant", values=metric, aggfunc="mean")
+        table = per_seed(runs, metric)
         for group, base in bases.items():
-            if group == base or group not in per_seed or base not in per_seed:
+            if group == base or group not in table or base not in table:
                 continue
-            d = (per_seed[group] - per_seed[base]).dropna()
+            d = (table[group] - table[base]).dropna()
             rows.append({"kind": "equivalence", "variant": group, "against": base, "metric": metric,
                          "margin": margin, **tost(d, margin)})
     return pd.DataFrame(rows)

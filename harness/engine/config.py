@@ -23,9 +23,8 @@ from harness.data.corpus import DataConfig
 from harness.engine.livelog import check_log_to
 from harness.engine.metrics import MetricsConfig
 from harness.engine.model import ModelConfig, model_config
-from harness.routing import RouterConfig, get_router_config
-from harness.routing.params import declared, resolved_params
-from harness.routing.selection import get_selection
+from harness.routing import RouterConfig, get_router_config, router_fields
+from harness.routing.resolve import declared
 from harness.data.tokenizer import check_tokenizer
 
 
@@ -113,12 +112,9 @@ class RunConfig:
     def flat(self) -> dict[str, Any]:
         """Flat dotted keys -> values: the resolved hyper-parameters, as runs.parquet columns."""
         out: dict[str, Any] = {"variant": self.variant, "router": self.router, "size": self.size, "seed": self.seed}
-        for prefix, section in (("model", self.model), ("router", self.router_cfg), ("train", self.train),
+        for prefix, section in (("model", self.model), ("router", None), ("train", self.train),
                                 ("data", self.data), ("metrics", self.metrics)):
-            fields = dataclasses.asdict(section)
-            if prefix == "router":  # NOTE: router.<name> for each declared parameter; none: as before
-                fields.pop("params")
-                fields.update(resolved_params(section))
+            fields = router_columns(self.router_cfg) if prefix == "router" else dataclasses.asdict(section)
             out.update({f"{prefix}.{k}": v for k, v in fields.items()})
         return out
 
@@ -133,6 +129,25 @@ class RunConfig:
         return _digest({k: v for k, v in self.flat().items() if k != "seed"})
 
 
+# NOTE: the router columns every run row has carried since 0.1, in their order: the router's fields
+# and the settings of the shipped methods; a setting the run's methods do not read shows its
+# declared default. A method's other settings follow, in the rows of its runs only. Run ids hash
+# these columns, so this list keeps them.
+ROUTER_COLUMNS = ("score_func", "selection", "ec_chunk", "route_norm", "route_scale", "capacity_factor", "drop_policy",
+                  "sinkhorn_iters", "n_group", "topk_group", "output_form", "aux_alpha", "aux_scope", "aux_counts",
+                  "z_loss_beta", "bias_mode", "bias_rate", "bias_update", "bias_center", "bias_freeze_frac", "qb_ema",
+                  "dynamic_k_rule")
+
+
+def router_columns(cfg: RouterConfig) -> dict[str, Any]:
+    """The run row's router.* values of a resolved router config (ROUTER_COLUMNS, then its methods' own)."""
+    mine = {**cfg.rule.params, **cfg.controller.params}
+    every = declared()
+    out = {name: getattr(cfg, name) if name in router_fields() else cfg.param(name) if name in mine
+           else every[name].default for name in ROUTER_COLUMNS}
+    return {**out, **{name: cfg.param(name) for name in mine if name not in out}}
+
+
 def _digest(flat: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -145,7 +160,8 @@ TOP_LEVEL = {"router": str, "size": str, "seed": int, "variant": str}
 def allowed_keys() -> list[str]:
     keys = list(TOP_LEVEL)
     for prefix, cls in SECTIONS.items():
-        keys += [f"{prefix}.{f.name}" for f in dataclasses.fields(cls) if (prefix, f.name) != ("router", "params")]
+        names = router_fields() if prefix == "router" else [f.name for f in dataclasses.fields(cls)]
+        keys += [f"{prefix}.{name}" for name in names]
     return keys + [f"router.{name}" for name in sorted(declared())]
 
 
@@ -171,9 +187,10 @@ def _field_type(key: str):
     if key in TOP_LEVEL:
         return TOP_LEVEL[key]
     prefix, _, name = key.partition(".")
-    if prefix == "router" and name in declared():  # a rule's or controller's own parameter (params.py)
+    if prefix == "router" and name in declared():  # a rule's or controller's own setting (routing/params.py)
         return declared()[name].type
-    if prefix not in SECTIONS or name not in get_type_hints(SECTIONS[prefix]) or key == "router.params":
+    if prefix not in SECTIONS or name not in get_type_hints(SECTIONS[prefix]) or (
+            prefix == "router" and name not in router_fields()):
         raise ValueError(f"unknown key {key!r}; allowed keys: {', '.join(allowed_keys())}")
     return get_type_hints(SECTIONS[prefix])[name]
 
@@ -207,7 +224,7 @@ def resolve_device(device: str) -> str:
 def check_run(cfg: RunConfig, explicit_ep_sizes: bool) -> None:
     """What only the whole config can check: the router against the model's experts and the
     micro-batch, and simulated EP sizes the user named against the expert count."""
-    experts, rule = cfg.model.num_experts, get_selection(cfg.router_cfg.selection)
+    experts, rule = cfg.model.num_experts, cfg.router_cfg.rule
     rule.check_layer(cfg.router_cfg, experts, cfg.model.top_k)
     rule.check_batch(cfg.router_cfg, cfg.train.batch_size * cfg.model.seq_len,
                      f"train.batch_size {cfg.train.batch_size} x model.seq_len {cfg.model.seq_len}")

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from harness import distributed
 from harness.engine import metrics
 from harness.data.corpus import validation_batches, validation_domains
-from harness.routing.selection import get_selection
 
 
 @dataclass
@@ -50,7 +49,7 @@ class Evaluator:
         self.val_set = val_set[rank::world]  # each rank evaluates its share, once
         domains = validation_domains(corpus, cfg.train.eval_batches * world, cfg.train.batch_size, cfg.model.seq_len)
         self.domains = domains[rank::world] if domains else None
-        rule = get_selection(cfg.router_cfg.selection)
+        rule = cfg.router_cfg.rule
         self.non_causal = not rule.causal  # also evaluate a causal top-k of its scores (val_loss_causal)
         self.variable_k = rule.variable_k  # correlate a token's k with its loss (k_loss_corr)
 

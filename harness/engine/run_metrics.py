@@ -15,7 +15,6 @@ import torch
 
 from harness.engine import metrics
 from harness.engine.dynamics import BiasDynamics
-from harness.routing.controllers import get_controller
 
 
 class RunMetrics:
@@ -33,11 +32,10 @@ class RunMetrics:
         self.last_eval: dict = {}
         self.last_global_LE: torch.Tensor | None = None  # expert counts of the last evaluation (live heatmap)
         self._step_vio, self._step_costs = torch.zeros((), device=device), {}
-        rcfg = cfg.router_cfg
-        self.controller = get_controller(rcfg.bias_mode)
-        uses_rate = "bias_rate" in self.controller.fields
-        self.dynamics = (BiasDynamics(cfg.train.steps, rcfg.bias_rate if uses_rate else 0.0)
-                         if rcfg.bias_mode != "none" and num_layers else None)  # how the controller moved
+        self.controller = cfg.router_cfg.controller
+        rate = self.controller.rate(cfg.router_cfg)  # NOTE: None for a controller no rate drives: no travel in u
+        self.dynamics = (BiasDynamics(cfg.train.steps, rate or 0.0)
+                         if self.controller.moves_bias and num_layers else None)  # how the controller moved
 
     # -- within an optimizer step ------------------------------------------------------------------
 
@@ -117,7 +115,7 @@ class RunMetrics:
         if self.dynamics is not None:
             record.update(self.dynamics.summary([float(v[0]) for v in self.vio_history]),
                           controller_speed=self.controller.speed(self.cfg.router_cfg),
-                          controller_speed_of=self.controller.speed_of)
+                          controller_speed_of=self.controller.speed_of(self.cfg.router_cfg))
         # NOTE: bits per byte of validation text, comparable across tokenizers (NaN for .bin shards)
         record["val_bpb"] = record.get("val_loss", math.nan) / math.log(2) * tokens_per_byte
         return record

@@ -3,8 +3,8 @@
 PyTorch's OpenMP threads wait for work by spinning. Two runs that each start one thread per
 core on the same cores spin against each other: on the 2-core VM two `tiny` runs side by side
 each took 45 times as long as one alone, where two that each used one thread would take
-about twice as long. So a CPU run in `auto` mode (`train.cpu_threads = 0`) looks, about once a
-second, at how much CPU the *other* processes of the machine used since the last look
+about twice as long. So a CPU run in `auto` mode (`--threads auto`, the default) looks, about once
+a second, at how much CPU the *other* processes of the machine used since the last look
 (/proc/stat's busy time less this process's own CPU time) and sets torch's thread count to the
 cores they left free: never more than it started with (OMP_NUM_THREADS, torchrun's and
 `--jobs`'s split), never fewer than one. Alone, nothing changes.

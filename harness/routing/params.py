@@ -1,18 +1,18 @@
-"""Parameters a selection rule or a bias controller declares for itself.
+"""Settings a selection rule or a bias controller declares for itself.
 
-A unit lists its own knobs in `params = {"name": Param(float, 0.9, "what it does", low=0, high=1)}`;
-a suite, a sweep or `--set` then sets them as `router.<name>`, like any router field. They are
-checked against the declaration (type, bounds, choices), refused with the allowed names when the
-chosen rule and controller do not declare them, and written to the run row as `router.<name>`
-(with the default where unset) so the tables say what ran. A config that uses no declared
-parameter keeps the run_id it had before parameters existed.
+A method lists its own knobs where it is defined, `params = {"name": Param(float, 0.9, "what it does",
+low=0, high=1)}`; a suite, a sweep or `--set` sets them as `router.<name>`, like a router field.
+Resolving a router (resolve.py) checks each one it is given against the declaration of the chosen
+rule or controller (type, bounds, choices) and refuses one that neither declares, naming the
+methods that do. Methods that read the same knob share one declaration (the controllers'
+`BIAS_RATE`), so it means one thing in every row.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 
 @dataclass(frozen=True)
@@ -20,9 +20,10 @@ class Param:
     type: type  # float, int, bool or str
     default: Any
     help: str  # one line: what it does
-    low: float | None = None  # inclusive bounds for numbers
+    low: float | None = None  # bounds for numbers, inclusive (high exclusive with high_open)
     high: float | None = None
     choices: tuple = ()  # allowed values for a str
+    high_open: bool = False
 
     def check(self, key: str, value: Any) -> Any:
         """The value, as its type, or ValueError naming `key` and what is allowed."""
@@ -33,50 +34,23 @@ class Param:
             raise ValueError(f"{key} expects a value of type {self.type.__name__}, got {value!r} ({self.help})")
         if self.choices and value not in self.choices:
             raise ValueError(f"{key} = {value!r} is not allowed; choose one of {list(self.choices)}")
-        if number and (not math.isfinite(value) or (self.low is not None and value < self.low)
-                       or (self.high is not None and value > self.high)):
-            raise ValueError(f"{key} = {value!r} must be a finite number in [{self.low if self.low is not None else '-inf'}, "
-                             f"{self.high if self.high is not None else 'inf'}] ({self.help})")
+        above = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        if number and (not math.isfinite(value) or (self.low is not None and value < self.low) or above):
+            low = self.low if self.low is not None else "-inf"
+            high = self.high if self.high is not None else "inf"
+            raise ValueError(f"{key} = {value!r} must be a finite number in [{low}, {high}{')' if self.high_open else ']'} "
+                             f"({self.help})")
         return float(value) if self.type is float else value
 
 
-def declared() -> dict[str, Param]:
-    """Every parameter any registered rule or controller declares (name -> declaration)."""
-    from harness.routing.controllers import CONTROLLERS
-    from harness.routing.selection import SELECTIONS
-
-    out: dict[str, Param] = {}
-    for unit in [*SELECTIONS.values(), *CONTROLLERS.values()]:
-        out.update(unit.params)
-    return out
-
-
-def units_params(cfg) -> dict[str, Param]:
-    """The parameters the config's own rule and controller declare."""
-    from harness.routing.controllers import get_controller
-    from harness.routing.selection import get_selection
-
-    return {**get_selection(cfg.selection).params, **get_controller(cfg.bias_mode).params}
-
-
-def check_params(cfg) -> None:
-    """Each set parameter belongs to the chosen rule or controller and fits its declaration."""
-    mine = units_params(cfg)
-    for name, value in cfg.params.items():
-        if name not in mine:
-            raise ValueError(f"router.{name} is not a parameter of router.selection = {cfg.selection!r} or "
-                             f"router.bias_mode = {cfg.bias_mode!r}; theirs: {sorted(mine) or 'none'}")
-        cfg.params[name] = mine[name].check(f"router.{name}", value)
-
-
-def resolved_params(cfg) -> dict[str, Any]:
-    """Every parameter of the chosen rule and controller, set or default (the run row's router.<name>)."""
-    return {name: cfg.params.get(name, param.default) for name, param in units_params(cfg).items()}
-
-
-def check_name(name: str, owner: str) -> None:
-    """A declared parameter may not shadow a router field (it would be ambiguous in router.<name>)."""
-    from harness.routing.config import router_fields
-
-    if name in router_fields():
-        raise ValueError(f"{owner} declares parameter {name!r}, which is already a router field; rename it")
+def check_declarations(owner: str, params: dict[str, Param], reserved: list[str],
+                       others: Iterable[tuple[str, dict[str, Param]]]) -> None:
+    """A method's settings may not shadow a router field (router.<name> would be ambiguous), and one
+    that another method declares too must be the same declaration (one meaning per row column)."""
+    for name, param in params.items():
+        if name in reserved:
+            raise ValueError(f"{owner} declares parameter {name!r}, which is already a router field; rename it")
+        for other_owner, other in others:
+            if name in other and other[name] != param:
+                raise ValueError(f"{owner} declares router.{name} unlike {other_owner} does; use the same declaration "
+                                 "(the controllers' shared ones: BIAS_RATE, BIAS_FREEZE in harness.routing.controllers)")

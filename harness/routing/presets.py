@@ -1,11 +1,38 @@
-"""The named router presets. Each is one registered function; tests and suites pick it up."""
+"""The named router presets: each is one registered function returning a RouterConfig; its
+docstring's first line is what `moe-harness list` prints. Tests and suites pick them up.
+
+    @register_router("my_router")
+    def my_router() -> RouterConfig:
+        \"\"\"One line that `moe-harness list` prints.\"\"\"
+        return loss_free().replace(bias_update="rms")
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from typing import Callable
 
 from harness.routing.config import RouterConfig
-from harness.routing.registry import register_router
+from harness.routing.registry import Registry
+from harness.routing.resolve import resolve_router
+
+PresetFn = Callable[[], RouterConfig]
+ROUTERS = Registry("router preset", "router", miss="unknown router {name!r}; registered routers: {names}")
+register_router = ROUTERS.register  # function decorator: @register_router("name")
+router_names = ROUTERS.names
+
+
+def describe(name: str) -> str:
+    doc = (ROUTERS.lookup(name).__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def get_router_config(name: str, **overrides) -> RouterConfig:
+    """The preset's config with `overrides` (router fields or the methods' settings), resolved. The
+    preset's own settings for a method an override replaced are dropped (loss_free's bias_rate
+    under bias_mode = "quantile"); an override's are checked."""
+    preset = ROUTERS.lookup(name)()
+    inherited = set(preset.params) - set(overrides)
+    return resolve_router(preset.replace(**overrides), inherited=inherited)
 
 
 @register_router("softmax_topk")
@@ -23,13 +50,13 @@ def sigmoid_topk() -> RouterConfig:
 @register_router("softmax_topk_aux")
 def softmax_topk_aux() -> RouterConfig:
     """Softmax top-k with micro-batch auxiliary loss, alpha 1e-3 (F/k convention)."""
-    return replace(softmax_topk(), aux_alpha=1e-3, aux_scope="micro_batch")
+    return softmax_topk().replace(aux_alpha=1e-3, aux_scope="micro_batch")
 
 
 @register_router("sigmoid_topk_aux")
 def sigmoid_topk_aux() -> RouterConfig:
     """Sigmoid top-k with micro-batch auxiliary loss, alpha 1e-3: the Loss-Free paper's baseline."""
-    return replace(sigmoid_topk(), aux_alpha=1e-3, aux_scope="micro_batch")
+    return sigmoid_topk().replace(aux_alpha=1e-3, aux_scope="micro_batch")
 
 
 @register_router("sigmoid_magnitude")
@@ -41,76 +68,76 @@ def sigmoid_magnitude() -> RouterConfig:
 @register_router("loss_free")
 def loss_free() -> RouterConfig:
     """Loss-Free bias (DeepSeek): sigmoid top-k, sign update u = 1e-3, bias used for selection only."""
-    return replace(sigmoid_topk(), bias_mode="loss_free", bias_rate=1e-3, bias_update="sign")
+    return sigmoid_topk().replace(bias_mode="loss_free", bias_rate=1e-3, bias_update="sign")
 
 
 @register_router("loss_free_rms")
 def loss_free_rms() -> RouterConfig:
     """Loss-Free bias with Su's RMS-normalised update (e / RMS(e)), u = 1e-3."""
-    return replace(loss_free(), bias_update="rms")
+    return loss_free().replace(bias_update="rms")
 
 
 @register_router("loss_free_softmax")
 def loss_free_softmax() -> RouterConfig:
     """Loss-Free bias on a softmax gate (the paper's softmax ablation), sign update u = 1e-3."""
-    return replace(softmax_topk(), bias_mode="loss_free", bias_rate=1e-3)
+    return softmax_topk().replace(bias_mode="loss_free", bias_rate=1e-3)
 
 
 @register_router("smebu")
 def smebu() -> RouterConfig:
     """SMEBU (Trinity Large): sigmoid top-k, Loss-Free bias with a tanh-clamped, centred, momentum step, u = 1e-3."""
-    return replace(sigmoid_topk(), bias_mode="smebu", bias_rate=1e-3)
+    return sigmoid_topk().replace(bias_mode="smebu", bias_rate=1e-3)
 
 
 @register_router("deepseek_v3")
 def deepseek_v3() -> RouterConfig:
     """DeepSeek-V3-like: Loss-Free sign bias plus a sequence-wise aux loss, alpha 1e-4."""
-    return replace(loss_free(), aux_alpha=1e-4, aux_scope="sequence")
+    return loss_free().replace(aux_alpha=1e-4, aux_scope="sequence")
 
 
 @register_router("deepseek_v3_grouped")
 def deepseek_v3_grouped() -> RouterConfig:
     """DeepSeek-V3 with group-limited routing: 4 expert groups, tokens pick within the best 2."""
-    return replace(deepseek_v3(), n_group=4, topk_group=2)
+    return deepseek_v3().replace(n_group=4, topk_group=2)
 
 
 @register_router("switch_capacity")
 def switch_capacity() -> RouterConfig:
     """Switch/GShard style: softmax top-k, aux loss 1e-2, capacity factor 1.25, lowest gates dropped."""
-    return replace(softmax_topk(), route_norm=False, aux_alpha=1e-2, capacity_factor=1.25, drop_policy="probs")
+    return softmax_topk().replace(route_norm=False, aux_alpha=1e-2, capacity_factor=1.25, drop_policy="probs")
 
 
 @register_router("expert_choice")
 def expert_choice() -> RouterConfig:
     """Expert choice (Zhou et al. 2022): each expert takes its top k/n share of a micro-batch's tokens; not causal."""
-    return RouterConfig(score_func="softmax", selection="expert_choice", ec_chunk=0)
+    return RouterConfig(score_func="softmax", selection="expert_choice")
 
 
 @register_router("sinkhorn")
 def sinkhorn() -> RouterConfig:
     """S-BASE / Megatron sinkhorn: top-k of Sinkhorn-balanced logits in training (8 iterations), plain at eval."""
-    return replace(softmax_topk(), sinkhorn_iters=8)
+    return softmax_topk().replace(sinkhorn_iters=8)
 
 
 @register_router("quantile_balancing")
 def quantile_balancing() -> RouterConfig:
     """Quantile balancing (Su parts 6-7): sigmoid top-k, bias set to minus each expert's (1 - k/n) score quantile, EMA 0.9."""
-    return replace(sigmoid_topk(), bias_mode="quantile", qb_ema=0.9)
+    return sigmoid_topk().replace(bias_mode="quantile", qb_ema=0.9)
 
 
 @register_router("quantile_threshold")
 def quantile_threshold() -> RouterConfig:
     """Quantile balancing with threshold selection: each expert fires above its own quantile (causal expert choice)."""
-    return replace(quantile_balancing(), selection="threshold", route_norm=False)
+    return quantile_balancing().replace(selection="threshold", route_norm=False)
 
 
 @register_router("dynamic_k")
 def dynamic_k() -> RouterConfig:
     """Dynamic k (Su part 4): sigmoid threshold s + b > 0, eq. 3 controller holds mean k."""
-    return RouterConfig(score_func="sigmoid", selection="threshold", bias_mode="dynamic_k", bias_rate=1e-3)
+    return RouterConfig(score_func="sigmoid", selection="threshold", bias_mode="dynamic_k").replace(bias_rate=1e-3)
 
 
 @register_router("dynamic_k_cap")
 def dynamic_k_cap() -> RouterConfig:
     """Dynamic k with k as a ceiling (Su eq. 4); nothing lifts k back up (collapsed in the ablation)."""
-    return replace(dynamic_k(), dynamic_k_rule="eq4")
+    return dynamic_k().replace(dynamic_k_rule="eq4")

@@ -1,60 +1,51 @@
-"""A small registry of named router presets (lm-evaluation-harness style).
+"""One small registry for every kind of routing method: selection rules, bias controllers and
+router presets, by the name a config uses (lm-evaluation-harness style).
 
-A preset is a function returning a RouterConfig; its docstring's first line is its
-description. Add a variant with one decorated definition:
+A dict, a decorator that refuses a duplicate name, and on a miss a ValueError that names the
+config key and lists what exists:
 
-    @register_router("my_router")
-    def my_router() -> RouterConfig:
-        \"\"\"One line that `moe-harness list` prints.\"\"\"
-        return replace(loss_free(), bias_update="rms")
+    SELECTIONS = Registry("selection rule", "router.selection")
+    @SELECTIONS.register("topk")
+    class TopK(SelectionRule): ...
+    SELECTIONS.lookup("topk")      # the registered object; ValueError listing the names on a miss
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Callable
-
-from harness.routing.config import RouterConfig, router_fields
-
-PresetFn = Callable[[], RouterConfig]
-ROUTERS: dict[str, PresetFn] = {}
+from typing import Any, Callable
 
 
-def register_router(*names: str) -> Callable[[PresetFn], PresetFn]:
-    def decorate(fn: PresetFn) -> PresetFn:
-        for name in names:
-            if name in ROUTERS:
-                raise ValueError(f"router preset {name!r} is already registered")
-            ROUTERS[name] = fn
-        return fn
+class Registry(dict):
+    every: list[Registry] = []  # all registries, so a method's settings can be checked against the others'
 
-    return decorate
+    def __init__(self, kind: str, key: str, miss: str = "{key} = {name!r} is not allowed; choose one of {names}",
+                 prepare: Callable[[str, Any], Any] | None = None):
+        super().__init__()
+        self.kind, self.key, self.miss = kind, key, miss  # e.g. "bias controller", "router.bias_mode"
+        self.prepare = prepare  # what is stored for a decorated object (e.g. an instance of a rule class)
+        Registry.every.append(self)
+
+    def register(self, *names: str) -> Callable:
+        """Decorator: register the object under each of `names`; it is returned unchanged."""
+        def decorate(obj):
+            for name in names:
+                if name in self:
+                    raise ValueError(f"{self.kind} {name!r} is already registered")
+                self[name] = self.prepare(name, obj) if self.prepare else obj
+            return obj
+
+        return decorate
+
+    def names(self) -> list[str]:
+        return sorted(self)
+
+    def lookup(self, name: str):
+        if name not in self:
+            raise ValueError(self.miss.format(key=self.key, name=name, names=self.names()))
+        return self[name]
 
 
-def router_names() -> list[str]:
-    return sorted(ROUTERS)
-
-
-def describe(name: str) -> str:
-    doc = (get_preset_fn(name).__doc__ or "").strip()
-    return doc.splitlines()[0] if doc else ""
-
-
-def get_preset_fn(name: str) -> PresetFn:
-    if name not in ROUTERS:
-        raise ValueError(f"unknown router {name!r}; registered routers: {', '.join(router_names())}")
-    return ROUTERS[name]
-
-
-def get_router_config(name: str, **overrides) -> RouterConfig:
-    """The preset's config with `overrides` applied (validated, unknown keys rejected)."""
-    from harness.routing.params import declared
-
-    params = declared()
-    unknown = sorted(set(overrides) - set(router_fields()) - set(params))
-    if unknown:
-        raise ValueError(f"unknown router key(s) {unknown}; allowed: {router_fields() + sorted(params)}")
-    preset = get_preset_fn(name)()
-    fields = {k: v for k, v in overrides.items() if k not in params}
-    mine = {k: v for k, v in overrides.items() if k in params}
-    return dataclasses.replace(preset, **fields, params={**preset.params, **mine})
+def declarations() -> list[tuple[str, dict]]:
+    """(owner, its declared settings) of every registered method that has settings."""
+    return [(f"{r.kind} {name!r}", unit.params) for r in Registry.every for name, unit in r.items()
+            if getattr(unit, "params", None)]

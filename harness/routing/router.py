@@ -4,9 +4,9 @@ Legend: T = tokens, D = model width, E = routed experts, K = experts per token, 
 expert) assignments (T K for top-k, variable for threshold selection).
 
 The contract is narrow on purpose: the MoE layer never asks which variant it holds, and the
-router never asks either: it dispatches to the registered selection rule (selection/) and bias
-controller (controllers/) its config names. The balancing update is a separate call, made by
-the driver after `optimizer.step()` with the counts of the whole step.
+router never asks either: it dispatches to the selection rule (selection/) and bias controller
+(controllers/) its resolved config holds (resolve.py). The balancing update is a separate call,
+made by the driver after `optimizer.step()` with the counts of the whole step.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import distributed
-from harness.routing import balancing
+import harness.routing.balancing as balancing
 from harness.routing.config import RouterConfig
-from harness.routing.controllers import get_controller
+from harness.routing.resolve import resolve_router
 from harness.routing.selection import CAUSAL_RULE, get_selection
 
 SCORE_FUNCS = {
@@ -45,14 +45,17 @@ class RouterOutput:
 
 class Router(nn.Module):
     def __init__(self, dim: int, num_experts: int, top_k: int, cfg: RouterConfig):
+        """`cfg` resolved (resolve_router; a config that is not yet resolved is resolved here, once)."""
         super().__init__()
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k = {top_k} must be between 1 and num_experts = {num_experts}")
-        get_selection(cfg.selection).check_layer(cfg, num_experts, top_k)
+        cfg = cfg if cfg.rule is not None else resolve_router(cfg)
+        cfg.rule.check_layer(cfg, num_experts, top_k)
         self.cfg, self.num_experts, self.top_k = cfg, num_experts, top_k
         self.gate = nn.Linear(dim, num_experts, bias=False)
-        self.selection = get_selection(cfg.selection)
-        self.controller = get_controller(cfg.bias_mode)(num_experts, top_k, cfg)  # its buffers: its state
+        self.selection = cfg.rule
+        self.causal_rule = self.selection if self.selection.causal else get_selection(CAUSAL_RULE)
+        self.controller = cfg.controller(num_experts, top_k, cfg)  # its buffers: its state
         # NOTE: the expert bias is state, not a parameter: float32, no gradient, only used for
         # selection, saved in state_dict.
         self.register_buffer("expert_bias", torch.zeros(num_experts, dtype=torch.float32))
@@ -100,7 +103,7 @@ class Router(nn.Module):
         return RouterOutput(token_idx_A, expert_idx_A, gate_A, counts_E, scores_TE, aux, num_dropped, dispatch_E)
 
     def _select(self, biased_TE: torch.Tensor):
-        rule = get_selection(CAUSAL_RULE) if self.causal_topk else self.selection
+        rule = self.causal_rule if self.causal_topk else self.selection
         return rule.select(biased_TE, self.top_k, self.cfg)
 
     def _aux_losses(self, logits_TE, scores_TE, mask_TE, counts_E, seq_len) -> dict[str, torch.Tensor]:
@@ -138,13 +141,11 @@ class Router(nn.Module):
     def balance_update(self, counts_E: torch.Tensor, num_tokens: int, progress: float = 0.0) -> None:
         """Apply the bias update from one optimizer step's counts (summed over micro-batches).
 
-        `progress` is the fraction of training done; the bias is frozen once it reaches
-        1 - bias_freeze_frac.
+        `progress` is the fraction of training done (a controller freezes its bias for the last
+        `bias_freeze_frac` of it).
         """
         self.step_counts.zero_()
-        if progress >= 1.0 - self.cfg.bias_freeze_frac:
-            return
-        new_bias = self.controller.update(self.expert_bias, counts_E.to(self.expert_bias.device, torch.float32),
-                                          num_tokens)
+        new_bias = self.controller.step(self.expert_bias, counts_E.to(self.expert_bias.device, torch.float32),
+                                        num_tokens, progress)
         if new_bias is not None:
             self.expert_bias.copy_(new_bias)

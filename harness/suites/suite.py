@@ -44,10 +44,10 @@ class Suite:
     runs: list[RunConfig]
     source: Path
     baseline: str = ""  # the label the report compares every variant with (default: the first variant)
-    front: list[str] = field(default_factory=list)  # labels of the reference families' runs (verdicts.py)
+    front: list[str] = field(default_factory=list)  # the variants of the reference families' runs (verdicts.py)
     margins: dict[str, float] = field(default_factory=dict)  # metric -> equivalence margin (TOST)
     plan: sequential.Plan | None = None  # seeds = { min, max, ... }: seeds added while unresolved
-    front_family: dict[str, str] = field(default_factory=dict)  # such a label -> its family's name
+    front_family: dict[str, str] = field(default_factory=dict)  # such a variant -> its family's name
 
 
 def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) -> Suite:
@@ -70,7 +70,23 @@ def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) 
     grid = grid_of(spec, source)
     specfile.no_seed_in({"--set": overrides, "[base]": base, "[grid]": grid,
                          **{f"[[variants]] {label!r}": flatten(v) for label, v in zip(labels, variants)}}, source)
-    runs = []
+    labelled = expand_runs(variants, grid, seeds, base, overrides)
+    runs = [cfg for _, cfg in labelled]
+    baseline = spec.get("baseline", labels[0])
+    variant_names = sorted({r.variant for r in runs})
+    if baseline not in labels and baseline not in variant_names:
+        raise ValueError(f"{source}: baseline = {baseline!r} is not a variant of this suite; choose one of "
+                         f"{sorted(set(labels) | set(variant_names))}")
+    # NOTE: by label, so a family's runs are its own at every point of a [grid] too
+    front_family = {cfg.variant: family_of[label] for label, cfg in labelled if label in family_of}
+    return Suite(name, runs, source, baseline, sorted(front_family), margins_of(spec, source), plan, front_family)
+
+
+def expand_runs(variants: list[dict], grid: dict[str, list], seeds: list[int], base: dict[str, Any],
+                overrides: dict[str, Any]) -> list[tuple[str, RunConfig]]:
+    """(label, resolved run) for every variant x grid point x seed; a grid point's runs are named
+    `label[key=value,...]`."""
+    out = []
     for variant in variants:
         variant = flatten(variant)
         label = variant.pop("label", variant.get("router", "softmax_topk"))
@@ -80,14 +96,8 @@ def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) 
             for seed in seeds:
                 settings = {**base, **variant, **point, **overrides,
                             "variant": f"{label}[{suffix}]" if suffix else label, "seed": seed}
-                runs.append(resolve(settings))
-    baseline = spec.get("baseline", labels[0])
-    variant_names = sorted({r.variant for r in runs})
-    if baseline not in labels and baseline not in variant_names:
-        raise ValueError(f"{source}: baseline = {baseline!r} is not a variant of this suite; choose one of "
-                         f"{sorted(set(labels) | set(variant_names))}")
-    return Suite(name, runs, source, baseline, [v["label"] for v in front], margins_of(spec, source), plan,
-                 family_of)
+                out.append((label, resolve(settings)))
+    return out
 
 
 def grid_of(spec: dict[str, Any], source: Path) -> dict[str, list]:

@@ -39,10 +39,11 @@ from optuna.trial import TrialState
 
 from harness.suites import specfile
 from harness import tables
-from harness.engine.config import coerce, parse_overrides, resolve
+from harness.engine.config import TrainConfig, coerce, parse_overrides, resolve
 from harness.errors import RunsFailed
 from harness.suites.runner import run_or_fail
 from harness.suites.suite import check_data
+from harness.analysis.report.sweep import best_trial
 from harness.metric_registry import objectives, summary_columns
 from harness.suites.specfile import read_toml
 from harness.suites.storage import HEARTBEAT_S, close_storage, heartbeat_enabled, open_storage
@@ -214,8 +215,8 @@ def make_study(sweep: Sweep, storage) -> optuna.Study:
         "random": lambda: optuna.samplers.RandomSampler(),
         "nsga2": lambda: optuna.samplers.NSGAIISampler(constraints_func=constraints),
     }
-    base = sweep.base
-    steps, every = base.get("train.steps", 200), base.get("train.eval_every", 50) or base.get("train.steps", 200)
+    train = TrainConfig(**{k.removeprefix("train."): v for k, v in sweep.base.items() if k.startswith("train.")})
+    steps, every = train.steps, train.eval_every or train.steps
     pruners = {
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3),
         "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=every, max_resource=steps),
@@ -326,21 +327,23 @@ def write_trials(study: optuna.Study, sweep: Sweep, folder: Path) -> pd.DataFram
     return frame
 
 
-def print_best(study: optuna.Study, sweep: Sweep) -> None:
+def print_best(study: optuna.Study, sweep: Sweep, trials: pd.DataFrame) -> None:
+    """The best feasible trial (the report's rule, analysis/report/sweep.py), or a two-objective front."""
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     print(f"\n{sweep.name}: {len(study.trials)} trials in the study, {len(done)} complete")
     if not done:
         return
     if len(sweep.metrics) == 1:
-        feasible = [t for t in done if all(c <= 0 for c in t.user_attrs.get("constraint", [0.0]))]
-        if not feasible:
+        best = best_trial(trials)
+        if best is None:
             closest = min(done, key=lambda t: t.user_attrs["constraint"][0])
             print(f"  no trial meets {sweep.constraint['metric']} <= {sweep.constraint['max']}; closest: trial "
                   f"{closest.number}, {sweep.constraint['metric']} over by {closest.user_attrs['constraint'][0]:.4f}"
                   f"  {closest.params}")
             return
-        best = (min if sweep.directions[0] == "minimize" else max)(feasible, key=lambda t: t.value)
-        print(f"  best trial {best.number}: {sweep.metrics[0]} = {best.value:.4f}  {best.params}")
+        number = int(best["trial"])
+        print(f"  best trial {number}: {sweep.metrics[0]} = {best[f'objective_{sweep.metrics[0]}']:.4f}  "
+              f"{study.trials[number].params}")
         return
     print(f"  Pareto front ({', '.join(sweep.metrics)}):")
     for t in sorted(study.best_trials, key=lambda t: t.values[0]):
@@ -364,8 +367,7 @@ def run_sweep(sweep: Sweep, out_dir: str | Path = "results", storage: str | None
         study.optimize(objective, n_trials=n_trials or sweep.n_trials, catch=(Exception,),
                        show_progress_bar=progress, callbacks=callbacks)
         finish_in_flight(study, objective, callbacks)
-        write_trials(study, sweep, folder)
-        print_best(study, sweep)
+        print_best(study, sweep, write_trials(study, sweep, folder))
         failed = [t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "failed"]
     finally:
         close_storage(store)

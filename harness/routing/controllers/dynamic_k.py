@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.routing.controllers import BiasController, register_controller
+from harness.routing.controllers.base import BIAS_FREEZE, BIAS_RATE, BiasController, register_controller
+from harness.routing.params import Param
 
 
 def dynamic_k_step(counts_E: torch.Tensor, num_tokens: int, top_k: int, rule: str) -> torch.Tensor:
@@ -37,7 +38,12 @@ def threshold_init_bias(scores_TE: torch.Tensor, top_k: int) -> float:
 
 @register_controller("dynamic_k")
 class DynamicK(BiasController):
-    fields = ("bias_rate", "dynamic_k_rule", "bias_freeze_frac")
+    params = {
+        "bias_rate": BIAS_RATE,
+        "dynamic_k_rule": Param(str, "eq3", "Su's update: eq3 (target k), eq4 (k as a ceiling), eq5 (simple)",
+                                choices=("eq3", "eq4", "eq5")),
+        "bias_freeze_frac": BIAS_FREEZE,
+    }
     selections = ("threshold",)
     sets_budget = True
     init_from_scores = True
@@ -47,4 +53,5 @@ class DynamicK(BiasController):
                           device=scores_TE.device)
 
     def update(self, bias_E, counts_E, num_tokens):
-        return bias_E - self.cfg.bias_rate * dynamic_k_step(counts_E, num_tokens, self.top_k, self.cfg.dynamic_k_rule)
+        step_E = dynamic_k_step(counts_E, num_tokens, self.top_k, self.param("dynamic_k_rule"))
+        return bias_E - self.param("bias_rate") * step_E

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.routing.controllers import BiasController, register_controller
+from harness.routing.controllers.base import BIAS_FREEZE, BIAS_RATE, BiasController, register_controller
+from harness.routing.params import Param
 
 
 def loss_free_step(counts_E: torch.Tensor, rule: str, center: bool) -> torch.Tensor:
@@ -26,7 +27,14 @@ def loss_free_step(counts_E: torch.Tensor, rule: str, center: bool) -> torch.Ten
 
 @register_controller("loss_free")
 class LossFree(BiasController):
-    fields = ("bias_rate", "bias_update", "bias_center", "bias_freeze_frac")
+    params = {
+        "bias_rate": BIAS_RATE,
+        "bias_update": Param(str, "sign", "the update form on e = F - Q: sign (the paper), rms (Su: e / RMS(e)), "
+                                          "linear (e / Q)", choices=("sign", "rms", "linear")),
+        "bias_center": Param(bool, False, "subtract the mean of each update so mean(b) stays fixed (torchtitan)"),
+        "bias_freeze_frac": BIAS_FREEZE,
+    }
 
     def update(self, bias_E, counts_E, num_tokens):
-        return bias_E - self.cfg.bias_rate * loss_free_step(counts_E, self.cfg.bias_update, self.cfg.bias_center)
+        step_E = loss_free_step(counts_E, self.param("bias_update"), self.param("bias_center"))
+        return bias_E - self.param("bias_rate") * step_E

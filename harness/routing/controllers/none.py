@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from harness.routing.controllers import BiasController, register_controller
+from harness.routing.controllers.base import BiasController, register_controller
 
 
 @register_controller("none")
 class NoBias(BiasController):
     selections = None
-    speed_of = None
+    moves_bias = False
 
     def update(self, bias_E, counts_E, num_tokens):
         return None

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 
 from harness import distributed
-from harness.routing.controllers import BiasController, register_controller
+from harness.routing.controllers.base import BIAS_FREEZE, BiasController, register_controller
+from harness.routing.params import Param
 
 QB_BINS = 1024  # histogram bins over [0, 1]: the pooled quantile is exact within 1/QB_BINS
 
@@ -49,16 +50,24 @@ def histogram_quantiles(hist_EB: torch.Tensor, q: float) -> torch.Tensor:
 
 @register_controller("quantile")
 class Quantile(BiasController):
-    fields = ("qb_ema", "bias_freeze_frac")
+    params = {"qb_ema": Param(float, 0.9, "EMA of the bias across steps: b <- m b + (1 - m) b_new", low=0.0,
+                              high=1.0, high_open=True),
+              "bias_freeze_frac": BIAS_FREEZE}
     selections = ("topk", "threshold")
     sets_budget = True
     init_from_scores = True
     observes = True
-    speed_of = "1 - router.qb_ema"  # the share of the gap to the step's target closed per step
+    @classmethod
+    def rate(cls, cfg) -> None:
+        return None  # NOTE: an EMA toward a target, not steps of a rate: no travel in units of u
 
     @classmethod
     def speed(cls, cfg) -> float:
-        return 1.0 - float(cfg.qb_ema)
+        return 1.0 - float(cls.setting(cfg, "qb_ema"))  # the share of the gap to the step's target closed per step
+
+    @classmethod
+    def speed_of(cls, cfg) -> str:
+        return "1 - router.qb_ema"
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -83,4 +92,5 @@ class Quantile(BiasController):
         if not hist_EB.sum():
             return None  # no training forward this step (nothing observed)
         target_E = -histogram_quantiles(hist_EB, 1 - self.top_k / self.num_experts).float()
-        return bias_E * self.cfg.qb_ema + (1 - self.cfg.qb_ema) * target_E
+        ema = self.param("qb_ema")
+        return bias_E * ema + (1 - ema) * target_E

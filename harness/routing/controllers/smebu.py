@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.routing.controllers import BiasController, register_controller
+from harness.routing.controllers.base import BIAS_FREEZE, BIAS_RATE, BiasController, register_controller
 from harness.routing.params import Param
 
 
@@ -34,8 +34,8 @@ def smebu_step(counts_E: torch.Tensor, rate: float, kappa: float) -> torch.Tenso
 
 @register_controller("smebu")
 class Smebu(BiasController):
-    fields = ("bias_rate", "bias_freeze_frac")
-    params = {"smebu_kappa": Param(float, 2.0, "tanh steepness: the step is about u kappa e near balance",
+    params = {"bias_rate": BIAS_RATE, "bias_freeze_frac": BIAS_FREEZE,
+              "smebu_kappa": Param(float, 2.0, "tanh steepness: the step is about u kappa e near balance",
                                    low=1e-6, high=1e6),
               "smebu_momentum": Param(float, 0.5, "momentum beta of the bias velocity", low=0.0, high=0.999)}
 
@@ -45,6 +45,6 @@ class Smebu(BiasController):
 
     def update(self, bias_E, counts_E, num_tokens):
         beta = self.param("smebu_momentum")
-        step_E = smebu_step(counts_E, self.cfg.bias_rate, self.param("smebu_kappa"))
+        step_E = smebu_step(counts_E, self.param("bias_rate"), self.param("smebu_kappa"))
         self.velocity.mul_(beta).add_(step_E.to(self.velocity), alpha=1 - beta)
         return bias_E + self.velocity

@@ -7,27 +7,31 @@ from __future__ import annotations
 
 import torch
 
-from harness.routing import balancing
-from harness.routing.selection import Selected, SelectionRule, register_selection
+import harness.routing.balancing as balancing
+from harness.routing.params import Param
+from harness.routing.selection.base import Selected, SelectionRule, register_selection
 
 
 @register_selection("expert_choice")
 class ExpertChoice(SelectionRule):
     causal = False
     variable_k = True
+    params = {"ec_chunk": Param(int, 0, "tokens per chunk in which each expert takes its share (must divide a "
+                                        "micro-batch's tokens); 0 = the whole micro-batch", low=0)}
 
     def check(self, cfg) -> None:
-        if cfg.bias_mode != "none" or cfg.capacity_factor > 0 or cfg.n_group > 1:
+        if cfg.bias_mode != "none" or cfg.capacity_factor > 0:
             raise ValueError("router.selection = 'expert_choice' balances by construction: it needs bias_mode = "
-                             f"'none', capacity_factor = 0 and n_group = 1; got bias_mode={cfg.bias_mode!r}, "
-                             f"capacity_factor={cfg.capacity_factor!r}, n_group={cfg.n_group!r}")
+                             f"'none' and capacity_factor = 0; got bias_mode={cfg.bias_mode!r}, "
+                             f"capacity_factor={cfg.capacity_factor!r}")
 
     def check_batch(self, cfg, micro_tokens: int, where: str) -> None:
-        if micro_tokens % (cfg.ec_chunk or micro_tokens):
-            raise ValueError(f"router.ec_chunk = {cfg.ec_chunk} must divide the {micro_tokens} tokens of a "
+        chunk = self.param(cfg, "ec_chunk")
+        if micro_tokens % (chunk or micro_tokens):
+            raise ValueError(f"router.ec_chunk = {chunk} must divide the {micro_tokens} tokens of a "
                              f"micro-batch ({where}); 0 takes the whole micro-batch")
 
     def select(self, biased_TE: torch.Tensor, top_k: int, cfg) -> Selected:
-        mask_TE = balancing.expert_choice_mask(biased_TE, cfg.ec_chunk, top_k)
+        mask_TE = balancing.expert_choice_mask(biased_TE, self.param(cfg, "ec_chunk"), top_k)
         token_idx_A, expert_idx_A = mask_TE.nonzero(as_tuple=True)
         return token_idx_A, expert_idx_A, mask_TE

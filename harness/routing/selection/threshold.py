@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.routing.selection import Selected, SelectionRule, register_selection
+from harness.routing.selection.base import Selected, SelectionRule, register_selection
 
 
 @register_selection("threshold")

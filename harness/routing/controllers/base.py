@@ -1,0 +1,110 @@
+"""The bias-controller interface, its registry, and the settings several controllers share.
+
+A controller moves the selection bias b after each optimizer step (b enters selection only,
+never a gate). It is one registered `nn.Module` subclass in a file of its own. It declares its
+own settings (`params`, among them the shared `BIAS_RATE` and `BIAS_FREEZE` where it reads them),
+the selection rules it can steer (`selections`; None: any), whether it sets the budget of a rule
+that needs one (`sets_budget`, threshold selection), whether it starts the bias from the first
+batch's scores (`init_from_scores`), and whether it watches each training forward's scores
+(`observes`). Its buffers are its state: registered with `register_buffer`, they are saved in
+the model's `state_dict` and so in checkpoints. After each optimizer step the router calls
+`step` with the step's counts, summed over micro-batches and ranks. See docs/methods.md.
+
+Legend: T = tokens, E = routed experts.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+from harness.routing.config import router_fields
+from harness.routing.params import Param, check_declarations
+from harness.routing.registry import Registry, declarations
+
+# NOTE: one declaration per shared knob, so router.bias_rate means one thing in every row
+BIAS_RATE = Param(float, 1e-3, "bias update rate u: how far the rule moves each bias per step", low=0.0)
+BIAS_FREEZE = Param(float, 0.0, "freeze the bias for this last fraction of training (DeepSeek-V3)", low=0.0,
+                    high=1.0, high_open=True)
+
+
+class BiasController(nn.Module, ABC):
+    """The interface; subclasses implement `update` and, where they need to, the rest."""
+
+    name = ""
+    selections: tuple[str, ...] | None = ("topk",)  # the selection rules it can steer (None: any)
+    sets_budget = False  # it can steer a rule that needs a controller (threshold)
+    init_from_scores = False  # `initial_bias` from the first batch's scores (every rank's)
+    observes = False  # `observe` every training forward's scores
+    moves_bias = True  # False only for the control arm (no controller)
+    params: dict[str, Param] = {}  # its own settings, set as router.<name>
+
+    def __init__(self, num_experts: int, top_k: int, cfg):
+        super().__init__()
+        self.num_experts, self.top_k, self.cfg = num_experts, top_k, cfg
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        """ValueError for a router config this controller cannot steer (naming the keys and what is allowed)."""
+
+    @classmethod
+    def rate(cls, cfg) -> float | None:
+        """u: the most a rule moves each bias in one step (None where no such rate drives it, e.g. an
+        EMA). A controller that declares `bias_rate` has it; the dynamics measure travel in units of u."""
+        return float(cls.setting(cfg, "bias_rate")) if "bias_rate" in cls.params else None
+
+    @classmethod
+    def speed(cls, cfg) -> float:
+        """How far it moves per step, in its own units (`speed_of`): u for a rate-driven rule; an EMA
+        controller reports its 1 - m. Runs record it as `controller_speed`, so the report can set
+        controllers' settle steps and steady imbalance side by side against their speeds."""
+        rate = cls.rate(cfg)
+        return math.nan if rate is None else rate
+
+    @classmethod
+    def speed_of(cls, cfg) -> str | None:
+        """What `speed` is, as a run row names it (None: nothing drives it)."""
+        return "router.bias_rate" if cls.rate(cfg) is not None else None
+
+    @classmethod
+    def setting(cls, cfg, name: str):
+        """One of its own settings in `cfg`: as set, else its declared default."""
+        return cfg.params.get(name, cls.params[name].default)
+
+    def param(self, name: str):
+        """One of its own settings in its router's config."""
+        return self.setting(self.cfg, name)
+
+    def initial_bias(self, scores_TE: torch.Tensor) -> torch.Tensor:
+        """[E] the bias to start from (init_from_scores only)."""
+        raise NotImplementedError(f"{type(self).__name__} sets init_from_scores but has no initial_bias")
+
+    def observe(self, scores_TE: torch.Tensor) -> None:
+        """See one training forward's scores [T, E] (observes only; no gradient)."""
+
+    def step(self, bias_E: torch.Tensor, counts_E: torch.Tensor, num_tokens: int, progress: float):
+        """The new bias after an optimizer step (None leaves it): `update`, unless the bias is frozen
+        for the last `bias_freeze_frac` of training (`progress` is the fraction done)."""
+        if "bias_freeze_frac" in self.params and progress >= 1.0 - self.param("bias_freeze_frac"):
+            return None
+        return self.update(bias_E, counts_E, num_tokens)
+
+    @abstractmethod
+    def update(self, bias_E: torch.Tensor, counts_E: torch.Tensor, num_tokens: int) -> torch.Tensor | None:
+        """The new bias [E] after a step with these counts (float32, summed over micro-batches and
+        ranks) over `num_tokens` tokens; None leaves it."""
+
+
+def _named(name: str, cls: type[BiasController]) -> type[BiasController]:
+    check_declarations(f"bias controller {name!r}", cls.params, router_fields(), declarations())
+    cls.name = name
+    return cls
+
+
+CONTROLLERS = Registry("bias controller", "router.bias_mode", prepare=_named)
+register_controller = CONTROLLERS.register  # class decorator: @register_controller("name")
+controller_names = CONTROLLERS.names
+get_controller = CONTROLLERS.lookup
