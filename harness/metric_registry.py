@@ -31,6 +31,7 @@ class Metric:
     label: str  # as tables and plots show it ({N} filled in for a family)
     better: Better = None  # which way is better; None: neither (a description, not a score)
     positive: bool = False  # positive by nature: intervals of its mean are taken on the log scale
+    log_scale: bool = False  # skewed: paired comparisons, TOST and sequential seeds work on log ratios
     fmt: str = "{:.3f}"  # number format in tables
     unit: str = ""
     meaning: str = ""  # one line, for docs and tooltips
@@ -73,6 +74,11 @@ def is_positive(column: str) -> bool:
     return bool(metric and metric.positive)
 
 
+def is_log_scale(column: str) -> bool:
+    metric = get_metric(column)
+    return bool(metric and metric.log_scale)
+
+
 def summary_metrics() -> list[Metric]:
     """The report's first table and the suite summary, in order."""
     return sorted((m for m in METRICS.values() if m.summary is not None), key=lambda m: m.summary)
@@ -102,60 +108,67 @@ def live_metrics(kind: Literal["train", "val"]) -> list[str]:
 # -- the built-in columns, in the order the run row computes them -----------------------------------
 
 # load metrics (engine/metrics.py)
-register_metric("maxvio_global", "MaxVio global", better="min", positive=True, summary=1, objective=True, live="val",
-       meaning="n max_i F_i - 1 over the validation set, layer mean (0 balanced, n - 1 collapsed)")
-register_metric("maxvio_global_worst", "MaxVio global, worst layer", better="min", positive=True)
-register_metric("maxvio_batch", "MaxVio batch", better="min", positive=True, summary=2, objective=True, live="train",
-       meaning="MaxVio of each training step's tokens, layer mean, second half of training")
-register_metric("maxvio_batch_worst", "MaxVio batch, worst layer", better="min", positive=True)
-register_metric("maxvio_compute", "MaxVio of a rank's micro-batch", better="min", positive=True,
-       meaning="MaxVio of the computation batch an expert-parallel system pays for")
+register_metric("maxvio_global", "MaxVio global", better="min", positive=True, log_scale=True, summary=1,
+                objective=True,
+                live="val",
+                meaning="n max_i F_i - 1 over the validation set, layer mean (0 balanced, n - 1 collapsed)")
+register_metric("maxvio_global_worst", "MaxVio global, worst layer", better="min", positive=True, log_scale=True)
+register_metric("maxvio_batch", "MaxVio batch", better="min", positive=True, log_scale=True, summary=2, objective=True,
+                live="train",
+                meaning="MaxVio of each training step's tokens, layer mean, second half of training")
+register_metric("maxvio_batch_worst", "MaxVio batch, worst layer", better="min", positive=True, log_scale=True)
+register_metric("maxvio_compute", "MaxVio of a rank's micro-batch", better="min", positive=True, log_scale=True,
+                meaning="MaxVio of the computation batch an expert-parallel system pays for")
 register_metric("mean_k", "experts/token", fmt="{:.2f}", summary=3, live="train",
-       meaning="experts per (layer, token); k for top-k, varies for threshold and expert choice")
+                meaning="experts per (layer, token); k for top-k, varies for threshold and expert choice")
 register_metric("cv_global", "CV of expert load", better="min", positive=True)
 register_metric("dead_experts", "dead experts", better="min", meaning="share of experts below 1 % of the mean load")
 register_metric("entropy_global", "load entropy / log n", better="max")
 register_metric("ep{N}_imbalance", "EP{N} imbalance", better="min", positive=True,
-       meaning="busiest of N devices over the mean, minus 1, experts placed contiguously")
+                meaning="busiest of N devices over the mean, minus 1, experts placed contiguously")
 register_metric("ep{N}_efficiency", "EP{N} efficiency", better="max", positive=True, cost=0,
-       meaning="mean over busiest device load: the share of expert compute a synchronous step uses")
+                meaning="mean over busiest device load: the share of expert compute a synchronous step uses")
 register_metric("drop_frac_cf{N}", "drops at c={N}", better="min", positive=True, cost=1,
-       meaning="share of assignments a capacity-c system would drop")
+                meaning="share of assignments a capacity-c system would drop")
 register_metric("drop_frac", "dropped (own capacity)", positive=True, cost=2,
-       meaning="share of assignments the run's own capacity factor dropped in training")
+                meaning="share of assignments the run's own capacity factor dropped in training")
 register_metric("specialisation", "specialisation (NMI)", positive=True, cost=3,
-       meaning="normalised mutual information of expert and token domain, layer mean", live="val")
+                meaning="normalised mutual information of expert and token domain, layer mean", live="val")
 register_metric("k_loss_corr", "k-loss Spearman", fmt="{:+.3f}", cost=5, live="val",
-       meaning="Spearman's rho of a token's experts and its loss (variable-k routers)")
+                meaning="Spearman's rho of a token's experts and its loss (variable-k routers)")
 
 # controller dynamics (engine/dynamics.py)
 register_metric("settle_step", "settle step", better="min", fmt="{:.0f}", unit="steps",
-       meaning="first step after which MaxVio_batch stays within final +/- (0.25 final + 0.05)")
+                meaning="first step after which MaxVio_batch stays within final +/- (0.25 final + 0.05)")
 register_metric("maxvio_batch_sd", "MaxVio batch sd", better="min", positive=True,
-       meaning="spread of MaxVio_batch over the second half of training")
+                meaning="spread of MaxVio_batch over the second half of training")
 register_metric("bias_spread", "bias spread", fmt="{:.4f}", meaning="max - min of the final bias, layer mean")
-register_metric("bias_travel", "bias travel / u", fmt="{:.0f}", unit="steps", meaning="bias_spread over the bias rate u")
+register_metric("bias_travel", "bias travel / u", fmt="{:.0f}", unit="steps",
+                meaning="bias_spread over the bias rate u")
 register_metric("bias_flip_share", "bias sign flips", better="min", meaning="share of second-half bias updates that "
-       "reverse the expert's previous one")
-register_metric("controller_speed", "controller speed", fmt="{:.3g}", meaning="the controller's per-step speed: u for a "
-       "rate-driven rule, 1 - m for an EMA (controller_speed_of names it)")
-register_metric("bias_drift", "bias drift / u", better="min", fmt="{:.1f}", meaning="RMS bias change over the last quarter, "
-       "in units of u")
+                "reverse the expert's previous one")
+register_metric("controller_speed", "controller speed", fmt="{:.3g}",
+                meaning="the controller's per-step speed: u for a "
+                "rate-driven rule, 1 - m for an EMA (controller_speed_of names it)")
+register_metric("bias_drift", "bias drift / u", better="min", fmt="{:.1f}",
+                meaning="RMS bias change over the last quarter, "
+                "in units of u")
 
 # speed (engine/throughput.py)
 register_metric("throughput_ratio", "speed / dense", better="max", positive=True, fmt="{:.2f}", summary=4,
-       meaning="training tokens/s over the dense twin of equal active width, median of probes through the run")
+                meaning="training tokens/s over the dense twin of equal active width, median of probes through the run")
 register_metric("tokens_per_s", "tokens/s", better="max", positive=True, fmt="{:,.0f}", summary=5, objective=True,
-       live="train", unit="tokens/s")
+                live="train", unit="tokens/s")
 register_metric("dense_tokens_per_s", "dense tokens/s", better="max", positive=True, fmt="{:,.0f}", unit="tokens/s")
 
 # losses (engine/train.py)
 register_metric("val_loss", "val loss", better="min", summary=0, objective=True, live="val", unit="nats/token",
-       meaning="cross-entropy on the fixed validation set")
+                meaning="cross-entropy on the fixed validation set")
 register_metric("val_bpb", "val bits/byte", better="min", objective=True, unit="bits/byte",
-       meaning="validation loss in bits per byte of text: compares tokenizers")
+                meaning="validation loss in bits per byte of text: compares tokenizers")
 register_metric("train_loss", "train loss", better="min", objective=True, live="train", unit="nats/token")
-register_metric("aux_loss", "aux loss", live="train", meaning="the step's auxiliary and z losses, as added to the LM loss")
+register_metric("aux_loss", "aux loss", live="train",
+                meaning="the step's auxiliary and z losses, as added to the LM loss")
 register_metric("lr", "learning rate", fmt="{:.2e}", live="train")
 register_metric("val_loss_causal", "val loss, causal top-k", better="min", cost=4, live="val", unit="nats/token",
-       meaning="validation loss with a causal top-k of the same scores (non-causal rules)")
+                meaning="validation loss with a causal top-k of the same scores (non-causal rules)")

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats as sps
 
 from harness import tables
-from harness.analysis import verdicts
+from harness.analysis import front, stats, verdicts
 from harness.cli import main
 
 D = np.array([0.004, -0.002, 0.006, 0.001, -0.003, 0.002])  # paired differences over 6 seeds
@@ -41,9 +41,14 @@ def test_tost_verdicts(shift, margin, verdict):
 
 def test_seeds_to_equivalence_is_the_first_n_whose_90_percent_half_width_fits():
     sd, diff, margin = 0.004, 0.001, 0.005
-    n = verdicts.seeds_to_equivalence(diff, sd, margin)
+    n = stats.seeds_to_equivalence(diff, sd, margin)
     half = lambda k: sps.t.ppf(0.95, k - 1) * sd / math.sqrt(k)  # noqa: E731
     assert half(n) < margin - diff <= half(n - 1)
+
+
+def test_a_difference_inside_the_margin_and_resolved_says_both():
+    d = np.array([0.030, 0.034, 0.031, 0.033, 0.032])  # clearly not 0, clearly inside +/- 0.05
+    assert verdicts.tost(d, 0.05)["verdict"] == "equivalent within ±0.05 and different"
 
 
 def synthetic_front(offsets: dict[str, float], maxvio: dict[str, float], seeds=range(5)) -> pd.DataFrame:
@@ -55,32 +60,107 @@ def synthetic_front(offsets: dict[str, float], maxvio: dict[str, float], seeds=r
         luck = rng.normal(0, 0.02)
         for v in (0.1, 1.0, 10.0):
             rows.append({"variant": f"front {v}", "seed": seed, "front": True, "maxvio_global": v,
-                         "val_loss": 2.0 - 0.1 * math.log(v) + luck})
+                         "router.aux_alpha": 1 / v, "val_loss": 2.0 - 0.1 * math.log(v) + luck})
         for name, offset in offsets.items():
             vio = maxvio[name] if not callable(maxvio[name]) else maxvio[name](seed)
-            rows.append({"variant": name, "seed": seed, "front": False, "maxvio_global": vio,
+            rows.append({"variant": name, "seed": seed, "front": False, "maxvio_global": vio, "router.aux_alpha": 0.0,
                          "val_loss": 2.0 - 0.1 * math.log(vio) + luck + offset + rng.normal(0, 0.002)})
     return pd.DataFrame(rows)
+
+
+def judge(runs: pd.DataFrame) -> pd.DataFrame:
+    return front.front_verdicts(front.front_distances(runs, runs["front"])).set_index("variant")
 
 
 def test_a_point_below_on_and_above_a_known_front():
     runs = synthetic_front({"below": -0.03, "on": 0.0, "above": 0.03, "far": 0.0, "edge": -0.03},
                            {"below": 0.3, "on": 3.0, "above": 0.5, "far": 50.0,
-                            "edge": lambda seed: 0.05 if seed < 4 else 0.2})  # one seed inside the range
-    table = verdicts.front_verdicts(verdicts.front_distances(runs, runs["front"])).set_index("variant")
+                            "edge": lambda seed: 0.05 if seed < 3 else 0.2})  # 3 seeds beyond, 2 inside
+    table = judge(runs)
     assert table.loc["below", "verdict"] == "below the front"
     assert table.loc["above", "verdict"] == "above the front"
     assert table.loc["on", "verdict"] == "on the front"
-    assert table.loc["far", "verdict"] == "outside the front's MaxVio range"  # no extrapolation
-    assert table.loc["edge", "seeds_inside"] == 1 and table.loc["edge", "verdict"].startswith("outside")
-    assert table.loc["below", "distance"] == pytest.approx(-0.03, abs=0.003)  # the seed luck cancels
+    assert table.loc["below", "diff"] == pytest.approx(-0.03, abs=0.003)  # the seed luck cancels
+    # less balanced than the family's least balanced point, at a lower loss: no comparison at equal balance
+    assert table.loc["far", "position"] == "past" and table.loc["far", "verdict"].startswith("past the front's imbalance")
+    # more balanced than the family ever got, and 0.03 below its line: but the line is not extrapolated,
+    # so it is compared with the most balanced member, whose loss is lower
+    assert table.loc["edge", "position"] == "beyond" and table.loc["edge", "seeds_inside"] == 2
+    assert table.loc["edge", "verdict"].startswith("beyond the front's balance, at a higher loss")
 
 
-def test_front_interpolates_in_log_maxvio_between_the_bracketing_pair():
-    points = pd.DataFrame({"maxvio_global": [0.1, 1.0, 10.0], "val_loss": [3.0, 2.0, 1.5]})
-    assert verdicts.front_loss(points, math.sqrt(0.1)) == pytest.approx(2.5)  # half-way in log
-    assert verdicts.front_loss(points, 3.0) == pytest.approx(2.0 - 0.5 * math.log(3) / math.log(10))
-    assert math.isnan(verdicts.front_loss(points, 20.0)) and math.isnan(verdicts.front_loss(points, 0.05))
+def test_the_held_out_case_a_method_beyond_the_familys_balance_and_lower_in_loss_dominates():
+    """The issue's held-out case: the family never reaches the method's balance, and the method is
+    lower in loss than the family's most balanced member on most seeds."""
+    rows = []
+    for seed, (luck, mine) in enumerate([(0.00, -0.02), (0.01, -0.015), (-0.01, 0.004)]):
+        for alpha, vio, loss in ((1e-3, 2.5, 1.40), (1e-2, 0.9, 1.42), (0.1, 0.215, 1.46), (0.3, 0.26, 1.48)):
+            rows.append({"variant": f"aux alpha={alpha}", "seed": seed, "front": True, "router.aux_alpha": alpha,
+                         "maxvio_global": vio, "val_loss": loss + luck})
+        rows.append({"variant": "loss_free", "seed": seed, "front": False, "router.aux_alpha": 0.0,
+                     "maxvio_global": 0.11, "val_loss": 1.46 + luck + mine})
+    runs = pd.DataFrame(rows)
+    row = judge(runs).loc["loss_free"]
+    assert row["verdict"] == "beyond the front (dominates): more balanced on 3 seeds, loss lower on 2 of 3"
+    assert row["seeds_there"] == "0, 1, 2" and row["diff"] < 0
+    # alpha 0.3 balanced worse and lost more than alpha 0.1: dominated on every seed, not used
+    reach = front.family_reach(runs[runs["front"]], "aux")
+    assert reach.startswith("aux: never balanced below MaxVio_global 0.215 (at aux_alpha = 0.1, the mean of 3 seeds)")
+    assert "dominated (not on the front) aux_alpha = 0.3 on 3 of 3 seeds" in reach
+
+
+def test_a_dominated_member_is_not_used_by_the_front():
+    points = pd.DataFrame({"maxvio_global": [0.1, 0.3, 1.0, 10.0], "val_loss": [3.0, 3.5, 2.0, 1.5]})
+    assert list(front.frontier(points)["maxvio_global"]) == [0.1, 1.0, 10.0]  # 0.3 lost more than 0.1
+    assert front.place(front.frontier(points), 0.3, 2.5) == ("inside", pytest.approx(3.0 - math.log(3) / math.log(10)))
+    assert front.place(front.frontier(points), math.sqrt(0.1), 2.5)[1] == pytest.approx(2.5)  # half-way in log
+    assert front.place(front.frontier(points), 0.05, 2.9) == ("beyond", 3.0)
+    assert front.place(front.frontier(points), 20.0, 1.6) == ("past", 1.5)
+    assert front.place(front.frontier(points), 0.0, 2.9)[0] == "beyond"  # MaxVio 0 is more balanced than any
+
+
+def test_a_method_less_balanced_and_higher_in_loss_is_dominated():
+    runs = synthetic_front({"worse": 0.5}, {"worse": 40.0})
+    assert judge(runs).loc["worse", "verdict"] == "dominated by the front: less balanced on 5 seeds, loss lower on 0 of 5"
+
+
+def test_too_few_seeds_in_one_place_says_how_many_and_where():
+    runs = synthetic_front({"split": 0.0}, {"split": lambda seed: [0.05, 0.3, 40.0, 0.5, 0.02][seed]})
+    verdict = judge(runs).loc["split", "verdict"]
+    assert verdict == ("too few seeds: 2 of 5 inside the front's MaxVio range, 2 beyond its most balanced point, "
+                       "1 past its least balanced (a verdict needs 3 in one place)")
+    two = judge(synthetic_front({"below": -0.03}, {"below": 0.3}, seeds=range(2))).loc["below", "verdict"]
+    assert two.startswith("too few seeds: 2 of 2 inside")
+
+
+def test_holm_adjusts_a_suites_tests_as_one_family():
+    p = np.array([0.01, 0.04, 0.03, np.nan])
+    assert list(stats.holm(p)[:3]) == pytest.approx([0.03, 0.06, 0.06])  # 3 x 0.01, then max(2 x 0.03, .) ...
+    assert np.isnan(stats.holm(p)[3])
+    rng = np.random.default_rng(5)
+    rows = []  # ten methods against a baseline that differ by nothing; one borderline at random
+    for seed in range(4):
+        rows.append({"variant": "base", "seed": seed, "val_loss": 2.0 + 0.01 * seed})
+        for i in range(10):
+            rows.append({"variant": f"m{i}", "seed": seed, "val_loss": 2.0 + 0.01 * seed + rng.normal(0, 0.01)})
+    runs = pd.DataFrame(rows).assign(equivalence_margin='{"val_loss": 0.001}', status="ok")
+    bases = {f"m{i}": "base" for i in range(10)}
+    raw = verdicts.decide(verdicts.equivalence_table(runs, {"val_loss": 0.001}, bases), "none")
+    held = verdicts.decide(verdicts.equivalence_table(runs, {"val_loss": 0.001}, bases), "holm")
+    assert (held["p_diff_adjusted"] >= raw["p_diff_adjusted"]).all()
+    assert (held["verdict"] == "different").sum() <= (raw["verdict"] == "different").sum()
+    assert set(held["correction"]) == {"holm"} and set(raw["correction"]) == {"none"}
+
+
+def test_maxvio_is_compared_by_ratios_and_its_margin_is_relative():
+    rows = []
+    for seed in range(4):
+        rows += [{"variant": "base", "seed": seed, "maxvio_global": 0.2 * (1 + 0.5 * seed)},
+                 {"variant": "half", "seed": seed, "maxvio_global": 0.1 * (1 + 0.5 * seed) * (1.01 if seed % 2 else 0.99)}]
+    table = verdicts.equivalence_table(pd.DataFrame(rows), {"maxvio_global": 0.1}, {"half": "base"})
+    row = table.iloc[0]
+    assert row["scale"] == "log" and math.exp(row["diff"]) == pytest.approx(0.5, rel=0.02)
+    assert row["verdict"] == "different"  # a ratio of 0.5 is far outside x1.1
 
 
 def test_a_suite_with_a_front_and_a_margin_prints_verdicts_in_its_report(make_suite, tmp_path, capsys):
@@ -99,8 +179,8 @@ def test_a_suite_with_a_front_and_a_margin_prints_verdicts_in_its_report(make_su
     assert set(table["kind"]) == {"front", "equivalence"}
     assert set(table.loc[table["kind"] == "front", "variant"]) == {"sigmoid_topk", "loss_free"}
     assert table.loc[table["kind"] == "equivalence", "metric"].eq("val_loss").all()
-    assert table["verdict"].str.match(r"(below|on|above|outside) the front|outside|equivalent|different|"
-                                      r"unresolved").all()
+    assert table["verdict"].str.match(r"(below|on|above) the front|beyond|past|dominated|too few seeds|"
+                                      r"equivalent|different|unresolved").all()
     report = (tmp_path / "tiny" / "report.md").read_text()
     assert "## Verdicts" in report and "![front](plots/front.png)" in report
 
@@ -152,3 +232,48 @@ def test_several_fronts_need_distinct_names(make_suite, tmp_path, capsys):
         [base]"""), 1))
     assert main(["run", str(suite), "--out", str(tmp_path)]) == 2
     assert "front lists 2 families: give each its own name" in capsys.readouterr().err
+
+
+def held_out_runs() -> pd.DataFrame:
+    rows = []
+    for seed, (luck, mine) in enumerate([(0.00, -0.02), (0.01, -0.015), (-0.01, 0.004)]):
+        for alpha, vio, loss in ((1e-3, 2.5, 1.40), (1e-2, 0.9, 1.42), (0.1, 0.215, 1.46), (0.3, 0.26, 1.48)):
+            rows.append({"variant": f"aux alpha={alpha}", "seed": seed, "front": True, "front_family": "aux",
+                         "router.aux_alpha": alpha, "maxvio_global": vio, "val_loss": loss + luck})
+        rows.append({"variant": "loss_free", "seed": seed, "front": False, "front_family": "",
+                     "router.aux_alpha": 0.0, "maxvio_global": 0.11, "val_loss": 1.46 + luck + mine})
+    return pd.DataFrame(rows)
+
+
+def test_the_front_figure_draws_a_monotone_front_per_seed_and_hollow_dominated_members():
+    from harness.analysis import plots
+
+    runs = held_out_runs()
+    fig = plots.front(runs, verdicts.front_rows(runs)[1][0])
+    ax = fig.axes[0]
+    lines = [line for line in ax.get_lines() if line.get_linestyle() == "-" and len(line.get_xdata()) > 1]
+    assert len(lines) == 3  # one front per seed
+    for line in lines:  # monotone: more balanced, higher loss
+        x, y = np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)
+        assert (np.diff(x) > 0).all() and (np.diff(y) < 0).all() and 0.26 not in x  # alpha 0.3 is not on it
+    hollow = [line for line in ax.get_lines() if line.get_markerfacecolor() == "none" and len(line.get_xdata())]
+    assert sorted(float(line.get_xdata()[0]) for line in hollow) == [0.26] * 3
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert {"front (a line per seed)", "dominated member", "loss_free", "seed 0"} <= set(labels)
+    fig.canvas.draw()
+    assert len([t for t in ax.get_xticklabels() if t.get_text()]) >= 2  # readable ticks on a short log range
+
+
+def test_a_front_family_on_a_grid_is_recognised_at_every_point(make_suite, tmp_path):
+    from harness.suites.suite import load_suite
+
+    suite = make_suite([{"router": "loss_free"}])
+    suite.write_text(suite.read_text().replace("[base]", textwrap.dedent("""\
+        front = { router = "sigmoid_topk_aux", key = "router.aux_alpha", values = [0.001, 1.0] }
+        [grid]
+        "train.lr" = [0.001, 0.003]
+        [base]"""), 1))
+    loaded = load_suite(suite)
+    family = [r.variant for r in loaded.runs if r.variant.startswith("front")]
+    assert len(family) == 4 and set(family) == set(loaded.front)
+    assert all(loaded.front_family[v] == "front" for v in family)

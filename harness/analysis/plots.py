@@ -21,6 +21,7 @@ from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from harness.analysis.front import family_points, pareto_mask  # noqa: E402
 from harness.metric_registry import get_metric  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="paper", font_scale=1.1)
@@ -148,12 +149,6 @@ def rate_transfer(cells: pd.DataFrame, fitted: pd.DataFrame) -> Figure:
     axes[0][-1].plot([], [], "o", mfc="none", color="0.4", label="at the grid's edge")
     axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
-
-
-def pareto_mask(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """True for points not dominated in (x, y), both minimised."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    return np.array([not np.any((x <= x[i]) & (y <= y[i]) & ((x < x[i]) | (y < y[i]))) for i in range(len(x))])
 
 
 def loss_vs_balance(runs: pd.DataFrame, palette: dict | None = None) -> Figure:
@@ -341,29 +336,56 @@ def sweep_history(trials: pd.DataFrame, objective: str, constraint: tuple[str, f
     return fig
 
 
+SEED_MARKERS = "osD^vP*Xph"  # a seed's front line and its methods' points share one
+
+
 def front(runs: pd.DataFrame, distances: pd.DataFrame, palette: dict | None = None) -> Figure:
-    """Each reference family's front per seed (val loss against MaxVio_global, log x, one grey line
-    per seed) and every other run as a point in its variant's colour, marked like its seed's line;
-    one panel per family (`distances["family"]`, verdicts.verdicts)."""
+    """Each reference family's Pareto front per seed (val loss against MaxVio_global, log x): its
+    non-dominated members joined by a grey line, monotone by construction, its dominated members
+    hollow; every other run a point in its variant's colour, marked like its seed's front. One
+    panel per family (`distances["family"]`, verdicts.verdicts)."""
     names = list(distances["family"].unique()) if "family" in distances else ["front"]
-    fig, axes = plt.subplots(1, len(names), figsize=(6.4 * len(names) + 1.6, 4.4), layout="constrained",
-                             sharey=True, squeeze=False)
+    entries = 2 + distances["variant"].nunique() + distances["seed"].nunique() if len(distances) else 2
+    fig, axes = plt.subplots(1, len(names), figsize=(6.4 * len(names) + 2.2, max(4.4, 0.25 * entries)),
+                             layout="constrained", sharey=True, squeeze=False)
     is_front = runs["front"].fillna(False).astype(bool)
     named = runs["front_family"].astype(str).replace("", "front") if "front_family" in runs else None
     for ax, name in zip(axes[0], names):
         mine = is_front & (named == name) if named is not None else is_front
-        family = runs[mine].dropna(subset=["maxvio_global", "val_loss"])
         part = distances[distances["family"] == name] if "family" in distances else distances
-        others = part.dropna(subset=["maxvio_global", "val_loss"])
-        palette = palette or variant_palette(others["variant"].unique())
-        by_seed = family["seed"].nunique() <= 6  # NOTE: the same marker for a seed's line and its points
-        sns.lineplot(data=family.sort_values("maxvio_global"), x="maxvio_global", y="val_loss", units="seed",
-                     estimator=None, sort=False, color="0.6", linewidth=1, ax=ax, legend=False,
-                     style="seed" if by_seed else None, markers=by_seed, dashes=False)
-        sns.scatterplot(data=others, x="maxvio_global", y="val_loss", hue="variant", palette=palette, ax=ax, s=60,
-                        style="seed" if by_seed else None, legend=ax is axes[0][-1])
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # NOTE: crowded minor labels on a short range
+        palette = palette or variant_palette(part["variant"].unique())
+        _front_panel(ax, family_points(runs[mine].dropna(subset=["maxvio_global", "val_loss"])),
+                     part.dropna(subset=["maxvio_global", "val_loss"]), palette)
         ax.set(xlabel="MaxVio global (log)", ylabel="val loss", title=name if len(names) > 1 else None)
-    _legend_outside(axes[0][-1])
+    handles = [Line2D([], [], color="0.5", marker="o", label="front (a line per seed)"),
+               Line2D([], [], color="0.5", marker="o", mfc="none", linestyle="", label="dominated member")]
+    shown = list(dict.fromkeys(distances["variant"])) if len(distances) else []
+    handles += [Line2D([], [], color=palette[v], marker="o", linestyle="", label=v) for v in shown if v in palette]
+    seeds = sorted(distances["seed"].unique()) if len(distances) else []
+    handles += [Line2D([], [], color="0.3", marker=SEED_MARKERS[i % len(SEED_MARKERS)], linestyle="",
+                       label=f"seed {s}") for i, s in enumerate(seeds)]
+    axes[0][-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return fig
+
+
+def _front_panel(ax: plt.Axes, family: pd.DataFrame, others: pd.DataFrame, palette: dict) -> None:
+    seeds = sorted(set(family["seed"]) | set(others["seed"]))
+    marker = {s: SEED_MARKERS[i % len(SEED_MARKERS)] for i, s in enumerate(seeds)}
+    for seed, points in family.groupby("seed"):
+        line = points[points["on_front"]].sort_values("maxvio_global")
+        ax.plot(line["maxvio_global"], line["val_loss"], color="0.55", lw=1, marker=marker[seed], ms=5)
+        off = points[~points["on_front"]]
+        ax.plot(off["maxvio_global"], off["val_loss"], linestyle="", marker=marker[seed], ms=6, mfc="none",
+                color="0.55")
+    for (variant, seed), point in others.groupby(["variant", "seed"]):
+        ax.plot(point["maxvio_global"], point["val_loss"], linestyle="", marker=marker[seed], ms=8,
+                color=palette.get(variant, "k"))
+    values = pd.concat([family["maxvio_global"], others["maxvio_global"]])
+    values = values[values > 0]
+    ax.set_xscale("log")
+    # NOTE: ticks at 1, 2 and 5 of each decade, labelled plainly: a short range has no decade inside it
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    if len(values):
+        ax.set_xlim(values.min() / 1.3, values.max() * 1.3)

@@ -124,12 +124,15 @@ def replay(d: np.ndarray, plan: Plan, margin: float | None) -> dict:
             "reason": f"reached max = {plan.max} seeds without a verdict"}
 
 
-def paired_in_order(per_seed: pd.DataFrame, group: str, base: str) -> np.ndarray:
-    """The paired differences group - base over consecutive seeds 0, 1, ... while both have them."""
-    both = per_seed[[group, base]].dropna() if group in per_seed and base in per_seed else per_seed.iloc[:0]
-    seeds = [s for s in range(len(both)) if s in both.index]  # NOTE: a gap (a failed seed) ends the series
+def paired_in_order(per_seed: pd.DataFrame, group: str, base: str, metric: str = "") -> tuple[np.ndarray, str]:
+    """The paired differences group - base over consecutive seeds 0, 1, ... while both have them,
+    and their scale (log ratios for a log-scale metric, stats.paired)."""
+    if group not in per_seed or base not in per_seed:
+        return np.zeros(0), "plain"
+    d, scale = stats.paired(per_seed, group, base, metric)
+    seeds = [s for s in range(len(d)) if s in d.index]  # NOTE: a gap (a failed seed) ends the series
     seeds = seeds[:next((i for i, s in enumerate(seeds) if s != i), len(seeds))]
-    return (both.loc[seeds, group] - both.loc[seeds, base]).to_numpy(float)
+    return d.loc[seeds].to_numpy(float), scale
 
 
 def decisions(runs: pd.DataFrame, plan: Plan, bases: dict[str, str], margins: dict[str, float]) -> pd.DataFrame:
@@ -140,10 +143,11 @@ def decisions(runs: pd.DataFrame, plan: Plan, bases: dict[str, str], margins: di
     for group, base in bases.items():
         if group == base:
             continue
-        d = paired_in_order(table, group, base)
-        course = replay(d, plan, margins.get(plan.metric))
+        d, scale = paired_in_order(table, group, base, plan.metric)
+        margin = margins.get(plan.metric)
+        course = replay(d, plan, math.log1p(margin) if margin is not None and scale == "log" else margin)
         mean, low, high = interval(d[:course["seeds"]], 0.95) if course["seeds"] >= 2 else (math.nan,) * 3
-        rows.append({"kind": "sequential", "variant": group, "against": base, "metric": plan.metric,
+        rows.append({"kind": "sequential", "variant": group, "against": base, "metric": plan.metric, "scale": scale,
                      "margin": margins.get(plan.metric, math.nan), "n": course["seeds"], "diff": mean,
                      "low95": low, "high95": high, **course})
     return pd.DataFrame(rows)

@@ -69,6 +69,43 @@ def t_interval(x, level: float = 0.95) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def t_test_p(d) -> float:
+    """Two-sided p-value of "the mean of d is 0" (one-sample t-test; NaN below 2 values)."""
+    d = np.asarray(d, dtype=float)
+    if len(d) < 2:
+        return math.nan
+    sd = float(np.std(d, ddof=1))
+    if sd == 0:
+        return 1.0 if float(np.mean(d)) == 0 else 0.0
+    return float(2 * sps.t.sf(abs(float(np.mean(d))) / (sd / math.sqrt(len(d))), len(d) - 1))
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (NaN stays NaN): the k-th smallest of m
+    is multiplied by m - k + 1, made monotone, capped at 1; reject where the adjusted p < alpha. It
+    keeps the chance of any false rejection in the family at alpha, whatever their dependence."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full_like(p, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    order = valid[np.argsort(p[valid], kind="stable")]
+    running = 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - k) * p[i]))
+        out[i] = running
+    return out
+
+
+def paired(table: pd.DataFrame, group: str, base: str, metric: str) -> tuple[pd.Series, str]:
+    """The per-seed paired differences group - base of `metric` (from `per_seed`), and their scale:
+    "log" (log ratios) for a metric the registry declares log-scale whose values are all > 0, else
+    "plain". A ratio of MaxVio values is what a reader compares; their difference is dominated by
+    the larger, noisier one."""
+    both = table[[group, base]].dropna()
+    if metric_registry.is_log_scale(metric) and (both > 0).all().all():
+        return np.log(both[group]) - np.log(both[base]), "log"
+    return both[group] - both[base], "plain"
+
+
 def geometric_interval(x, level: float = 0.95) -> tuple[float, float, float]:
     """(geometric mean, low, high): the t-interval of the mean of log x, back on x's scale."""
     mean, low, high = t_interval(np.log(np.asarray(x, dtype=float)), level)

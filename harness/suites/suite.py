@@ -34,7 +34,8 @@ from harness.suites import specfile
 from harness.suites.specfile import flatten, read_toml
 
 SUITE_KEYS = {"name", "description", "seeds", "plugins", "base", "variants", "grid", "baseline", "front",
-              "equivalence_margin"}
+              "equivalence_margin", "correction"}
+CORRECTIONS = ("holm", "none")  # for the many comparisons of a suite's verdicts (analysis/verdicts.py)
 
 
 
@@ -48,6 +49,7 @@ class Suite:
     margins: dict[str, float] = field(default_factory=dict)  # metric -> equivalence margin (TOST)
     plan: sequential.Plan | None = None  # seeds = { min, max, ... }: seeds added while unresolved
     front_family: dict[str, str] = field(default_factory=dict)  # such a variant -> its family's name
+    correction: str = "holm"  # the verdicts' correction for many comparisons: holm or none
 
 
 def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) -> Suite:
@@ -79,7 +81,12 @@ def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) 
                          f"{sorted(set(labels) | set(variant_names))}")
     # NOTE: by label, so a family's runs are its own at every point of a [grid] too
     front_family = {cfg.variant: family_of[label] for label, cfg in labelled if label in family_of}
-    return Suite(name, runs, source, baseline, sorted(front_family), margins_of(spec, source), plan, front_family)
+    correction = spec.get("correction", "holm")
+    if correction not in CORRECTIONS:
+        raise ValueError(f"{source}: correction = {correction!r}; choose one of {list(CORRECTIONS)} (holm: the "
+                         "suite's verdicts are Holm-adjusted as one family of tests)")
+    return Suite(name, runs, source, baseline, sorted(front_family), margins_of(spec, source), plan, front_family,
+                 correction)
 
 
 def expand_runs(variants: list[dict], grid: dict[str, list], seeds: list[int], base: dict[str, Any],

@@ -14,7 +14,7 @@ import pandas as pd
 
 from harness.analysis import plots, stats, transfer, verdicts
 from harness.analysis.report.sweep import sweep_figures
-from harness.analysis.report.summary import baseline_label, reliable_throughput
+from harness.analysis.report.summary import reliable_throughput
 
 Figure = tuple[str, plt.Figure, str]  # (file stem, figure, one-line caption)
 
@@ -110,9 +110,10 @@ def dynamics_figure(steps: pd.DataFrame, ok: pd.DataFrame, palette: dict) -> lis
 
 
 def front_figure(ok: pd.DataFrame, palette: dict) -> list[Figure]:
-    _, distances = verdicts.verdicts(ok, stats.baseline_groups(ok, baseline_label(ok)))
-    if not len(distances):
+    found = verdicts.front_rows(ok)[1]
+    if not found:
         return []
-    return [("front", plots.front(ok, distances, palette),
-             "Each method against the reference family's front at its own balance: a point under the grey line "
-             "of its seed (same marker) beats the family at that MaxVio; points off the line's ends have no verdict.")]
+    return [("front", plots.front(ok, pd.concat(found, ignore_index=True), palette),
+             "Each method against the reference family's Pareto front at its own balance: a point under the grey "
+             "line of its seed (same marker) beats the family at that MaxVio; left of the line's most balanced end "
+             "and no higher, it dominates the family; hollow: family members another member beats on both.")]
