@@ -13,6 +13,7 @@ import os
 import sys
 
 from harness.errors import RunsFailed
+from harness.metric_registry import BALANCED_MAXVIO
 
 STORAGE_ENV = "MOE_HARNESS_STORAGE"  # harness.suites.storage.ENV (not imported here: it pulls in Optuna)
 USER_ERRORS = (ValueError, FileNotFoundError)  # what a user got wrong; anything else is a bug
@@ -139,7 +140,8 @@ def add_readers(sub) -> None:
     rate.add_argument("--variant", default=None, help="only the runs of this variant label")
     rate.add_argument("--objective", default="val_loss", help="a transfer study's best rate per cell: val_loss "
                       "(lowest val loss under --cap, default) or maxvio_time (lowest time-averaged MaxVio_batch)")
-    rate.add_argument("--cap", type=float, default=0.3, help="the MaxVio_global cap of the val_loss objective (0.3)")
+    rate.add_argument("--cap", type=float, default=BALANCED_MAXVIO,
+                      help=f"the MaxVio_global cap of the val_loss objective ({BALANCED_MAXVIO})")
     rate.add_argument("--experts", type=int, default=None, help="the target's routed experts (warned if unmeasured)")
     rate.add_argument("--top-k", type=int, default=None, help="the target's k (warned if unmeasured)")
     rate.add_argument("--check", default=None, metavar="DIR", help="a direct sweep of rates at the target: is the "

@@ -36,14 +36,17 @@ def write_run(folder, i, steps, batch, rate, seed, loss, maxvio=0.1, variant="lo
 WOBBLE = [1, -1, -1, 1, -1, 1, 1, -1]  # signs that sum to 0 within each length and each batch: no bias in p or q
 
 
-def make_study(folder, p, q=0.0, wobble=0.05, seeds=(0, 1, 2)):
-    """Loss = 2 + 0.05 (log u - log u*)^2 + a seed offset; u* follows the law times a small wobble per cell."""
+def make_study(folder, p, q=0.0, wobble=0.05, seeds=(0, 1, 2), seed_wobble=0.1):
+    """Loss = 2 + 0.05 (log u - log u*_s)^2 + a seed offset; u* follows the law times a small wobble per
+    cell, and each seed's own u*_s sits -w, 0 or +w from it in log (a different seed each cell), so
+    the seed-mean curve's optimum is u* and the per-seed fits scatter about the law."""
     i = 0
     for c, (steps, batch) in enumerate((s, b) for s in STEPS for b in BATCHES):
         best = true_rate(steps, batch * 64, p, q) * math.exp(wobble * WOBBLE[c])
         for rate in RATES:
             for seed in seeds:
-                write_run(folder, i, steps, batch, rate, seed, 2 + 0.05 * math.log(rate / best) ** 2 + 0.01 * seed)
+                mine = best * math.exp(seed_wobble * ((seed + c) % 3 - 1))
+                write_run(folder, i, steps, batch, rate, seed, 2 + 0.05 * math.log(rate / mine) ** 2 + 0.01 * seed)
                 i += 1
     return folder
 
@@ -64,13 +67,21 @@ def test_rate_fits_the_law_of_a_study_and_tests_the_square_root(tmp_path, capsys
     make_study(tmp_path, p, q=0.25)
     assert main(["rate", str(tmp_path), "--steps", "1600", "--tokens-per-step", "512"]) == 0
     out = capsys.readouterr().out
-    p_hat, low, high = numbers(r"p = (-?[\d.]+) \(95 % interval (-?[\d.]+) to (-?[\d.]+)\)", out)
-    assert low <= p <= high and abs(p_hat - p) < 0.05
+    p_hat, low, high = numbers(r"p = (-?[\d.]+) \(seed-level 95 % interval (-?[\d.]+) to (-?[\d.]+);", out)
+    assert low <= p <= high and abs(p_hat - p) < 0.05 and high - low > 0.05  # the seeds scatter: a real interval
     assert f"-0.5 is {holds} it" in out
-    q_hat, q_low, q_high = numbers(r"q = (-?[\d.]+) \(95 % interval (-?[\d.]+) to (-?[\d.]+)\)", out)
+    q_hat, q_low, q_high = numbers(r"q = (-?[\d.]+) \(seed-level 95 % interval (-?[\d.]+) to (-?[\d.]+);", out)
     assert q_low <= 0.25 <= q_high
-    rate, r_low, r_high = numbers(r"u = ([\d.e-]+) \(95 % interval ([\d.e-]+) to ([\d.e-]+)\)", out)
-    assert r_low <= true_rate(1600, 512, p, 0.25) <= r_high and rate == pytest.approx(true_rate(1600, 512, p, 0.25), rel=0.1)
+    [rate] = numbers(r"u = ([\d.e-]+) for 1,600 steps", out)
+    assert rate == pytest.approx(true_rate(1600, 512, p, 0.25), rel=0.1)
+    pred_low, pred_high, line_low, line_high = numbers(
+        r"prediction interval for one new run's best rate: ([\d.e-]+) to ([\d.e-]+) \(the law's own seed-level 95 % "
+        r"interval at the target: ([\d.e-]+) to ([\d.e-]+)\)", out)
+    assert pred_low < line_low <= rate <= line_high < pred_high  # a new run scatters about the line
+    assert line_low <= true_rate(1600, 512, p, 0.25) <= line_high
+    spread = numbers(r"parabola through 3 points ([\d.e-]+), least-squares quadratic over 5 points ([\d.e-]+), "
+                     r"a/u \+ b u \+ c ([\d.e-]+)", out)
+    assert spread[0] == pytest.approx(rate) and all(u == pytest.approx(rate, rel=0.5) for u in spread)
     # 1600 steps is 2x the longest measured 800: inside the x2 band, no warning
     assert "warning" not in out
     # every synthetic run settles at a third of its steps: the fitted settle fraction says so
@@ -116,14 +127,20 @@ def test_check_says_whether_the_prediction_is_inside_a_direct_sweeps_flat_optimu
             write_run(heldout, 10 * i + seed, 1600, 8, rate, seed, 2 + 0.05 * math.log(rate / target) ** 2 + noise)
     assert main(["rate", str(study), "--steps", "1600", "--tokens-per-step", "512", "--check", str(heldout)]) == 0
     out = capsys.readouterr().out
-    assert "flat optimum (paired val loss within noise of the best, 3 seeds)" in out and "is INSIDE the flat" in out
+    own, own_low, own_high = numbers(r"its own best rate ([\d.e-]+) \(seed-level 95 % interval ([\d.e-]+) to ([\d.e-]+), "
+                                     r"3 seeds, by val loss\)", out)
+    assert own_low <= target <= own_high
+    assert "OVERLAPS it; the predicted" in out and "flat optimum (paired val loss within noise of its best" in out
+    # the study's law is the square-root law itself: the check cannot tell the two apart
+    assert "the check cannot tell the fitted law from the square-root law" in out
 
     far = tmp_path / "far"
     for i, rate in enumerate(RATES):
         for seed in range(3):  # a sharp optimum at 6.4e-2, far from the prediction
             write_run(far, 10 * i + seed, 1600, 8, rate, seed, 2 + math.log(rate / 6.4e-2) ** 2 + 0.001 * seed)
     assert main(["rate", str(study), "--steps", "1600", "--tokens-per-step", "512", "--check", str(far)]) == 0
-    assert "is OUTSIDE the flat optimum" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "MISSES it; the predicted" in out and "is OUTSIDE it" in out and "matches neither prediction" in out
 
 
 @pytest.mark.parametrize("args, message", [

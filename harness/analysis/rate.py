@@ -4,10 +4,12 @@
     moe-harness rate results/rate_transfer --steps 1600 --tokens-per-step 512 [--check results/heldout]
 
 Two modes, chosen by the folder. A transfer study (rates x at least two run lengths, see
-harness/transfer.py and experiments/rate_transfer.toml) gives the fitted law: the best rate of
-each (steps, tokens per step) cell, log u* = c + p log T (+ q log S) through them, and the
-target's u* with the line's 95 % interval; `--check DIR` compares it with the flat optimum of a
-direct sweep at the target. Any other folder gives the dynamics rule below.
+analysis/transfer.py and experiments/rate_transfer.toml) gives the fitted law: the best rate of
+each (steps, tokens per step) cell, log u* = c + p log T (+ q log S) through them, refitted per
+seed, and the target's u* with a prediction interval for one new run, the law's seed-level
+interval, and the answer under other per-cell interpolants; `--check DIR` compares it with a
+direct sweep's own optimum at the target (and the square-root law's prediction). Any other
+folder gives the dynamics rule below.
 
 The dynamics rule (docs/methods.md, "Controller dynamics"): a sign rule moves each
 bias by at most u per step, so a run spends about A / u of its steps unbalanced, and once
@@ -18,9 +20,9 @@ balanced it jitters with a steady imbalance of about B u. Minimising A / (u T) +
 From each measured run with rate u: A = settle_step x u, B = maxvio_batch / u (maxvio_batch is
 the second-half mean, the steady imbalance). The recommendation is the geometric mean over the
 runs of u* for the target T, with a 95 % t-interval on the log scale, and the expected settle
-fraction A / (u* T). On the tiny model (results/reference/rate_transfer_cpu.md) A and B changed
-with the run's length and the balance-optimal rate fell as T^-0.18, not T^-1/2; the command
-says so, and warns when the target lies outside what was measured.
+fraction A / (u* T). A and B need not stay fixed as the run grows (results/reference/rate_transfer_cpu.md
+measures them on the tiny model), so the command prefers a study of several lengths and warns
+when the target lies outside what was measured.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import pandas as pd
 
 from harness.analysis import stats, transfer
 from harness import tables
+from harness.metric_registry import BALANCED_MAXVIO
 
 NEEDED = ("settle_step", "maxvio_batch", "router.bias_rate", "train.steps")
 
@@ -102,7 +105,7 @@ def warnings_for(runs: pd.DataFrame, steps: int, tokens_per_step: int | None, ex
 
 
 def rate_command(folder: str, steps: int, tokens_per_step: int | None = None, variant: str | None = None,
-                 objective: str = "val_loss", cap: float = 0.3, check: str | None = None, experts: int | None = None,
+                 objective: str = "val_loss", cap: float = BALANCED_MAXVIO, check: str | None = None, experts: int | None = None,
                  top_k: int | None = None) -> str:
     """The text `moe-harness rate` prints."""
     if not isinstance(steps, int) or steps < 1:
@@ -138,9 +141,9 @@ def dynamics_lines(folder: str, runs: pd.DataFrame, steps: int) -> list[str]:
             f"B = maxvio_batch / u = {r['B']:.3g}; u* = sqrt(A / (B T))",
             f"  expected: unbalanced for about {r['settle_fraction']:.1%} of the run, steady MaxVio_batch about "
             f"{r['B'] * r['rate']:.3g}",
-            "  note: u* ~ 1/sqrt(T) is a hypothesis from the sign rule's dynamics; on the tiny model a transfer "
-            "study found the balance-optimal rate falling as T^-0.18 and A, B changing with the run's length "
-            "(results/reference/rate_transfer_cpu.md): prefer a study of two or more lengths (moe-harness rate STUDY)"]
+            "  note: u* ~ 1/sqrt(T) is a hypothesis from the sign rule's dynamics, with A and B held fixed as the run "
+            "grows; results/reference/rate_transfer_cpu.md measures both on the tiny model: prefer a study of two or "
+            "more lengths (moe-harness rate STUDY)"]
 
 
 def law_lines(folder: Path, runs: pd.DataFrame, steps: int, tokens: int | None, objective: str, cap: float,
@@ -148,37 +151,95 @@ def law_lines(folder: Path, runs: pd.DataFrame, steps: int, tokens: int | None, 
     variants = sorted(base_labels(runs).unique())  # NOTE: a study's rates and lengths are one label's [grid]
     if len(variants) > 1:
         raise ValueError(f"{folder} holds a study of several variants {variants}: choose one with --variant")
-    steps_table = tables.read(folder, "steps", columns=["run_id", "maxvio_batch"])
-    study = transfer.study_runs(runs, steps_table)
+    study = transfer.study_runs(runs, tables.read(folder, "steps", columns=["run_id", "maxvio_batch"]))
     cells = transfer.best_rates(study, objective, cap)
-    law = transfer.fit_law(cells)
-    rate, low, high = transfer.predict(law, steps, tokens)
+    fit = transfer.seed_level(study, objective, cap)
+    at = transfer.seed_prediction(fit, steps, tokens)
+    spread = transfer.interpolant_spread(study, objective, cap, steps, tokens)
     target = f"{steps:,} steps" + (f" at {tokens:,} tokens per step" if tokens else "")
-    p, p_low, p_high = law["p"]
-    verdict = "inside" if p_low <= -0.5 <= p_high else "outside"
-    lines = [f"recommended bias rate u = {rate:.3g} (95 % interval {low:.3g} to {high:.3g}) for {target}",
-             f"  from the law fitted to {folder} ({variants[0]}): log u* = c + p log T"
-             + (" + q log S" if "q" in law else "") + f" over {law['cells']} cells; best u per cell = "
-             + transfer.OBJECTIVES[objective].format(cap=cap) + " (seed mean, parabola in log u)",
-             f"  exponent of the run length: p = {p:.2f} (95 % interval {p_low:.2f} to {p_high:.2f}); the "
-             f"square-root law's -0.5 is {verdict} it",
-             f"  expected: unbalanced for about {transfer.settle_fraction(study, rate, steps, tokens, cap):.1%} of the "
-             f"run (settle fraction fitted on log u, log T and log S over the study's runs with MaxVio_global <= {cap:g})"]
-    if "q" in law:
-        q, q_low, q_high = law["q"]
-        lines.append(f"  exponent of the tokens per step: q = {q:.2f} (95 % interval {q_low:.2f} to {q_high:.2f})")
+    lines = [f"recommended bias rate u = {at['rate']:.3g} for {target}",
+             f"  95 % prediction interval for one new run's best rate: {at['pred_low']:.3g} to {at['pred_high']:.3g} "
+             f"(the law's own seed-level 95 % interval at the target: {at['low']:.3g} to {at['high']:.3g})",
+             "  the same law through other per-cell interpolants: "
+             + ", ".join(f"{name} {u:.3g}" for name, u in spread.items()),
+             f"  from the law fitted to {folder} ({variants[0]}): log u* = c + p log T" + (" + q log S" if "q" in fit else "")
+             + f" through {fit['law']['cells']} cells' seed-mean optima, refitted per seed ({fit['seeds']} seeds); best "
+             f"u per cell = " + transfer.OBJECTIVES[objective].format(cap=cap),
+             exponent_line("the run length", "p", fit, -0.5),
+             f"  expected: unbalanced for about {transfer.settle_fraction(study, at['rate'], steps, tokens, cap):.1%} "
+             f"of the run (settle fraction fitted on log u, log T and log S over the study's runs with MaxVio_global <= "
+             f"{cap:g})"]
+    if "q" in fit:
+        lines.insert(5, exponent_line("the tokens per step", "q", fit, 0.0))
     edge = cells[cells["at_edge"] | cells["rate"].isna()]
     if len(edge):
         lines.append("  left out (best rate at the edge of the grid or no feasible rate): "
                      + ", ".join(f"{r.steps} steps x {r.tokens_per_step} tokens" for r in edge.itertuples()))
     if check is not None:
-        lines += check_lines(Path(check), rate, low, high, objective)
+        lines += check_lines(Path(check), at, sqrt_prediction(cells, steps, tokens), objective)
     return lines
 
 
-def check_lines(folder: Path, rate: float, low: float, high: float, objective: str = "val_loss") -> list[str]:
-    """Whether the predicted rate lies inside a direct sweep's flat optimum, judged by the objective's
-    own metric (val loss, or the time-averaged MaxVio_batch)."""
+def exponent_line(what: str, key: str, fit: dict, hypothesis: float) -> str:
+    """`p = -0.18 (seed-level 95 % interval ...)` and what the interval says about `hypothesis`:
+    -1/2 (the square-root law) for p, 0 (no dependence) for q."""
+    value, low, high = fit[key]
+    j = {"p": 1, "q": 2}[key]
+    per_seed = ", ".join(f"{c[j]:.2f}" for c in fit["seed_coef"].values())
+    head = f"  exponent of {what}: {key} = {value:.2f}"
+    if not low == low:
+        return head + " (one seed's fit: no seed-level interval)"
+    head += f" (seed-level 95 % interval {low:.2f} to {high:.2f}; per-seed fits {per_seed})"
+    inside = low <= hypothesis <= high
+    if key == "p":
+        return head + f"; the square-root law's -0.5 is {'inside' if inside else 'outside'} it"
+    if inside:
+        return head + "; no evidence either way: the interval holds 0 (no dependence) and exponents of either sign"
+    return head + f"; the best rate {'rises' if value > 0 else 'falls'} with the tokens per step"
+
+
+def sqrt_prediction(cells: pd.DataFrame, steps: int, tokens: int | None) -> tuple[int, float, float]:
+    """(the longest measured cell's steps, its best rate, the square-root law's extrapolation from it to
+    the target): what a check must tell the fitted law from."""
+    inside = cells[~cells["at_edge"] & cells["rate"].notna()]
+    if tokens is not None and inside["tokens_per_step"].nunique() > 1:
+        inside = inside.iloc[(inside["tokens_per_step"] - tokens).abs().argsort()]
+        inside = inside[inside["tokens_per_step"] == inside["tokens_per_step"].iloc[0]]
+    longest = inside.loc[inside["steps"].idxmax()]
+    return int(longest["steps"]), float(longest["rate"]), float(longest["rate"] * (steps / longest["steps"]) ** -0.5)
+
+
+def check_lines(folder: Path, at: dict, sqrt: tuple[int, float, float], objective: str = "val_loss") -> list[str]:
+    """The direct sweep's own optimum with its seed-level interval against the prediction interval,
+    whether the check can tell the fitted law from the square-root law, and the sweep's flat
+    optimum; judged by the objective's own metric (val loss, or the time-averaged MaxVio_batch)."""
+    runs, metric = sweep_runs(folder, objective)
+    own = transfer.sweep_optimum(runs, metric)
+    best, flat = transfer.flat_optimum(runs, metric)
+    what = "val loss" if metric == "val_loss" else "time-averaged MaxVio_batch"
+    overlap = at["pred_low"] <= own["high"] and own["low"] <= at["pred_high"]
+    fitted_in, sqrt_in = own["low"] <= at["rate"] <= own["high"], own["low"] <= sqrt[2] <= own["high"]
+    tell = {(True, True): "cannot tell the fitted law from the square-root law (both predictions are inside it)",
+            (True, False): "favours the fitted law (the square-root prediction is outside it)",
+            (False, True): "favours the square-root law (the fitted law's prediction is outside it)",
+            (False, False): "matches neither prediction"}[fitted_in, sqrt_in]
+    lines = [f"  check against {folder}: its own best rate {own['rate']:.3g} (seed-level 95 % interval {own['low']:.3g} "
+             f"to {own['high']:.3g}, {own['seeds']} seeds, by {what})",
+             f"  the prediction interval {at['pred_low']:.3g} to {at['pred_high']:.3g} "
+             f"{'OVERLAPS' if overlap else 'MISSES'} it; the predicted {at['rate']:.3g} is "
+             f"{'INSIDE' if fitted_in else 'OUTSIDE'} it",
+             f"  the square-root law from the longest measured cell ({sqrt[0]:,} steps, best u {sqrt[1]:.3g}) predicts "
+             f"{sqrt[2]:.3g}: the check {tell}",
+             f"  flat optimum (paired {what} within noise of its best, {best:.3g}): {min(flat):.3g} to {max(flat):.3g}"]
+    swept = sorted(runs[transfer.RATE].unique())
+    if min(flat) <= swept[0] and max(flat) >= swept[-1]:
+        lines.append(f"  note: the flat optimum is the whole swept range ({swept[0]:.3g} to {swept[-1]:.3g}): the sweep "
+                     "cannot tell these rates apart at its seeds, so this check has no power")
+    return lines
+
+
+def sweep_runs(folder: Path, objective: str) -> tuple[pd.DataFrame, str]:
+    """A direct sweep's complete runs, with the objective's own metric."""
     if not tables.has_results(folder):
         raise ValueError(f"--check {folder}: no results there (run the direct sweep at the target first)")
     runs = tables.read(folder, "runs")
@@ -188,15 +249,4 @@ def check_lines(folder: Path, rate: float, low: float, high: float, objective: s
     metric = "val_loss" if objective == "val_loss" else "maxvio_time"
     if metric == "maxvio_time":
         runs = transfer.study_runs(runs, tables.read(folder, "steps", columns=["run_id", "maxvio_batch"]))
-    best, flat = transfer.flat_optimum(runs, metric)
-    inside = min(flat) <= rate <= max(flat)
-    swept = sorted(runs[transfer.RATE].unique())
-    what = "val loss" if metric == "val_loss" else "time-averaged MaxVio_batch"
-    lines = [f"  check against {folder}: best rate there {best:.3g}; flat optimum (paired {what} within noise "
-             f"of the best, {runs['seed'].nunique()} seeds) {min(flat):.3g} to {max(flat):.3g}",
-             f"  the predicted {rate:.3g} is {'INSIDE' if inside else 'OUTSIDE'} the flat optimum"
-             + ("" if inside else f" (its interval {low:.3g} to {high:.3g})")]
-    if min(flat) <= swept[0] and max(flat) >= swept[-1]:
-        lines.append(f"  note: the flat optimum is the whole swept range ({swept[0]:.3g} to {swept[-1]:.3g}): the sweep "
-                     "cannot tell these rates apart at its seeds, so this check has no power")
-    return lines
+    return runs, metric

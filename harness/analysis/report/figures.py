@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from harness.analysis import plots, stats, transfer, verdicts
+from harness.metric_registry import BALANCED_MAXVIO
 from harness.analysis.report.sweep import sweep_figures
 from harness.analysis.report.summary import reliable_throughput
 
@@ -80,7 +81,7 @@ def transfer_figure(ok: pd.DataFrame, steps: pd.DataFrame) -> list[Figure]:
     runs = transfer.study_runs(rated, steps)
     cells, fitted = [], []
     for objective in transfer.OBJECTIVES:
-        found = transfer.best_rates(runs, objective, cap=0.3).assign(objective=objective)
+        found = transfer.best_rates(runs, objective, cap=BALANCED_MAXVIO).assign(objective=objective)
         cells.append(found)
         with contextlib.suppress(ValueError):  # too few cells inside the grid: points, no line
             law = transfer.fit_law(found)
@@ -90,7 +91,8 @@ def transfer_figure(ok: pd.DataFrame, steps: pd.DataFrame) -> list[Figure]:
                                    "rate": transfer.predict(law, int(round(steps)), int(size))[0]})
     fitted = pd.DataFrame(fitted, columns=["objective", "tokens_per_step", "steps", "rate"])
     return [("rate_transfer", plots.rate_transfer(pd.concat(cells, ignore_index=True), fitted),
-             "The best bias rate against the run's length: lowest val loss with MaxVio_global <= 0.3 (left) and lowest "
+             f"The best bias rate against the run's length: lowest val loss with MaxVio_global <= {BALANCED_MAXVIO} (left) "
+             "and lowest "
              "time-averaged MaxVio_batch (right), per tokens-per-step; lines: the fitted law log u* = c + p log T + "
              "q log S; dotted: the square-root hypothesis's slope. `moe-harness rate` gives the numbers.")]
 
