@@ -170,7 +170,7 @@ def run_suite_file(path: str, out_dir: str = "results", device: str = "auto",
         folder = prepare_folder(suite, out_dir)
         url = storage or f"sqlite:///{(folder / 'queue.db').resolve()}"
         close_storage(open_storage(url, folder / "queue.db", heartbeat_s))  # a bad URL fails here, not in each worker
-        workqueue.local_workers(argv or [], jobs, url, folder, {r.run_id for r in suite.runs})
+        workqueue.local_workers(argv or [], jobs, url, folder, {r.run_id for r in suite.runs}, progress)
     else:
         store = open_storage(storage, Path(out_dir) / suite.name / "queue.db", heartbeat_s) if storage else None
         try:

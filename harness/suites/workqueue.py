@@ -237,7 +237,8 @@ def without_storage(argv: list[str]) -> list[str]:
     return out
 
 
-def local_workers(argv: list[str], jobs: int, storage_url: str, folder: Path, run_ids: set[str]) -> int:
+def local_workers(argv: list[str], jobs: int, storage_url: str, folder: Path, run_ids: set[str],
+                  progress: bool = True) -> int:
     """Start `jobs` worker processes of the same command on one storage, with a progress bar of the
     suite's completed runs; returns the worst exit status.
 
@@ -259,7 +260,7 @@ def local_workers(argv: list[str], jobs: int, storage_url: str, folder: Path, ru
         cmd = [sys.executable, "-m", "harness.cli", *without_storage(argv), "--jobs", "1", "--no-progress"]
         # NOTE: workers see the same argv, so a relative --out or suite path resolves the same
         procs.append(subprocess.Popen(cmd, env=env))
-    bar = tqdm(total=len(run_ids), desc=f"{jobs} workers", unit="run")
+    bar = tqdm(total=len(run_ids), desc=f"{jobs} workers", unit="run", disable=not progress)
     try:
         while any(p.poll() is None for p in procs):
             bar.n = len(run_ids & {f.stem for f in tables.run_files(folder, "runs")})
