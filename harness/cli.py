@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from harness.errors import RunsFailed
 from harness.metric_registry import BALANCED_MAXVIO
@@ -67,6 +68,30 @@ def cmd_rate(args: argparse.Namespace) -> None:
 
     print(rate_command(args.dir, args.steps, args.tokens_per_step, args.variant, args.objective, args.cap, args.check,
                        args.experts, args.top_k))
+
+
+def cmd_reference(args: argparse.Namespace) -> None:
+    from harness.analysis import reference
+
+    root = Path(args.root)
+    if not (root / "results" / "reference").is_dir():
+        raise FileNotFoundError(2, "No results/reference/ here (run it from the repository's root, or give --root)",
+                                str(root / "results" / "reference"))
+    if args.action == "ship":
+        if len(args.names) != 2:
+            raise ValueError("moe-harness reference ship NAME RESULTS_DIR: give the study's name and its results "
+                             "folder, e.g. ship methods results/methods")
+        for path in reference.ship(root, args.names[0], Path(args.names[1])):
+            print(path)
+    elif args.action == "build":
+        for path in reference.build(root, args.names or None):
+            print(path)
+    else:
+        problems = reference.check(root, args.names or None)
+        print("\n".join(problems) if problems else "every reference page and README block is what its data gives")
+        if problems:
+            raise RunsFailed(f"{len(problems)} reference file(s) differ from their data: run `moe-harness reference "
+                             "build` and read the diff, or fix the data")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -147,6 +172,12 @@ def add_readers(sub) -> None:
     rate.add_argument("--check", default=None, metavar="DIR", help="a direct sweep of rates at the target: is the "
                       "prediction inside its flat optimum?")
     rate.set_defaults(fn=cmd_rate)
+    ref = sub.add_parser("reference", help="ship a study's data into results/reference, rebuild the reference pages "
+                                           "and README blocks from it, or check that they match it")
+    ref.add_argument("action", choices=["ship", "build", "check"])
+    ref.add_argument("names", nargs="*", help="ship: NAME RESULTS_DIR; build / check: pages (default: all)")
+    ref.add_argument("--root", default=".", help="the repository's root (default: here)")
+    ref.set_defaults(fn=cmd_reference)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,101 @@
+"""What every reference page shares: the registry of page builders, and the few helpers that turn
+a study's data into the sentences and tables a page prints (where the machine and code came from,
+how long the runs took, a table in Markdown, a mean with its interval)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from harness.analysis import stats
+from harness.analysis.reference.data import Data
+
+
+@dataclass
+class Built:
+    text: str  # the page, Markdown
+    readme: dict[str, str] = field(default_factory=dict)  # README blocks by name
+    figures: dict[str, plt.Figure] = field(default_factory=dict)  # file name -> figure, beside the page
+
+
+@dataclass(frozen=True)
+class Page:
+    name: str
+    file: str  # under results/reference/
+    sources: tuple[str, ...]  # data folders under results/reference/data/
+    build: Callable[[dict[str, Data]], Built]
+
+
+PAGES: dict[str, Page] = {}
+
+
+def page(name: str, file: str, sources: tuple[str, ...] | None = None):
+    """Register a page builder: `@page("smoke", "smoke_cpu.md")` on a function of its sources' Data."""
+    def decorate(fn: Callable[[dict[str, Data]], Built]):
+        if name in PAGES:
+            raise ValueError(f"reference page {name!r} is already registered")
+        PAGES[name] = Page(name, file, sources or (name,), fn)
+        return fn
+
+    return decorate
+
+
+def provenance(runs: pd.DataFrame) -> str:
+    """Where the runs ran: device, torch, Python, commit(s) and corpus fingerprint, from the rows."""
+    def values(column):
+        return ", ".join(sorted(runs[column].dropna().astype(str).unique())) if column in runs else "unknown"
+
+    threads = values("cpu_threads") if "cpu_threads" in runs else "?"
+    return (f"{values('device')} ({values('device_name')}), {threads} thread(s) per run, torch {values('torch_version')}, "
+            f"Python {values('python_version')}, commit {values('git_commit')}, corpus {values('data_source')} "
+            f"(sha256 {values('data_sha256')})")
+
+
+def run_minutes(runs: pd.DataFrame) -> str:
+    return f"{runs['wall_s'].sum() / 60:.0f} min"
+
+
+def md_table(frame: pd.DataFrame, index: bool = True) -> str:
+    """A DataFrame as a Markdown table (its index as the first column unless `index` is False)."""
+    frame = frame.reset_index() if index else frame
+    header = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)])
+
+
+def mean_ci(values, fmt: str = "{:.3f}", positive: bool = False) -> str:
+    """`1.402 [1.364, 1.440]`: the mean over seeds with its 95 % interval (log scale where positive)."""
+    mean, low, high = stats.mean_interval(values, positive=positive)
+    if np.isnan(low):
+        return fmt.format(mean)
+    return f"{fmt.format(mean)} [{fmt.format(low)}, {fmt.format(high)}]"
+
+
+def paired(ok: pd.DataFrame, metric: str, group: str, base: str) -> dict:
+    """The paired difference group - base of `metric` over their common seeds (stats.paired_difference)."""
+    table = stats.per_seed(ok, metric)
+    return stats.paired_difference(table[group], table[base])
+
+
+def diff_ci(d: dict, fmt: str = "{:+.3f}") -> str:
+    return f"{fmt.format(d['diff'])} [{fmt.format(d['low'])}, {fmt.format(d['high'])}]"
+
+
+def by_variant(ok: pd.DataFrame, metric: str) -> pd.Series:
+    """The seed mean of `metric` per variant label."""
+    return ok.groupby("variant")[metric].mean()
+
+
+def setup(runs: pd.DataFrame) -> str:
+    """`tiny model (2 layers, width 64, 8 experts, k = 2), 400 steps of 1,024 tokens, 1 seed`, from the rows."""
+    first = runs.iloc[0]
+    tokens = int(first["train.batch_size"] * first["train.grad_accum"] * first["model.seq_len"] * first.get("world_size", 1))
+    steps = sorted(runs["train.steps"].astype(int).unique())
+    seeds = runs["seed"].nunique()
+    return (f"`{first['size']}` model ({int(first['model.num_layers'])} layers, width {int(first['model.dim'])}, "
+            f"{int(first['model.num_experts'])} experts, k = {int(first['model.top_k'])}), "
+            f"{'/'.join(f'{s:,}' for s in steps)} steps of {tokens:,} tokens, {seeds} seed{'s' if seeds > 1 else ''}")
