@@ -30,6 +30,9 @@ CASES = {
     "softmax_topk_aux_global": {"router": "softmax_topk_aux", "router.aux_scope": "global_batch",
                                 "router.aux_alpha": 0.1},
     "quantile_balancing": {"router": "quantile_balancing"},  # the step's scores pooled over ranks and micro-batches
+    "bip_dual": {"router": "bip_dual"},  # the step's duals from its pooled scores
+    "dual_ascent": {"router": "dual_ascent", "router.da_eps": 1e-3},
+    "phi_balance": {"router": "phi_balance", "router.phi_weight": 0.05, "router.phi_rate": 0.1},  # the EMA pooled
 }
 
 
@@ -72,8 +75,24 @@ def test_two_processes_of_b_match_one_process_of_2b(case, tmp_path):
     assert ranks[0]["val_loss"] == pytest.approx(single["val_loss"], abs=2e-5)
     if "aux" in case:
         assert min(single["aux"]) > 0.05  # alpha 0.1 x about 1
+    elif case == "phi_balance":
+        assert max(single["aux"]) > 0  # it prices the experts through its loss; the bias stays 0
     else:
         assert single["bias"][-1].abs().max() > 0  # the bias really moved
+
+
+def test_expert_thresholds_are_the_same_on_every_rank():
+    """Expert Threshold averages each rank's cut-offs (as its authors' code does), which is not the
+    cut-off of the pooled batch: its ranks agree with each other, not with one process of 2B."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        settings = {"router": "expert_threshold", "train.batch_size": 2, "train.grad_accum": 2}
+        mp.spawn(_rank_main, args=(2, settings, folder), nprocs=2, join=True)
+        ranks = [torch.load(f"{folder}/trace_{r}.pt") for r in range(2)]
+    for step in range(STEPS):
+        assert torch.equal(ranks[0]["bias"][step], ranks[1]["bias"][step]), f"ranks disagree at step {step}"
+    assert ranks[0]["bias"][-1].abs().max() > 0
 
 
 def cli(*args):
@@ -172,9 +191,16 @@ TIMING = {"tokens_per_s", "wall_s", "train_wall_s", "train_cpu_s", "cpu_utilisat
           "throughput_ratio", "throughput_reliable", "peak_mem_mb", "resumed_from_step", "git_commit"}
 
 
-@pytest.mark.parametrize("router", ["loss_free", "dynamic_k", "smebu"])  # smebu: its momentum is checkpointed
+KILLED = {"loss_free": {"router.bias_rate": 0.01}, "dynamic_k": {"router.bias_rate": 0.01},
+          "smebu": {"router.bias_rate": 0.01},  # its momentum is checkpointed
+          "expert_threshold": {"router.et_warmup_steps": 5},  # its thresholds, updates and warm-up count
+          "bip_dual": {}, "dual_ascent": {"router.da_schedule": "inverse"},  # the schedule's count
+          "phi_balance": {"router.phi_weight": 0.05}}  # its EMA of the probabilities
+
+
+@pytest.mark.parametrize("router", list(KILLED))
 def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_end(make_suite, tmp_path, router):
-    suite = make_suite([{"router": router, "router.bias_rate": 0.01}], base=RESUME)
+    suite = make_suite([{"router": router, **KILLED[router]}], base=RESUME)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     killed = tmp_path / "killed"
     proc = subprocess.Popen(cli("run", suite, "--out", killed, "--no-progress"), env=env,

@@ -80,10 +80,16 @@ def test_every_controller_records_its_speed_in_its_own_units(tiny_settings, mode
     cfg = resolve({**tiny_settings, "router": preset, "train.steps": 8})
     record = run(cfg).record
     controller = get_controller(mode)
+    if not controller.moves_bias:  # phi-balancing prices the experts through a loss: no bias to watch
+        assert "controller_speed" not in record and "settle_step" not in record
+        return
     assert record["controller_speed_of"] == controller.speed_of(cfg.router_cfg)
     assert record["controller_speed"] == pytest.approx(controller.speed(cfg.router_cfg))
-    expected = 1 - cfg.router_cfg.param("qb_ema") if mode == "quantile" else cfg.router_cfg.param("bias_rate")
-    assert record["controller_speed"] == pytest.approx(expected) and 0 < expected < 1
+    expected = {"quantile": lambda c: 1 - c.param("qb_ema"), "expert_threshold": lambda c: 1 - c.param("et_beta"),
+                "dual_ascent": lambda c: c.param("da_eps"), "bip_dual": lambda c: c.param("bip_iters")}.get(
+        mode, lambda c: c.param("bias_rate"))(cfg.router_cfg)
+    assert record["controller_speed"] == pytest.approx(expected) and expected > 0
+    assert (controller.rate(cfg.router_cfg) is None) == pd.isna(record["bias_travel"])  # travel in u where u drives it
 
 
 def test_controller_rates_sets_controllers_side_by_side_against_their_speed():

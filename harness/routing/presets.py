@@ -141,3 +141,27 @@ def dynamic_k() -> RouterConfig:
 def dynamic_k_cap() -> RouterConfig:
     """Dynamic k with k as a ceiling (Su eq. 4); nothing lifts k back up (collapsed in the ablation)."""
     return dynamic_k().replace(dynamic_k_rule="eq4")
+
+
+@register_router("expert_threshold")
+def expert_threshold() -> RouterConfig:
+    """Expert Threshold (2603.11535): sigmoid gates, each expert fires above an EMA of its K-th largest logit; causal."""
+    return RouterConfig(score_func="sigmoid", selection="threshold", bias_mode="expert_threshold")
+
+
+@register_router("bip_dual")
+def bip_dual() -> RouterConfig:
+    """BIP balancing, reconstructed (2502.15451): sigmoid top-k of s - q, q the LP's expert duals over the step."""
+    return sigmoid_topk().replace(bias_mode="bip_dual")
+
+
+@register_router("dual_ascent")
+def dual_ascent() -> RouterConfig:
+    """Dual-ascent bias (2512.03915): b <- b + eps (nbar - n), the Loss-Free rule's step proportional to the violation."""
+    return sigmoid_topk().replace(bias_mode="dual_ascent")
+
+
+@register_router("phi_balance")
+def phi_balance() -> RouterConfig:
+    """phi-balancing, reconstructed (2605.15403): softmax top-k, experts priced at an EMA of their probabilities."""
+    return softmax_topk().replace(bias_mode="phi_balance")

@@ -72,13 +72,7 @@ class Router(nn.Module):
         cfg = self.cfg
         logits_TE = self.gate(x_TD).float()
         scores_TE = SCORE_FUNCS[cfg.score_func](logits_TE)
-        if not self._bias_ready_seen and not self._check_bias_ready():
-            self._init_bias(scores_TE)
-        if self.controller.observes and self.training:
-            with torch.no_grad():
-                self.controller.observe(scores_TE)
-        selection_TE = self.selection.selection_scores(logits_TE, scores_TE, self.expert_bias, cfg, self.training)
-        token_idx_A, expert_idx_A, mask_TE = self._select(selection_TE)
+        token_idx_A, expert_idx_A, mask_TE = self._route(logits_TE, scores_TE)
         gate_A = scores_TE[token_idx_A, expert_idx_A]
         if cfg.route_norm:
             denom_T = torch.zeros_like(scores_TE[:, 0]).index_add(0, token_idx_A, gate_A)
@@ -102,6 +96,24 @@ class Router(nn.Module):
         dispatch_E = counts_E.long() if num_dropped is None else torch.bincount(expert_idx_A, minlength=self.num_experts)
         return RouterOutput(token_idx_A, expert_idx_A, gate_A, counts_E, scores_TE, aux, num_dropped, dispatch_E)
 
+    def _route(self, logits_TE: torch.Tensor, scores_TE: torch.Tensor):
+        """Which experts each token goes to: the bias made ready (from the first batch; by a controller
+        that watches each training forward), the rule's selection, then, in training, a controller's
+        own say over the routing (Expert Threshold's warm-up and capacity clamp)."""
+        if not self._bias_ready_seen and not self._check_bias_ready():
+            self._init_bias(scores_TE)
+        if self.controller.observes and self.training:
+            with torch.no_grad():
+                new_bias = self.controller.observe(scores_TE, logits_TE, self.expert_bias)
+                if new_bias is not None:  # a controller that sets the bias from this very batch (BIP's "before")
+                    self.expert_bias.copy_(new_bias)
+        selection_TE = self.selection.selection_scores(logits_TE, scores_TE, self.expert_bias, self.cfg, self.training)
+        token_idx_A, expert_idx_A, mask_TE = self._select(selection_TE)
+        if self.training and self.controller.reroutes and not self.causal_topk:
+            mask_TE = self.controller.reroute(selection_TE, mask_TE)
+            token_idx_A, expert_idx_A = mask_TE.nonzero(as_tuple=True)
+        return token_idx_A, expert_idx_A, mask_TE
+
     def _select(self, biased_TE: torch.Tensor):
         rule = self.causal_rule if self.causal_topk else self.selection
         return rule.select(biased_TE, self.top_k, self.cfg)
@@ -124,6 +136,8 @@ class Router(nn.Module):
             losses["aux_loss"] = cfg.aux_alpha * value
         if cfg.z_loss_beta > 0:
             losses["z_loss"] = cfg.z_loss_beta * balancing.z_loss(logits_TE)
+        if self.training and self.controller.prices:  # a controller that balances through a loss (phi)
+            losses[f"{self.controller.name}_loss"] = self.controller.loss(scores_TE)
         return losses
 
     def _check_bias_ready(self) -> bool:

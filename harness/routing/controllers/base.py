@@ -5,8 +5,9 @@ never a gate). It is one registered `nn.Module` subclass in a file of its own. I
 own settings (`params`, among them the shared `BIAS_RATE` and `BIAS_FREEZE` where it reads them),
 the selection rules it can steer (`selections`; None: any), whether it sets the budget of a rule
 that needs one (`sets_budget`, threshold selection), whether it starts the bias from the first
-batch's scores (`init_from_scores`), and whether it watches each training forward's scores
-(`observes`). Its buffers are its state: registered with `register_buffer`, they are saved in
+batch's scores (`init_from_scores`), whether it watches each training forward's scores before
+they route (`observes`; it may set the bias that very forward uses), whether it has its own say
+over the training routing (`reroutes`), and whether it balances through a loss (`prices`). Its buffers are its state: registered with `register_buffer`, they are saved in
 the model's `state_dict` and so in checkpoints. After each optimizer step the router calls
 `step` with the step's counts, summed over micro-batches and ranks. See docs/methods.md.
 
@@ -39,7 +40,9 @@ class BiasController(nn.Module, ABC):
     sets_budget = False  # it can steer a rule that needs a controller (threshold)
     init_from_scores = False  # `initial_bias` from the first batch's scores (every rank's)
     observes = False  # `observe` every training forward's scores
-    moves_bias = True  # False only for the control arm (no controller)
+    reroutes = False  # `reroute` the rule's selection in training
+    prices = False  # add a `loss` in training (balancing through the gradient, not the bias)
+    moves_bias = True  # False for the control arm and for controllers that only price (phi)
     params: dict[str, Param] = {}  # its own settings, set as router.<name>
 
     def __init__(self, num_experts: int, top_k: int, cfg):
@@ -82,8 +85,17 @@ class BiasController(nn.Module, ABC):
         """[E] the bias to start from (init_from_scores only)."""
         raise NotImplementedError(f"{type(self).__name__} sets init_from_scores but has no initial_bias")
 
-    def observe(self, scores_TE: torch.Tensor) -> None:
-        """See one training forward's scores [T, E] (observes only; no gradient)."""
+    def observe(self, scores_TE: torch.Tensor, logits_TE: torch.Tensor, bias_E: torch.Tensor) -> torch.Tensor | None:
+        """See one training forward's scores and logits [T, E] before it routes, with the bias [E] it
+        would route with (observes only; no gradient); a new bias returned is the one it routes with."""
+
+    def reroute(self, biased_TE: torch.Tensor, mask_TE: torch.Tensor) -> torch.Tensor:
+        """The training forward's routing [T, E] (bool) in place of the rule's `mask_TE` (reroutes only)."""
+        return mask_TE
+
+    def loss(self, scores_TE: torch.Tensor) -> torch.Tensor:
+        """A training forward's balancing loss, already weighted (prices only); it reaches the router weights."""
+        raise NotImplementedError(f"{type(self).__name__} sets prices but has no loss")
 
     def step(self, bias_E: torch.Tensor, counts_E: torch.Tensor, num_tokens: int, progress: float):
         """The new bias after an optimizer step (None leaves it): `update`, unless the bias is frozen

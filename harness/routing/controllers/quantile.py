@@ -83,7 +83,7 @@ class Quantile(BiasController):
     def initial_bias(self, scores_TE):
         return -expert_quantiles(scores_TE, self.top_k)
 
-    def observe(self, scores_TE):
+    def observe(self, scores_TE, logits_TE, bias_E):
         histogram_add_(self.step_hist, scores_TE)
 
     def update(self, bias_E, counts_E, num_tokens):
