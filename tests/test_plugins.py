@@ -191,7 +191,7 @@ def test_a_declared_parameter_is_checked_like_a_field(tmp_path, capsys, setting,
 
 
 def test_an_unknown_controller_or_rule_lists_the_registered_ones(make_suite, tmp_path, capsys):
-    for key, names in (("router.bias_mode=nope", r"\['dynamic_k', 'loss_free', 'none', 'quantile'"),
+    for key, names in (("router.bias_mode=nope", r"\['bip_dual', 'dual_ascent', 'dynamic_k', 'expert_threshold', 'loss_free'"),
                        ("router.selection=nope", r"\['expert_choice', 'threshold', 'topk'")):
         assert main(["run", str(make_suite([{"router": "loss_free"}])), "--out", str(tmp_path), "--set", key]) == 2
         assert re.search(rf"{key.split('=')[0]} = 'nope' is not allowed; choose one of {names}", capsys.readouterr().err)
