@@ -30,6 +30,7 @@ def one_process(monkeypatch, tmp_path_factory):
     Tokenizer caches go to a folder of this test session, not the user's ~/.cache."""
     monkeypatch.setenv("MOE_HARNESS_JOBS", "1")
     monkeypatch.delenv("MOE_HARNESS_STORAGE", raising=False)  # a user's own queue must not capture the tests
+    monkeypatch.delenv("MOE_HARNESS_THREADS", raising=False)  # `main([... "--threads", N])` sets it: undone after
     monkeypatch.setenv("MOE_HARNESS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
