@@ -23,7 +23,10 @@ from harness.data.corpus import DataConfig
 from harness.engine.livelog import check_log_to
 from harness.engine.metrics import MetricsConfig
 from harness.engine.model import ModelConfig, model_config
-from harness.routing import RouterConfig, get_router_config, router_fields
+from harness.engine.families import FAMILIES, HARNESS, family_names, transformers_module
+from harness.engine.families.base import NATIVE
+from harness.routing import ROUTERS, RouterConfig, get_router_config, router_fields
+from harness.routing.selection import SELECTIONS
 from harness.routing.resolve import declared
 from harness.data.tokenizer import check_tokenizer
 
@@ -115,6 +118,8 @@ class RunConfig:
         for prefix, section in (("model", self.model), ("router", None), ("train", self.train),
                                 ("data", self.data), ("metrics", self.metrics)):
             fields = router_columns(self.router_cfg) if prefix == "router" else dataclasses.asdict(section)
+            if prefix == "model" and fields["family"] == HARNESS:
+                del fields["family"]  # NOTE: the proxy's rows and run ids are as they were before families
             out.update({f"{prefix}.{k}": v for k, v in fields.items()})
         return out
 
@@ -154,7 +159,7 @@ def _digest(flat: dict[str, Any]) -> str:
 
 SECTIONS = {"model": ModelConfig, "router": RouterConfig, "train": TrainConfig, "data": DataConfig,
             "metrics": MetricsConfig}
-TOP_LEVEL = {"router": str, "size": str, "seed": int, "variant": str}
+TOP_LEVEL = {"router": str, "size": str, "seed": int, "variant": str}  # router: a preset, or native (a family's own)
 
 
 def allowed_keys() -> list[str]:
@@ -221,9 +226,44 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def family_router(preset: str, model: ModelConfig, overrides: dict[str, Any]) -> RouterConfig:
+    """The run's router: the preset with the user's router.* settings; in a family, the family's traits
+    first (its gate normalisation and scaling, DeepSeek's group limits) and the user's settings over
+    them; `router = "native"`, the family's own routing (the family's module runs it untouched)."""
+    if model.family == HARNESS:
+        if preset == NATIVE:
+            raise ValueError(f"router = 'native' runs a model family's own router: set model.family to one of "
+                             f"{family_names()[1:]}")
+        return get_router_config(preset, **overrides)
+    transformers_module()  # NOTE: a family needs the extra: say so before any run starts
+    family = FAMILIES.lookup(model.family)
+    if preset == NATIVE and overrides:
+        raise ValueError(f"router = 'native' is the family's router untouched: router.* settings do not apply; got "
+                         f"{sorted(f'router.{k}' for k in overrides)}")
+    base = family.native_preset if preset == NATIVE else preset
+    selection = overrides.get("selection", ROUTERS.lookup(base)().selection)
+    return get_router_config(base, **{**family.router_traits(selection, model), **overrides})
+
+
+def check_family(cfg: RunConfig) -> None:
+    """A family evaluates token by token and needs at least one sparse layer."""
+    if cfg.model.family == HARNESS:
+        return
+    family = FAMILIES.lookup(cfg.model.family)
+    if family.moe_layers(cfg.model) < 1:
+        raise ValueError(f"model.family = {family.name!r} with model.num_layers = {cfg.model.num_layers} has no MoE "
+                         "layer (its first layer is dense): use model.num_layers >= 2")
+    if not cfg.router_cfg.rule.causal:
+        raise ValueError(f"model.family = {family.name!r} routes each token by itself at evaluation, so it needs a causal "
+                         f"selection rule; router.selection = {cfg.router_cfg.selection!r} is not. Choose one of "
+                         f"{sorted(n for n, r in SELECTIONS.items() if r.causal)}")
+
+
 def check_run(cfg: RunConfig, explicit_ep_sizes: bool) -> None:
     """What only the whole config can check: the router against the model's experts and the
-    micro-batch, and simulated EP sizes the user named against the expert count."""
+    micro-batch, a family against the router, and simulated EP sizes the user named against the
+    expert count."""
+    check_family(cfg)
     experts, rule = cfg.model.num_experts, cfg.router_cfg.rule
     rule.check_layer(cfg.router_cfg, experts, cfg.model.top_k)
     rule.check_batch(cfg.router_cfg, cfg.train.batch_size * cfg.model.seq_len,
@@ -256,13 +296,14 @@ def resolve(settings: dict[str, Any]) -> RunConfig:
         raise ValueError(f"seed = {values['seed']!r} must be a whole number >= 0")
     train = TrainConfig(**sections["train"])
     train = dataclasses.replace(train, device=resolve_device(train.device))
+    model = model_config(values.get("size", "tiny"), **sections["model"])
     cfg = RunConfig(
         variant=values.get("variant", router),
         router=router,
         size=values.get("size", "tiny"),
         seed=values.get("seed", 0),
-        model=model_config(values.get("size", "tiny"), **sections["model"]),
-        router_cfg=get_router_config(router, **sections["router"]),
+        model=model,
+        router_cfg=family_router(router, model, sections["router"]),
         train=train,
         data=data,
         metrics=MetricsConfig(**sections["metrics"]),

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.engine.families import FAMILIES, HARNESS, FamilyLM, family_names
 from harness.engine.moe import DenseFFN, ExpertImpl, MoELayer
 from harness.routing import RouterConfig
 
@@ -46,8 +47,13 @@ class ModelConfig:
     expert_impl: ExpertImpl = "auto"
     # RoPE base
     rope_theta: float = 10000.0
+    # the architecture: harness (this file's proxy) or a transformers family (engine/families/:
+    # qwen3_moe, olmoe, deepseek_v3, mixtral) built to this config's size, with the family's traits
+    family: str = HARNESS
 
     def __post_init__(self) -> None:
+        if self.family not in family_names():
+            raise ValueError(f"model.family = {self.family!r} is not allowed; choose one of {family_names()}")
         for name in ("vocab_size", "dim", "num_layers", "num_heads", "seq_len", "num_experts", "top_k", "expert_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} = {getattr(self, name)!r} must be >= 1")
@@ -169,3 +175,17 @@ class MoETransformer(nn.Module):
         for block in self.blocks:
             x = block(x, self.rope_cos, self.rope_sin)
         return self.head(self.norm(x))  # [B, L, vocab]
+
+
+def build_model(cfg: ModelConfig, router_cfg: RouterConfig, native: bool = False) -> nn.Module:
+    """The run's model: the proxy, or a family's model with the router swapped in (its own if `native`)."""
+    if cfg.family == HARNESS:
+        return MoETransformer(cfg, router_cfg)
+    return FamilyLM(FAMILIES.lookup(cfg.family), cfg, router_cfg, native=native)
+
+
+def build_dense(cfg: ModelConfig, router_cfg: RouterConfig) -> nn.Module:
+    """The dense twin of equal active width: the throughput yardstick, in the run's own architecture."""
+    if cfg.family == HARNESS:
+        return MoETransformer(dataclasses.replace(cfg, ffn="dense"), router_cfg)
+    return FamilyLM(FAMILIES.lookup(cfg.family), cfg, router_cfg, dense=True)

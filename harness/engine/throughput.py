@@ -9,7 +9,6 @@ machine is doing. The thread count follows the cores other processes leave free 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import platform
 import resource
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 import harness
 from harness.engine.config import RunConfig
 from harness.data.corpus import Corpus, sample_batch
-from harness.engine.model import MoETransformer
+from harness.engine.model import build_dense
 from harness.engine.optim import autocast_for, build_optimizer
 from harness.engine.threads import ThreadGovernor
 
@@ -66,7 +65,7 @@ class DenseProbe:
 
     def __init__(self, cfg: RunConfig, corpus: Corpus, device: torch.device):
         torch.manual_seed(cfg.seed)  # NOTE: the run reseeds after this, so the probe changes nothing in it
-        self.model = MoETransformer(dataclasses.replace(cfg.model, ffn="dense"), cfg.router_cfg).to(device)
+        self.model = build_dense(cfg.model, cfg.router_cfg).to(device)
         self.optimizer = build_optimizer(self.model, cfg)
         self.cfg, self.corpus, self.device = cfg, corpus, device
         self.gen, self.amp = torch.Generator().manual_seed(0), autocast_for(cfg)

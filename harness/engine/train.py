@@ -30,7 +30,8 @@ from harness.engine.config import RunConfig
 from harness.data.corpus import Corpus, load_corpus, sample_batch
 from harness.engine.evaluate import Evaluator
 from harness.engine.livelog import LiveLog
-from harness.engine.model import MoETransformer
+from harness.engine.families.base import NATIVE
+from harness.engine.model import build_model
 from harness.engine.run_metrics import RunMetrics
 from harness.engine.optim import autocast_for, build_optimizer, lr_at  # noqa: F401 (lr_at: public here too)
 from harness.engine.throughput import SpeedMeter, environment
@@ -61,7 +62,7 @@ class Trainer:
         self.device = distributed.device_for(cfg.train.device)
         self.rank, self.world = distributed.rank(), distributed.world_size()
         torch.manual_seed(cfg.seed)
-        self.model = MoETransformer(cfg.model, cfg.router_cfg).to(self.device)
+        self.model = build_model(cfg.model, cfg.router_cfg, native=cfg.router == NATIVE).to(self.device)
         self.layers = self.model.moe_layers
         self.ddp = self.model
         if distributed.is_distributed():

@@ -1,0 +1,64 @@
+"""Model families: transformers' MoE architectures as the proxy (`model.family`), any harness router
+swapped into every MoE block (gates.py), or the family's own (`router = "native"`). One file per
+family; base.py says what a family declares."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import torch
+from torch import nn
+
+from harness.engine.families.base import FAMILIES, HARNESS, Family, family_names, transformers_module
+from harness.engine.families.gates import NativeGate, SwappedGate
+
+__all__ = ["FAMILIES", "HARNESS", "Family", "FamilyLM", "family_names", "transformers_module"]
+
+
+def sparse_blocks(model: nn.Module) -> list[nn.Module]:
+    """The family's MoE blocks, in layer order: the modules with a `gate` and `experts`."""
+    return [m for m in model.modules() if hasattr(m, "gate") and hasattr(m, "experts")]
+
+
+class FamilyLM(nn.Module):
+    """A family's causal LM with its gates swapped (or its own kept): token ids [B, L] in, logits
+    [B, L, V] out, and `moe_layers` as the harness's proxy has them."""
+
+    def __init__(self, family: type[Family], model_cfg, router_cfg, native: bool = False, dense: bool = False):
+        super().__init__()
+        transformers = transformers_module()
+        config = getattr(transformers, family.config_class)(
+            **(family.dense_config(model_cfg) if dense else family.hf_config(model_cfg)))
+        self.hf = getattr(transformers, family.model_class)(config).float()
+        self.cfg, self.family = model_cfg, family
+        self.gates = []
+        for block in [] if dense else sparse_blocks(self.hf):
+            gate = NativeGate(block.gate, model_cfg.num_experts, family.native_preset) if native else SwappedGate(
+                block.gate, model_cfg.dim, model_cfg.num_experts, model_cfg.top_k, router_cfg)
+            block.gate = gate
+            if not native and hasattr(block.experts, "_is_expert_parallel"):
+                # NOTE: transformers' fast expert paths (grouped_mm, batched_mm) leave a slot with no
+                # expert (id n) uninitialised unless this flag is on; it turns on only their masking of
+                # such slots (its expert parallelism sets it for the same reason), which a swapped
+                # router's variable k needs
+                block.experts._is_expert_parallel = True
+            self.gates.append(gate)
+        if not dense and not self.gates:
+            raise ValueError(f"model.family = {family.name!r} with model.num_layers = {model_cfg.num_layers} has no MoE "
+                             "layer (its first layers are dense): use more layers")
+
+    @property
+    def moe_layers(self) -> list[nn.Module]:
+        return self.gates
+
+    def forward(self, idx_BL: torch.Tensor) -> torch.Tensor:
+        for gate in self.gates:
+            gate.seq_len = idx_BL.shape[1]
+        return self.hf(input_ids=idx_BL, use_cache=False).logits
+
+
+# NOTE: every other module of this folder is a family that registers itself
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in ("base", "gates"):
+        importlib.import_module(f"{__name__}.{_module.name}")

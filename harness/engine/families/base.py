@@ -1,0 +1,81 @@
+"""A model family: a transformers MoE architecture (Qwen3-MoE, OLMoE, DeepSeek-V3, Mixtral) built
+locally from a config the harness writes, random init, nothing downloaded.
+
+A family is one registered class in a file of its own: the transformers config and model classes
+it uses, the config for a harness `ModelConfig` (the harness's size names map to configs of about
+the proxy's active and total parameters, keeping the family's own traits), the dense twin of
+equal active width (the throughput yardstick), the family's own routing written as a harness
+router (`native`: the family's router, reproduced; the equivalence tests check it), and the router
+fields the family imposes on any router swapped into it (`traits`: its gate normalisation and
+scaling, DeepSeek's group limits).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Any
+
+from harness.routing.registry import Registry
+
+EXTRA = "transformers"  # pip install 'moe-harness[transformers]'
+
+
+def transformers_module():
+    """The transformers package, or ValueError naming the extra to install."""
+    if importlib.util.find_spec("transformers") is None:
+        raise ValueError("model.family other than 'harness' builds a transformers model: pip install "
+                         f"'moe-harness[{EXTRA}]'")
+    return importlib.import_module("transformers")
+
+
+class Family:
+    name = ""
+    config_class = ""  # a transformers config class
+    model_class = ""  # a transformers causal-LM class
+    native_preset = "softmax_topk"  # the harness preset the family's own routing starts from
+    traits: dict[str, Any] = {}  # router fields the family imposes on any router swapped in
+
+    @classmethod
+    def hf_config(cls, model) -> dict:
+        """The transformers config's keyword arguments for a harness ModelConfig."""
+        raise NotImplementedError
+
+    @classmethod
+    def dense_config(cls, model) -> dict:
+        """The same, for the dense twin of equal active width (every FFN dense)."""
+        raise NotImplementedError
+
+    @classmethod
+    def moe_layers(cls, model) -> int:
+        """How many of the model's layers are sparse."""
+        return model.num_layers
+
+    @classmethod
+    def router_traits(cls, selection: str, model) -> dict[str, Any]:
+        """The router fields (and top-k settings) the family imposes on a router with this selection."""
+        return dict(cls.traits)
+
+
+def common(model) -> dict:
+    """What every family takes from a ModelConfig: width, depth, heads, context, vocabulary, experts."""
+    return {"vocab_size": model.vocab_size, "hidden_size": model.dim, "num_hidden_layers": model.num_layers,
+            "num_attention_heads": model.num_heads, "num_key_value_heads": model.num_heads,
+            "max_position_embeddings": model.seq_len, "rope_theta": model.rope_theta, "tie_word_embeddings": False,
+            "num_experts_per_tok": model.top_k, "use_cache": False, "output_router_logits": False,
+            "pad_token_id": None, "bos_token_id": None, "eos_token_id": None}
+
+
+def _instance(name: str, cls: type[Family]) -> type[Family]:
+    cls.name = name
+    return cls
+
+
+FAMILIES = Registry("model family", "model.family", prepare=_instance)
+register_family = FAMILIES.register
+HARNESS = "harness"  # the harness's own proxy, not a transformers family
+NATIVE = "native"  # `router = "native"`: a family's own router, untouched
+
+
+def family_names() -> list[str]:
+    return [HARNESS] + FAMILIES.names()

@@ -1,0 +1,96 @@
+"""The router swap: what sits in a family's MoE block where its own gate was.
+
+A family's sparse block calls `self.gate(hidden)` for (router logits, top-k weights [T, k], top-k
+expert ids [T, k]) and hands the last two to its experts, which skip the id n (no expert). The
+harness's `SwappedGate` answers that call with a harness Router (any registered rule and
+controller): its assignments are written as [T, kmax] ids and weights, a token with fewer experts
+padded with id n and weight 0, so variable k, drops and expert choice reach the family's experts
+unchanged. `NativeGate` keeps the family's own gate (`router = "native"`) and only reads what it
+chose. Both expose what the trainer, the evaluator and the run's metrics read from a harness MoE
+layer: `router` (its bias, its balancing update) and `last_route` (a RouterOutput).
+
+Legend: T = tokens, D = width, E = routed experts, K = the most experts a token got, A = assignments.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from harness.routing import Router, RouterConfig, RouterOutput
+
+NATIVE_SCORES = {"softmax_topk": lambda z: torch.softmax(z.float(), dim=-1), "sigmoid_topk": torch.sigmoid}
+
+
+def padded(route: RouterOutput, num_tokens: int, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """([T, K] expert ids, [T, K] weights) of a route's assignments, token-major; K the most any token
+    has; unused slots id E (the experts' "no expert") and weight 0."""
+    per_token_T = torch.bincount(route.token_idx_A, minlength=num_tokens)
+    width = max(1, int(per_token_T.max())) if len(route.token_idx_A) else 1
+    slot_A = torch.arange(len(route.token_idx_A), device=per_token_T.device) - (
+        per_token_T.cumsum(0) - per_token_T)[route.token_idx_A]
+    ids_TK = torch.full((num_tokens, width), num_experts, dtype=torch.long, device=per_token_T.device)
+    weights_TK = torch.zeros(num_tokens, width, dtype=route.gate_A.dtype, device=per_token_T.device)
+    ids_TK[route.token_idx_A, slot_A] = route.expert_idx_A
+    weights_TK = weights_TK.index_put((route.token_idx_A, slot_A), route.gate_A)  # NOTE: out of place: a gradient
+    return ids_TK, weights_TK
+
+
+class SwappedGate(nn.Module):
+    """A harness Router in a family's MoE block, starting from the family gate's initial weight."""
+
+    def __init__(self, native: nn.Module, dim: int, num_experts: int, top_k: int, cfg: RouterConfig):
+        super().__init__()
+        self.router = Router(dim, num_experts, top_k, cfg)
+        with torch.no_grad():
+            self.router.gate.weight.copy_(native.weight)
+        self.num_experts, self.dim = num_experts, dim
+        self.seq_len: int | None = None  # the batch's sequence length (the family passes [T, D] tokens)
+        self.last_route: RouterOutput | None = None
+
+    def forward(self, hidden):
+        x_TD = hidden.reshape(-1, self.dim)
+        route = self.router(x_TD, seq_len=self.seq_len)
+        self.last_route = route
+        if route.token_idx_A.numel() == x_TD.shape[0] * self.router.top_k and route.num_dropped is None \
+                and not self.router.selection.variable_k:  # NOTE: exactly k each, token-major: no padding
+            ids_TK = route.expert_idx_A.view(x_TD.shape[0], self.router.top_k)
+            weights_TK = route.gate_A.view(x_TD.shape[0], self.router.top_k)
+        else:
+            ids_TK, weights_TK = padded(route, x_TD.shape[0], self.num_experts)
+        return route.scores_TE, weights_TK.to(x_TD.dtype), ids_TK
+
+
+class NativeRouter(nn.Module):
+    """The part of a harness Router the trainer and evaluator use, for a family's own gate: a bias
+    that stays 0 and a balancing update that does nothing (the family's router has no controller)."""
+
+    causal_topk = False
+
+    def __init__(self, num_experts: int):
+        super().__init__()
+        self.register_buffer("expert_bias", torch.zeros(num_experts), persistent=False)
+
+    def balance_update(self, counts_E, num_tokens: int, progress: float = 0.0) -> None:
+        return None
+
+
+class NativeGate(nn.Module):
+    """A family's own gate, untouched, with what it chose recorded as a RouterOutput."""
+
+    def __init__(self, native: nn.Module, num_experts: int, scores: str):
+        super().__init__()
+        self.native, self.num_experts, self.scores = native, num_experts, NATIVE_SCORES[scores]
+        self.router = NativeRouter(num_experts)
+        self.seq_len: int | None = None
+        self.last_route: RouterOutput | None = None
+
+    def forward(self, hidden):
+        logits, weights_TK, ids_TK = self.native(hidden)
+        tokens, k = ids_TK.shape
+        expert_A = ids_TK.reshape(-1)
+        counts_E = torch.bincount(expert_A, minlength=self.num_experts).float()
+        self.last_route = RouterOutput(torch.arange(tokens, device=ids_TK.device).repeat_interleave(k), expert_A,
+                                       weights_TK.reshape(-1).float(), counts_E, self.scores(logits.float()), {},
+                                       None, counts_E.long())
+        return logits, weights_TK, ids_TK

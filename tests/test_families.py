@@ -1,0 +1,129 @@
+"""Real architectures as the proxy (issue 28): each transformers family with the harness router as
+its own routing equals the untouched model (logits and gradients, float64), any registered router
+runs inside it from a suite through the CLI, and a bad family, a family with no MoE layer or a
+rule it cannot take exits 2 before anything is written."""
+
+import importlib.util
+
+import pandas as pd
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from harness import tables  # noqa: E402
+from harness.cli import main  # noqa: E402
+from harness.engine.config import family_router, resolve  # noqa: E402
+from harness.engine.families import FAMILIES, FamilyLM, transformers_module  # noqa: E402
+from harness.engine.model import model_config  # noqa: E402
+from harness.engine.train import run  # noqa: E402
+
+SMALL = {"model.dim": 32, "model.num_heads": 2, "model.seq_len": 16, "model.expert_hidden": 32, "model.num_layers": 2}
+
+
+def untouched(name: str, model) -> torch.nn.Module:
+    transformers = transformers_module()
+    family = FAMILIES.lookup(name)
+    return getattr(transformers, family.model_class)(getattr(transformers, family.config_class)(**family.hf_config(model)))
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest difference over the largest magnitude: 1e-6 is agreement to six digits."""
+    return float(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).detach())
+
+
+@pytest.mark.parametrize("name", FAMILIES.names())
+def test_the_harness_router_as_the_familys_own_routing_equals_the_untouched_model(name):
+    model = model_config("tiny", family=name, **{k.removeprefix("model."): v for k, v in SMALL.items()})
+    cfg = family_router("native", model, {})  # the family's own routing, written as a harness router
+    torch.manual_seed(0)
+    swapped = FamilyLM(FAMILIES.lookup(name), model, cfg).double()
+    torch.manual_seed(0)
+    reference = untouched(name, model).double()
+    for config in (swapped.hf.config, reference.config):  # NOTE: the fast expert paths take no float64
+        config._experts_implementation = "eager"
+    x = torch.randint(0, model.vocab_size, (3, model.seq_len))
+    mine, theirs = swapped(x), reference(input_ids=x, use_cache=False).logits
+    assert relative(mine, theirs) < 1e-6
+    upstream = torch.randn_like(mine)
+    (mine * upstream).sum().backward()
+    (theirs * upstream).sum().backward()
+    grads = {n.replace(".gate.router.gate.", ".gate."): p.grad for n, p in swapped.hf.named_parameters()}
+    compared = 0
+    for n, p in reference.named_parameters():  # NOTE: DeepSeek's own router runs in float32 even in a float64 model
+        assert relative(grads[n], p.grad) < 1e-6, f"gradient of {n}"
+        compared += 1
+    assert compared == len(grads) and any(".gate." in n for n in grads)  # the router's weight too
+
+
+@pytest.mark.parametrize("name", FAMILIES.names())
+@pytest.mark.parametrize("router", ["loss_free", "quantile_threshold", "native"])
+def test_any_router_trains_inside_every_family(tiny_settings, name, router):
+    cfg = resolve({**tiny_settings, **SMALL, "model.family": name, "router": router, "train.steps": 4,
+                   "train.eval_every": 2})
+    record = run(cfg).record
+    assert record["status"] == "ok" and pd.notna(record["val_loss"]) and record["model.family"] == name
+    assert record["maxvio_global"] >= 0 and record["num_params"] > 0
+    if router == "loss_free":
+        assert max(map(abs, record["expert_bias"][0])) > 0  # the swapped router's bias moved
+
+
+def test_a_family_runs_from_a_suite_and_its_table_is_the_proxys_plus_the_family(make_suite, tmp_path):
+    suite = make_suite([{"router": "loss_free", "model.family": "qwen3_moe", "label": "qwen"},
+                        {"router": "loss_free", "label": "proxy"}], base={**SMALL, "train.steps": 4})
+    assert main(["run", str(suite), "--out", str(tmp_path), "--no-progress", "--threads", "1"]) == 0
+    runs = tables.read(tmp_path / "tiny").set_index("variant")
+    family, proxy = runs.loc["qwen"], runs.loc["proxy"]
+    assert family["model.family"] == "qwen3_moe" and pd.isna(proxy["model.family"])
+    def present(row):
+        return {c for c in runs.columns if not (pd.api.types.is_scalar(row[c]) and pd.isna(row[c]))}
+
+    assert present(proxy) | {"model.family"} == present(family)  # the same columns, plus the family
+    assert main(["report", str(tmp_path / "tiny")]) == 0
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"model.family": "llama"}, r"model.family = 'llama' is not allowed; choose one of \['harness', 'deepseek_v3'"),
+    ({"model.family": "deepseek_v3", "model.num_layers": 1}, r"has no MoE layer \(its first layer is dense\)"),
+    ({"model.family": "mixtral", "router": "expert_choice"},
+     r"needs a causal selection rule; router.selection = 'expert_choice' is not. Choose one of \['threshold', 'topk'"),
+    ({"router": "native"}, r"router = 'native' runs a model family's own router: set model.family"),
+])
+def test_a_bad_family_exits_2_and_writes_nothing(make_suite, tmp_path, capsys, settings, message):
+    import re
+
+    variant = {"router": settings.pop("router", "loss_free")}
+    suite = make_suite([variant], base=settings)
+    assert main(["run", str(suite), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_transformers_a_family_names_the_extra(make_suite, tmp_path, capsys, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a))
+    suite = make_suite([{"router": "loss_free", "model.family": "mixtral"}])
+    assert main(["run", str(suite), "--out", str(tmp_path / "out")]) == 2
+    assert "pip install 'moe-harness[transformers]'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_family_suite_under_jobs_2_gives_the_rows_of_one_process(make_suite, tmp_path):
+    """One process, then --jobs 2 (the CLI's own worker processes), one thread each: the same rows."""
+    import subprocess
+    import sys
+
+    suite = make_suite([{"router": "loss_free", "model.family": "olmoe"}, {"router": "smebu", "model.family": "olmoe"}],
+                       base={**SMALL, "train.steps": 4})
+    frames = []
+    for jobs, folder in (("1", "one"), ("2", "two")):
+        proc = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(suite), "--out", str(tmp_path / folder),
+                               "--no-progress", "--threads", "1", "--jobs", jobs], capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        frames.append(tables.read(tmp_path / folder / "tiny").sort_values("variant").reset_index(drop=True))
+    one, two = frames
+    assert set(one["model.family"]) == {"olmoe"} and (one["status"] == "ok").all()
+    for column in ("run_id", "val_loss", "maxvio_global", "train_loss"):
+        assert one[column].tolist() == two[column].tolist(), column
