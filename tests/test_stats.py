@@ -52,3 +52,17 @@ def test_one_label_over_two_configs_becomes_two_named_groups():
     table = stats.comparison(grouped, ["val_loss"], "softmax_topk").set_index("variant")
     assert table.loc["loss_free [train.steps=20]", "mean"] == pytest.approx(2.05)  # never mixed with 40 steps
     assert table.loc["loss_free [train.steps=20]", "paired_diff"] == pytest.approx(-0.2)
+
+
+def test_a_grid_point_meets_the_baseline_at_the_same_point():
+    # a [grid] writes the point into the variant name: "loss_free [model.family=olmoe]"
+    families = ["harness", "olmoe"]
+    runs = pd.DataFrame([{"variant": f"{label} [model.family={f}]", "seed": seed, "config_id": f"{label}{f}",
+                          "val_loss": 1.0 + (label == "loss_free") * 0.1 + (f == "olmoe") + seed * 0.01}
+                         for label in ["sigmoid_topk", "loss_free"] for f in families for seed in [0, 1]])
+    grouped = stats.with_groups(runs)
+    pairs = stats.baseline_groups(grouped, "sigmoid_topk")
+    for f in families:
+        assert pairs[f"loss_free [model.family={f}]"] == f"sigmoid_topk [model.family={f}]"
+    table = stats.comparison(grouped, ["val_loss"], "sigmoid_topk").set_index("variant")
+    assert table.loc["loss_free [model.family=olmoe]", "paired_diff"] == pytest.approx(0.1)

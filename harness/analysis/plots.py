@@ -22,6 +22,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from harness.analysis.front import family_points, pareto_mask  # noqa: E402
+from harness.analysis.verdicts import family_labels  # noqa: E402
 from harness.metric_registry import get_metric  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="paper", font_scale=1.1)
@@ -348,10 +349,9 @@ def front(runs: pd.DataFrame, distances: pd.DataFrame, palette: dict | None = No
     entries = 2 + distances["variant"].nunique() + distances["seed"].nunique() if len(distances) else 2
     fig, axes = plt.subplots(1, len(names), figsize=(6.4 * len(names) + 2.2, max(4.4, 0.25 * entries)),
                              layout="constrained", sharey=True, squeeze=False)
-    is_front = runs["front"].fillna(False).astype(bool)
-    named = runs["front_family"].astype(str).replace("", "front") if "front_family" in runs else None
+    labels = family_labels(runs)
     for ax, name in zip(axes[0], names):
-        mine = is_front & (named == name) if named is not None else is_front
+        mine = labels == name
         part = distances[distances["family"] == name] if "family" in distances else distances
         palette = palette or variant_palette(part["variant"].unique())
         _front_panel(ax, family_points(runs[mine].dropna(subset=["maxvio_global", "val_loss"])),

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -146,20 +147,29 @@ def with_groups(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def baseline_groups(runs: pd.DataFrame, baseline: str) -> dict[str, str]:
-    """Per group: the group of the baseline label it is compared with, the one that agrees with it
-    on the most distinguishing keys (so `x [train.steps=20]` meets `base [train.steps=20]`)."""
+    """Per group: the group of the baseline label it is compared with: one at the same [grid] point
+    (`x [model.family=olmoe]` meets `base [model.family=olmoe]`), and of those the one that agrees
+    with it on the most distinguishing keys (`x [train.steps=20]` meets `base [train.steps=20]`)."""
     groups = runs.drop_duplicates("variant").set_index("variant")
-    bases = groups[(groups["label"] == baseline) | (groups.index == baseline)]
+    split = {name: _grid_point(str(label)) for name, label in groups["label"].items()}
+    bases = groups[[name == baseline or split[name][0] == baseline for name in groups.index]]
     out = {}
     for name, row in groups.iterrows():
         if len(bases) == 0:
             continue
-        mine = row["group_keys"]
-        score = [sum(str(other.get(k)) == str(v) for k, v in mine.items()) +
+        mine, point = row["group_keys"], split[name][1]
+        score = [1000 * (split[base][1] == point) +
+                 sum(str(other.get(k)) == str(v) for k, v in mine.items()) +
                  sum(str(mine.get(k)) == str(v) for k, v in other.items())
-                 for other in bases["group_keys"]]
+                 for base, other in bases["group_keys"].items()]
         out[name] = bases.index[int(np.argmax(score))]
     return out
+
+
+def _grid_point(label: str) -> tuple[str, str]:
+    """("loss_free", "model.family=olmoe") from a label a [grid] wrote ("loss_free [model.family=olmoe]")."""
+    match = re.fullmatch(r"(.*?) \[(.*)\]", label)
+    return (match[1], match[2]) if match else (label, "")
 
 
 def mean_interval(values, positive: bool = False) -> tuple[float, float, float]:

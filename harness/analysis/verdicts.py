@@ -119,15 +119,31 @@ def front_mask(runs: pd.DataFrame) -> pd.Series:
     return runs["front"].fillna(False).astype(bool) if "front" in runs else pd.Series(False, index=runs.index)
 
 
+def grid_points(runs: pd.DataFrame) -> pd.Series:
+    """Per run: its suite's [grid] point ("" without one, or for runs written before it was recorded)."""
+    return runs["grid_point"].fillna("").astype(str) if "grid_point" in runs else pd.Series("", index=runs.index)
+
+
+def family_labels(runs: pd.DataFrame) -> pd.Series:
+    """Per run: the front it belongs to, named as the verdicts name it ("front", "aux [model.family=olmoe]"
+    for a family at a [grid] point), None for the methods measured against it."""
+    family, points = front_mask(runs), grid_points(runs)
+    names = families_of(runs, family)
+    return pd.Series([None if n is None else f"{n} [{p}]" if p else n for n, p in zip(names, points)], index=runs.index)
+
+
 def front_rows(runs: pd.DataFrame) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
-    """Per named family: the verdicts of every other method against it, and the per-seed places."""
-    family = front_mask(runs)
+    """Per named family and [grid] point: the verdicts of every other method of that point against
+    it, and the per-seed places (a family swept over a grid is one front at each point)."""
+    family, points = front_mask(runs), grid_points(runs)
     names = families_of(runs, family)
     verdict_parts, distance_parts = [], []
-    for name in names.dropna().unique() if (~family).any() else []:
-        mine = names == name
-        distances = front.front_distances(runs[~family | mine], mine[~family | mine]).assign(family=name)
-        verdict_parts.append(front.front_verdicts(distances).assign(kind="front", against=name, metric="val_loss",
+    for name, point in (sorted(set(zip(names[family], points[family]))) if (~family).any() else []):
+        mine = (names == name) & (points == point)
+        scope = (~family & (points == point)) | mine
+        against = f"{name} [{point}]" if point else name
+        distances = front.front_distances(runs[scope], mine[scope]).assign(family=against)
+        verdict_parts.append(front.front_verdicts(distances).assign(kind="front", against=against, metric="val_loss",
                                                                      scale="plain"))
         distance_parts.append(distances)
     return verdict_parts, distance_parts

@@ -122,6 +122,7 @@ def execute_runs(suite: Suite, folder: Path, progress: bool = True, storage=None
                              group=suite.name)
         result.record = {"suite": suite.name, "baseline": suite.baseline, "front": cfg.variant in suite.front,
                          "front_family": suite.front_family.get(cfg.variant, ""),
+                         "grid_point": suite.points.get(cfg.variant, ""),
                          "equivalence_margin": json.dumps(suite.margins), "correction": suite.correction,
                          "seed_plan": suite.plan.to_json() if suite.plan else "", **result.record}
         if lead:

@@ -50,6 +50,7 @@ class Suite:
     plan: sequential.Plan | None = None  # seeds = { min, max, ... }: seeds added while unresolved
     front_family: dict[str, str] = field(default_factory=dict)  # such a variant -> its family's name
     correction: str = "holm"  # the verdicts' correction for many comparisons: holm or none
+    points: dict[str, str] = field(default_factory=dict)  # variant -> its [grid] point ("key=value,..."; "" without)
 
 
 def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) -> Suite:
@@ -74,6 +75,7 @@ def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) 
                          **{f"[[variants]] {label!r}": flatten(v) for label, v in zip(labels, variants)}}, source)
     labelled = expand_runs(variants, grid, seeds, base, overrides)
     runs = [cfg for _, cfg in labelled]
+    points = {cfg.variant: cfg.variant[len(label) + 1:-1] if cfg.variant != label else "" for label, cfg in labelled}
     baseline = spec.get("baseline", labels[0])
     variant_names = sorted({r.variant for r in runs})
     if baseline not in labels and baseline not in variant_names:
@@ -86,7 +88,7 @@ def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) 
         raise ValueError(f"{source}: correction = {correction!r}; choose one of {list(CORRECTIONS)} (holm: the "
                          "suite's verdicts are Holm-adjusted as one family of tests)")
     return Suite(name, runs, source, baseline, sorted(front_family), margins_of(spec, source), plan, front_family,
-                 correction)
+                 correction, points)
 
 
 def expand_runs(variants: list[dict], grid: dict[str, list], seeds: list[int], base: dict[str, Any],

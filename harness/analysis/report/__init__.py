@@ -4,6 +4,7 @@
     moe-harness report results/smoke          # results/smoke/report.html (+ report.md)
 
 By job: summary.py (the tables: means, costs, paired differences), prose.py (the verdicts in words),
+concordance.py (whether a ranking holds across architectures),
 figures.py (the figures with their captions), sweep.py (a sweep's best trial and flat
 optimum), page.py (Markdown and HTML written in step).
 """
@@ -16,6 +17,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from harness import tables
+from harness.analysis.report.concordance import add_concordance
 from harness.analysis.report.figures import draw_figures
 from harness.analysis.report.page import Page
 from harness.analysis.report.prose import add_verdicts
@@ -64,6 +66,7 @@ def write_report(folder: str | Path) -> list[Path]:
     if add_verdicts(page, runs):  # NOTE: the answers first, where the suite asks for them
         page.section("Means over seeds")
     add_tables(page, runs)
+    add_concordance(page, runs)
     (folder / "plots").mkdir(exist_ok=True)
     for stem, fig, caption in draw_figures(data):
         page.figure(stem, fig, caption)

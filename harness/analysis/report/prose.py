@@ -25,9 +25,8 @@ def verdict_table(runs: pd.DataFrame) -> pd.DataFrame:
 def family_lines(runs: pd.DataFrame) -> list[str]:
     """How far each reference family got, and which of its members are dominated (front.py)."""
     ok = runs[runs["status"] == "ok"]
-    family = verdicts.front_mask(ok)
-    names = verdicts.families_of(ok, family)
-    return [front.family_reach(ok[names == name], name) for name in names.dropna().unique()]
+    labels = verdicts.family_labels(ok)
+    return [front.family_reach(ok[labels == name], name) for name in labels.dropna().unique()]
 
 
 def seeds_used(table: pd.DataFrame) -> pd.Series:
