@@ -55,14 +55,14 @@ def test_one_label_over_two_configs_becomes_two_named_groups():
 
 
 def test_a_grid_point_meets_the_baseline_at_the_same_point():
-    # a [grid] writes the point into the variant name: "loss_free [model.family=olmoe]"
+    # a [grid] writes the point into the variant name: "loss_free[model.family=olmoe]"
     families = ["harness", "olmoe"]
-    runs = pd.DataFrame([{"variant": f"{label} [model.family={f}]", "seed": seed, "config_id": f"{label}{f}",
+    runs = pd.DataFrame([{"variant": f"{label}[model.family={f}]", "seed": seed, "config_id": f"{label}{f}",
                           "val_loss": 1.0 + (label == "loss_free") * 0.1 + (f == "olmoe") + seed * 0.01}
                          for label in ["sigmoid_topk", "loss_free"] for f in families for seed in [0, 1]])
     grouped = stats.with_groups(runs)
     pairs = stats.baseline_groups(grouped, "sigmoid_topk")
     for f in families:
-        assert pairs[f"loss_free [model.family={f}]"] == f"sigmoid_topk [model.family={f}]"
+        assert pairs[f"loss_free[model.family={f}]"] == f"sigmoid_topk[model.family={f}]"
     table = stats.comparison(grouped, ["val_loss"], "sigmoid_topk").set_index("variant")
-    assert table.loc["loss_free [model.family=olmoe]", "paired_diff"] == pytest.approx(0.1)
+    assert table.loc["loss_free[model.family=olmoe]", "paired_diff"] == pytest.approx(0.1)

@@ -148,7 +148,7 @@ def with_groups(runs: pd.DataFrame) -> pd.DataFrame:
 
 def baseline_groups(runs: pd.DataFrame, baseline: str) -> dict[str, str]:
     """Per group: the group of the baseline label it is compared with: one at the same [grid] point
-    (`x [model.family=olmoe]` meets `base [model.family=olmoe]`), and of those the one that agrees
+    (`x[model.family=olmoe]` meets `base[model.family=olmoe]`), and of those the one that agrees
     with it on the most distinguishing keys (`x [train.steps=20]` meets `base [train.steps=20]`)."""
     groups = runs.drop_duplicates("variant").set_index("variant")
     split = {name: _grid_point(str(label)) for name, label in groups["label"].items()}
@@ -167,8 +167,8 @@ def baseline_groups(runs: pd.DataFrame, baseline: str) -> dict[str, str]:
 
 
 def _grid_point(label: str) -> tuple[str, str]:
-    """("loss_free", "model.family=olmoe") from a label a [grid] wrote ("loss_free [model.family=olmoe]")."""
-    match = re.fullmatch(r"(.*?) \[(.*)\]", label)
+    """("loss_free", "model.family=olmoe") from a label a [grid] wrote ("loss_free[model.family=olmoe]")."""
+    match = re.fullmatch(r"(.*?)\[(.*)\]", label)
     return (match[1], match[2]) if match else (label, "")
 
 

@@ -129,7 +129,7 @@ def family_labels(runs: pd.DataFrame) -> pd.Series:
     for a family at a [grid] point), None for the methods measured against it."""
     family, points = front_mask(runs), grid_points(runs)
     names = families_of(runs, family)
-    return pd.Series([None if n is None else f"{n} [{p}]" if p else n for n, p in zip(names, points)], index=runs.index)
+    return pd.Series([None if pd.isna(n) else f"{n} [{p}]" if p else n for n, p in zip(names, points)], index=runs.index)
 
 
 def front_rows(runs: pd.DataFrame) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
