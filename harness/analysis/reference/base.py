@@ -99,3 +99,42 @@ def setup(runs: pd.DataFrame) -> str:
     return (f"`{first['size']}` model ({int(first['model.num_layers'])} layers, width {int(first['model.dim'])}, "
             f"{int(first['model.num_experts'])} experts, k = {int(first['model.top_k'])}), "
             f"{'/'.join(f'{s:,}' for s in steps)} steps of {tokens:,} tokens, {seeds} seed{'s' if seeds > 1 else ''}")
+
+
+def ratio(ok: pd.DataFrame, metric: str, group: str, base: str) -> tuple[float, float, float]:
+    """(geometric mean of group / base, low, high) over their common seeds: the paired log ratios'
+    95 % t-interval, back on the ratio scale."""
+    table = stats.per_seed(ok, metric)
+    both = table[[group, base]].dropna()
+    return stats.geometric_interval(both[group] / both[base])
+
+
+def fold(r: tuple[float, float, float]) -> str:
+    """`x29 fewer [x22, x38]` for a ratio below 1, `x1.4 more [...]` above."""
+    mean, low, high = r
+    if mean < 1:
+        return f"{1 / mean:.3g}-fold lower [{1 / high:.3g}, {1 / low:.3g}]"
+    return f"{mean:.3g} times as high [{low:.3g}, {high:.3g}]"
+
+
+def ratio_resolved(r: tuple[float, float, float]) -> str:
+    """Whether a ratio's interval excludes 1, in words."""
+    if np.isnan(r[1]):
+        return "one seed: not resolved"
+    return "resolved" if r[1] > 1 or r[2] < 1 else "not resolved: the interval contains 1"
+
+
+def resolved(d: dict) -> str:
+    """Whether a paired interval excludes 0, in words a page prints beside it."""
+    if d["n"] < 2:
+        return "one seed: not resolved"
+    return "resolved" if d["low"] > 0 or d["high"] < 0 else "not resolved: the interval contains 0"
+
+
+def mean_sd_ci(values, fmt: str = "{:.3f}", positive: bool = False) -> str:
+    """`1.398 ± 0.011 [1.370, 1.425]`: mean ± sd over seeds with the 95 % interval."""
+    x = pd.Series(values).dropna().astype(float)
+    mean, low, high = stats.mean_interval(x, positive=positive)
+    if len(x) < 2:
+        return fmt.format(mean)
+    return f"{fmt.format(mean)} ± {fmt.format(x.std(ddof=1))} [{fmt.format(low)}, {fmt.format(high)}]"
