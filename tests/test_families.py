@@ -68,6 +68,24 @@ def test_any_router_trains_inside_every_family(tiny_settings, name, router):
         assert max(map(abs, record["expert_bias"][0])) > 0  # the swapped router's bias moved
 
 
+@pytest.mark.parametrize("name", FAMILIES.names())
+def test_every_size_runs_on_the_familys_fast_expert_path(name):
+    """transformers' grouped expert matmul needs 16-byte strides: every expert width of every size is
+    a multiple of 8 (bf16), and the tiny and small models train a step on that path in float32."""
+    from harness.engine.model import SIZES
+
+    family = FAMILIES.lookup(name)
+    for size in SIZES:
+        config = family.hf_config(model_config(size, family=name))
+        widths = {k: v for k, v in config.items() if k.endswith("intermediate_size")}
+        assert widths and all(v % 8 == 0 for v in widths.values()), (size, widths)
+    for size in ("tiny", "small"):
+        model = model_config(size, family=name)
+        lm = FamilyLM(family, model, family_router("loss_free", model, {}))
+        assert lm.hf.config._experts_implementation not in (None, "eager")
+        lm(torch.randint(0, model.vocab_size, (2, 16))).sum().backward()
+
+
 def test_a_family_runs_from_a_suite_and_its_table_is_the_proxys_plus_the_family(make_suite, tmp_path):
     suite = make_suite([{"router": "loss_free", "model.family": "qwen3_moe", "label": "qwen"},
                         {"router": "loss_free", "label": "proxy"}], base={**SMALL, "train.steps": 4})

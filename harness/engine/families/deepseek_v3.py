@@ -4,7 +4,8 @@ and scaled by 2.5 (routed_scaling_factor), one always-on shared expert, the firs
 multi-head latent attention.
 
 Sizing: the proxy's active FFN width k x expert_hidden is shared between the shared expert and
-the k routed ones (each of width round(k h / (k + 1)), even), so a token costs what it costs in
+the k routed ones (each of width k h / (k + 1), rounded to a multiple of 8: transformers' grouped
+expert kernels need 16-byte strides, 8 elements in bf16), so a token costs about what it costs in
 the proxy; the first layer's dense FFN has that width. With one dense layer the family has one MoE
 layer fewer than the proxy of the same depth, and fewer parameters in all (its page counts them).
 """
@@ -14,9 +15,11 @@ from __future__ import annotations
 from harness.engine.families.base import Family, common, register_family
 
 
+ALIGN = 8  # elements: 16 bytes in bf16, which torch's grouped matmul needs of every stride
+
+
 def expert_width(model) -> int:
-    width = round(model.top_k * model.expert_hidden / (model.top_k + 1))
-    return max(2, width - width % 2)
+    return max(ALIGN, ALIGN * round(model.top_k * model.expert_hidden / (model.top_k + 1) / ALIGN))
 
 
 def groups(num_experts: int, top_k: int) -> tuple[int, int]:

@@ -1,0 +1,93 @@
+"""Speed of the transformers families as the proxy (issue 28): each family's training step against
+the harness proxy of the same size name (the same active width, depth, experts and k), and the
+harness router inside a family's MoE block against the family's own router.
+
+The block goal: a block whose gate is the harness Router (configured as the family's own routing)
+takes at most 5 % longer than the untouched block, so a suite's throughput differences between
+methods are the methods', not the swap's. The gate rows give each router's share of its block
+(gate alone / whole block).
+
+    python -m pytest tests/benchmarks/test_bench_families.py -o addopts="" --benchmark-only
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from harness.engine.config import family_router, resolve
+from harness.engine.families import FAMILIES, FamilyLM, sparse_blocks, transformers_module
+from harness.engine.model import model_config
+from harness.engine.train import Trainer, corpus_for
+from tests.benchmarks.conftest import fwd_bwd, tag
+
+pytest.importorskip("transformers", reason="install the transformers extra: pip install -e '.[transformers]'")
+
+SIZE = "small"
+BLOCK_GOAL = 1.05
+
+
+@pytest.mark.benchmark(group="family_step")
+@pytest.mark.parametrize("family", ["harness", *FAMILIES.names()])
+def test_family_train_step(benchmark, device, family):
+    cfg = resolve({"size": SIZE, "router": "loss_free", "model.family": family, "train.device": device.type})
+    trainer = Trainer(cfg, corpus_for(cfg), progress=False, on_eval=None)
+    lm, _, counts_LE = benchmark(lambda: trainer.train_step(0))
+    params = sum(p.numel() for p in trainer.model.parameters())
+    tag(benchmark, f"train_step_{SIZE}@{family}", vs=None if family == "harness" else f"train_step_{SIZE}@harness",
+        note=f"{params / 1e6:.2f} M parameters, {len(trainer.layers)} MoE layers")
+    assert torch.isfinite(lm) and int(counts_LE.sum()) > 0
+
+
+class Outputs(nn.Module):
+    """A block or gate as fwd_bwd wants it: its floating outputs as one tensor."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        out = self.module(x)
+        parts = out if isinstance(out, tuple) else (out,)
+        return torch.cat([t.flatten() for t in parts if torch.is_tensor(t) and t.is_floating_point()])
+
+
+def block_of(family: str, router: str, device) -> tuple[nn.Module, torch.Tensor]:
+    """The first MoE block of the family's `small` model, with the harness router written as the
+    family's own routing ("harness") or the family's gate untouched ("native"), and its input."""
+    model = model_config(SIZE, family=family)
+    torch.manual_seed(0)
+    if router == "harness":
+        lm = FamilyLM(FAMILIES.lookup(family), model, family_router("native", model, {}))
+    else:
+        transformers, spec = transformers_module(), FAMILIES.lookup(family)
+        lm = getattr(transformers, spec.model_class)(getattr(transformers, spec.config_class)(**spec.hf_config(model)))
+    block = sparse_blocks(lm.hf if router == "harness" else lm)[0].float().to(device)
+    if router == "harness":
+        block.gate.seq_len = model.seq_len
+    x = torch.randn(16, model.seq_len, model.dim, device=device)
+    return block, x
+
+
+@pytest.mark.benchmark(group="family_block")
+@pytest.mark.parametrize("family", FAMILIES.names())
+@pytest.mark.parametrize("router", ["native", "harness"])
+def test_family_moe_block(benchmark, device, family, router):
+    block, x = block_of(family, router, device)
+    out = benchmark(fwd_bwd(Outputs(block), x))
+    tag(benchmark, f"moe_block@{family}[{router}]",
+        vs=f"moe_block@{family}[native]" if router == "harness" else None,
+        target=BLOCK_GOAL if router == "harness" else None)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.benchmark(group="family_gate")
+@pytest.mark.parametrize("family", FAMILIES.names())
+@pytest.mark.parametrize("router", ["native", "harness"])
+def test_family_gate_share(benchmark, device, family, router):
+    block, x = block_of(family, router, device)
+    out = benchmark(fwd_bwd(Outputs(block.gate), x.reshape(-1, x.shape[-1])))
+    tag(benchmark, f"gate@{family}[{router}]", vs=f"moe_block@{family}[{router}]",
+        note="the ratio is the gate's share of its block")
+    assert torch.isfinite(out).all()
