@@ -78,10 +78,11 @@ def cmd_reference(args: argparse.Namespace) -> None:
         raise FileNotFoundError(2, "No results/reference/ here (run it from the repository's root, or give --root)",
                                 str(root / "results" / "reference"))
     if args.action == "ship":
-        if len(args.names) != 2:
-            raise ValueError("moe-harness reference ship NAME RESULTS_DIR: give the study's name and its results "
-                             "folder, e.g. ship methods results/methods")
-        for path in reference.ship(root, args.names[0], Path(args.names[1])):
+        if len(args.names) not in (1, 2):
+            raise ValueError("moe-harness reference ship NAME [SOURCE]: give the study's name and its results "
+                             "folder or benchmark JSON file, e.g. ship methods results/methods (no SOURCE: a study "
+                             "its page makes by code)")
+        for path in reference.ship(root, args.names[0], Path(args.names[1]) if len(args.names) == 2 else None):
             print(path)
     elif args.action == "build":
         for path in reference.build(root, args.names or None):
@@ -175,7 +176,7 @@ def add_readers(sub) -> None:
     ref = sub.add_parser("reference", help="ship a study's data into results/reference, rebuild the reference pages "
                                            "and README blocks from it, or check that they match it")
     ref.add_argument("action", choices=["ship", "build", "check"])
-    ref.add_argument("names", nargs="*", help="ship: NAME RESULTS_DIR; build / check: pages (default: all)")
+    ref.add_argument("names", nargs="*", help="ship: NAME [RESULTS_DIR or benchmark JSON]; build / check: pages (default: all)")
     ref.add_argument("--root", default=".", help="the repository's root (default: here)")
     ref.set_defaults(fn=cmd_reference)
 

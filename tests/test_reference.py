@@ -33,6 +33,8 @@ def copy(tmp_path):
     (tmp_path / "results").mkdir()
     shutil.copytree(ROOT / "results" / "reference", tmp_path / "results" / "reference")
     shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    (tmp_path / "docs").mkdir()
+    shutil.copy(ROOT / "docs" / "methods.md", tmp_path / "docs" / "methods.md")
     return tmp_path
 
 
@@ -86,3 +88,13 @@ def test_fill_blocks_replaces_only_named_blocks():
     assert "new" in out and "old" not in out and "keep" in out
     with pytest.raises(ValueError, match="README block 'y' is built by no reference page"):
         reference.fill_blocks(text, {"x": "new"}, strict=True)
+
+
+@pytest.mark.slow
+def test_the_shipped_simulation_is_what_the_code_simulates():
+    """A study made by code (sequential seeds' error rates): simulated again, the same table."""
+    from harness.analysis.reference.data import load
+    from harness.analysis.reference.sequential import simulate
+
+    shipped = load(ROOT / "results" / "reference" / "data" / "sequential").tables["simulation"]
+    pd.testing.assert_frame_equal(simulate()["simulation"], shipped)

@@ -5,10 +5,13 @@ results/reference/data/<study>/ holds the runs table of every seed, the step row
 most 200 per run, and the final evaluation's load rows (data.py). A page is the output of code
 (one module per page here): its tables, numbers and figures are computed from that data each
 time, and the README's blocks between `<!-- reference:NAME -->` and `<!-- /reference:NAME -->`
-are too. The prose is written in the page's module, beside the numbers it states; a claim of
+are too. The blocks of docs/methods.md are filled the same way. The prose is written in the page's module,
+beside the numbers it states; a claim of
 order, equivalence or "no dependence" is printed with the verdict that backs it.
 
     moe-harness reference ship methods results/methods     # compact a results folder into data/methods/
+    moe-harness reference ship bench results/bench/benchmarks_cpu.json   # a benchmark session
+    moe-harness reference ship sequential                  # a study its page makes by code (a simulation)
     moe-harness reference build                            # rewrite every page, figure and README block
     moe-harness reference check                            # exit 1 if any page or block differs from its data
 
@@ -34,11 +37,21 @@ from harness.analysis.reference.data import load
 BLOCK = re.compile(r"(<!-- reference:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /reference:(?P=name) -->)", re.S)
 
 
-def ship(root: Path, name: str, folder: Path) -> list[Path]:
-    """Compact a results folder into results/reference/data/<name>/ (data.py)."""
+BLOCK_FILES = ("README.md", "docs/methods.md")  # the files whose reference blocks pages fill
+
+
+def ship(root: Path, name: str, source: Path | None = None) -> list[Path]:
+    """Compact a results folder or a benchmark JSON file into results/reference/data/<name>/
+    (data.py); without a source, store what the page `name` makes (a simulation)."""
     if not name.replace("_", "").replace("-", "").isalnum():
         raise ValueError(f"reference ship: name {name!r} must be a plain folder name (letters, digits, '_', '-')")
-    return data.ship(folder, root / "results" / "reference" / "data" / name)
+    dest = root / "results" / "reference" / "data" / name
+    if source is not None:
+        return data.ship(source, dest)
+    made = {p.name: p.make for p in PAGES.values() if p.make is not None}
+    if name not in made:
+        raise ValueError(f"reference ship {name}: give its results folder (only {sorted(made)} are made by code)")
+    return data.write_tables(made[name](), dest)
 
 
 def pages(names: list[str] | None) -> list[Page]:
@@ -66,9 +79,9 @@ def build(root: Path, names: list[str] | None = None) -> list[Path]:
             plt.close(fig)
             written.append(path.parent / file)
         blocks.update(built.readme)
-    readme = root / "README.md"
-    tables.write_text_atomic(readme, fill_blocks(readme.read_text(), blocks))
-    return written + [readme]
+    for name in BLOCK_FILES:
+        tables.write_text_atomic(root / name, fill_blocks((root / name).read_text(), blocks))
+    return written + [root / name for name in BLOCK_FILES]
 
 
 def fill_blocks(text: str, blocks: dict[str, str], strict: bool = False) -> str:
@@ -94,12 +107,12 @@ def check(root: Path, names: list[str] | None = None) -> list[str]:
         blocks.update(built.readme)
         for fig in built.figures.values():
             plt.close(fig)
-    readme = root / "README.md"
-    text = readme.read_text()
-    missing = sorted(set(blocks) - {m["name"] for m in BLOCK.finditer(text)})
-    problems += [f"README.md: no block <!-- reference:{name} --> for it" for name in missing]
+    texts = {name: (root / name).read_text() for name in BLOCK_FILES}
+    missing = sorted(set(blocks) - {m["name"] for text in texts.values() for m in BLOCK.finditer(text)})
+    problems += [f"{' or '.join(BLOCK_FILES)}: no block <!-- reference:{name} --> for it" for name in missing]
     if names is None:
-        problems += differences(readme, text, fill_blocks(text, blocks, strict=True))
+        for name, text in texts.items():
+            problems += differences(root / name, text, fill_blocks(text, blocks, strict=True))
     return problems
 
 

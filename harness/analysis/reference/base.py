@@ -28,17 +28,20 @@ class Page:
     file: str  # under results/reference/
     sources: tuple[str, ...]  # data folders under results/reference/data/
     build: Callable[[dict[str, Data]], Built]
+    make: Callable[[], dict[str, pd.DataFrame]] | None = None  # a study made by code: its tables
 
 
 PAGES: dict[str, Page] = {}
 
 
-def page(name: str, file: str, sources: tuple[str, ...] | None = None):
-    """Register a page builder: `@page("smoke", "smoke_cpu.md")` on a function of its sources' Data."""
+def page(name: str, file: str, sources: tuple[str, ...] | None = None,
+         make: Callable[[], dict[str, pd.DataFrame]] | None = None):
+    """Register a page builder: `@page("smoke", "smoke_cpu.md")` on a function of its sources' Data.
+    `make` (for a study that is a computation, not runs): the tables `reference ship NAME` stores."""
     def decorate(fn: Callable[[dict[str, Data]], Built]):
         if name in PAGES:
             raise ValueError(f"reference page {name!r} is already registered")
-        PAGES[name] = Page(name, file, sources or (name,), fn)
+        PAGES[name] = Page(name, file, sources or (name,), fn, make)
         return fn
 
     return decorate

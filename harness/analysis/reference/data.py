@@ -7,13 +7,17 @@ from, in results/reference/data/<study>/.
     loads.parquet    the final evaluation's load rows (scopes global and batch)
     trials.parquet   a sweep's trials, as the study stored them
 
+A benchmark session ships as benchmarks.parquet (one row per benchmark of pytest-benchmark's
+--benchmark-json file: its statistics, its key and comparison, the machine and commit), and a
+study made by code rather than runs (a simulation) as the tables its page's `make` returns.
 Parquet with zstd: all studies together stay within a few MB.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -26,10 +30,11 @@ LOAD_SCOPES = ("global", "batch")
 
 @dataclass
 class Data:
-    runs: pd.DataFrame
-    steps: pd.DataFrame
-    loads: pd.DataFrame
+    runs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    steps: pd.DataFrame = field(default_factory=pd.DataFrame)
+    loads: pd.DataFrame = field(default_factory=pd.DataFrame)
     trials: pd.DataFrame | None = None
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # any other table (benchmarks, a simulation)
 
     @property
     def ok(self) -> pd.DataFrame:
@@ -56,16 +61,25 @@ def final_loads(loads: pd.DataFrame) -> pd.DataFrame:
     return loads[(loads["step"] == last) & loads["scope"].isin(LOAD_SCOPES)].reset_index(drop=True)
 
 
-def ship(folder: Path, dest: Path) -> list[Path]:
-    """Compact a results folder (a suite's or a sweep's) into `dest`; returns the files written."""
-    folder, dest = Path(folder), Path(dest)
-    if not tables.has_results(folder):
-        raise FileNotFoundError(2, "No results to ship", str(folder / "runs"))
+def ship(source: Path, dest: Path) -> list[Path]:
+    """Compact a results folder (a suite's or a sweep's) or a pytest-benchmark JSON file into
+    `dest`; returns the files written."""
+    source = Path(source)
+    if source.is_file() and source.suffix == ".json":
+        return write_tables({"benchmarks": benchmark_rows(source)}, dest)
+    if not tables.has_results(source):
+        raise FileNotFoundError(2, "No results to ship (a results folder with runs/, or a --benchmark-json file)",
+                                str(source / "runs"))
+    frames = {"runs": tables.read(source, "runs"), "steps": thin_steps(tables.read(source, "steps")),
+              "loads": final_loads(tables.read(source, "loads"))}
+    if (source / "trials.parquet").is_file():
+        frames["trials"] = pd.read_parquet(source / "trials.parquet")
+    return write_tables(frames, dest)
+
+
+def write_tables(frames: dict[str, pd.DataFrame], dest: Path) -> list[Path]:
+    dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    frames = {"runs": tables.read(folder, "runs"), "steps": thin_steps(tables.read(folder, "steps")),
-              "loads": final_loads(tables.read(folder, "loads"))}
-    if (folder / "trials.parquet").is_file():
-        frames["trials"] = pd.read_parquet(folder / "trials.parquet")
     written = []
     for name, frame in frames.items():
         path = dest / f"{name}.parquet"
@@ -74,10 +88,37 @@ def ship(folder: Path, dest: Path) -> list[Path]:
     return written
 
 
+def benchmark_rows(path: Path) -> pd.DataFrame:
+    """One row per benchmark of a pytest-benchmark JSON file: name, group, the key, comparison and
+    target the benchmark tagged itself with, its statistics in seconds, and the session's machine,
+    versions and commit (the raw timings are left out)."""
+    try:
+        report = json.loads(Path(path).read_text())
+        benchmarks, machine = report["benchmarks"], report["machine_info"]
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"{path}: not a pytest-benchmark --benchmark-json file ({err})") from None
+    commit = report.get("commit_info", {})
+    session = {"machine": f"{machine.get('cpu', {}).get('brand_raw', machine.get('processor', ''))}",
+               "cores": machine.get("cpu", {}).get("count"), "python": machine.get("python_version"),
+               "commit": str(commit.get("id", ""))[:12], "dirty": bool(commit.get("dirty")),
+               "datetime": report.get("datetime")}
+    rows = []
+    for bench in benchmarks:
+        info = bench.get("extra_info", {})
+        rows.append({"name": bench["name"], "group": bench.get("group"), "key": info.get("key"), "vs": info.get("vs"),
+                     "target": info.get("target"), "note": info.get("note", ""),
+                     **{stat: bench["stats"][stat] for stat in ("median", "mean", "min", "max", "stddev", "iqr",
+                                                                 "rounds")},
+                     **{k: v for k, v in info.items() if k not in ("key", "vs", "target", "note")
+                        and isinstance(v, (int, float, str))}, **session})
+    return pd.DataFrame(rows)
+
+
 def load(folder: Path) -> Data:
     folder = Path(folder)
-    if not (folder / "runs.parquet").is_file():
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    if not files:
         raise FileNotFoundError(2, "No shipped data (moe-harness reference ship NAME RESULTS_DIR)", str(folder))
-    read = {name: pd.read_parquet(folder / f"{name}.parquet") for name in ("runs", "steps", "loads")}
-    trials = pd.read_parquet(folder / "trials.parquet") if (folder / "trials.parquet").is_file() else None
-    return Data(**read, trials=trials)
+    read = {path.stem: pd.read_parquet(path) for path in files}
+    known = {name: read.pop(name) for name in ("runs", "steps", "loads", "trials") if name in read}
+    return Data(**known, tables=read)
