@@ -152,6 +152,17 @@ def law_lines(folder: Path, runs: pd.DataFrame, steps: int, tokens: int | None, 
     if len(variants) > 1:
         raise ValueError(f"{folder} holds a study of several variants {variants}: choose one with --variant")
     study = transfer.study_runs(runs, tables.read(folder, "steps", columns=["run_id", "maxvio_batch"]))
+    lines, at, cells = law_text(str(folder), variants[0], study, steps, tokens, objective, cap)
+    if check is not None:
+        check_runs, metric = sweep_runs(Path(check), objective)
+        lines += check_text(str(check), check_runs, metric, at, sqrt_prediction(cells, steps, tokens))
+    return lines
+
+
+def law_text(name: str, variant: str, study: pd.DataFrame, steps: int, tokens: int | None, objective: str,
+             cap: float) -> tuple[list[str], dict, pd.DataFrame]:
+    """The fitted law's answer for the target, as `rate` prints it (and the prediction and the cells
+    it came from): `study` is transfer.study_runs of one variant's runs."""
     cells = transfer.best_rates(study, objective, cap)
     fit = transfer.seed_level(study, objective, cap)
     at = transfer.seed_prediction(fit, steps, tokens)
@@ -162,7 +173,7 @@ def law_lines(folder: Path, runs: pd.DataFrame, steps: int, tokens: int | None, 
              f"(the law's own seed-level 95 % interval at the target: {at['low']:.3g} to {at['high']:.3g})",
              "  the same law through other per-cell interpolants: "
              + ", ".join(f"{name} {u:.3g}" for name, u in spread.items()),
-             f"  from the law fitted to {folder} ({variants[0]}): log u* = c + p log T" + (" + q log S" if "q" in fit else "")
+             f"  from the law fitted to {name} ({variant}): log u* = c + p log T" + (" + q log S" if "q" in fit else "")
              + f" through {fit['law']['cells']} cells' seed-mean optima, refitted per seed ({fit['seeds']} seeds); best "
              f"u per cell = " + transfer.OBJECTIVES[objective].format(cap=cap),
              exponent_line("the run length", "p", fit, -0.5),
@@ -175,9 +186,7 @@ def law_lines(folder: Path, runs: pd.DataFrame, steps: int, tokens: int | None, 
     if len(edge):
         lines.append("  left out (best rate at the edge of the grid or no feasible rate): "
                      + ", ".join(f"{r.steps} steps x {r.tokens_per_step} tokens" for r in edge.itertuples()))
-    if check is not None:
-        lines += check_lines(Path(check), at, sqrt_prediction(cells, steps, tokens), objective)
-    return lines
+    return lines, at, cells
 
 
 def exponent_line(what: str, key: str, fit: dict, hypothesis: float) -> str:
@@ -209,11 +218,10 @@ def sqrt_prediction(cells: pd.DataFrame, steps: int, tokens: int | None) -> tupl
     return int(longest["steps"]), float(longest["rate"]), float(longest["rate"] * (steps / longest["steps"]) ** -0.5)
 
 
-def check_lines(folder: Path, at: dict, sqrt: tuple[int, float, float], objective: str = "val_loss") -> list[str]:
+def check_text(name: str, runs: pd.DataFrame, metric: str, at: dict, sqrt: tuple[int, float, float]) -> list[str]:
     """The direct sweep's own optimum with its seed-level interval against the prediction interval,
     whether the check can tell the fitted law from the square-root law, and the sweep's flat
     optimum; judged by the objective's own metric (val loss, or the time-averaged MaxVio_batch)."""
-    runs, metric = sweep_runs(folder, objective)
     own = transfer.sweep_optimum(runs, metric)
     best, flat = transfer.flat_optimum(runs, metric)
     what = "val loss" if metric == "val_loss" else "time-averaged MaxVio_batch"
@@ -223,7 +231,7 @@ def check_lines(folder: Path, at: dict, sqrt: tuple[int, float, float], objectiv
             (True, False): "favours the fitted law (the square-root prediction is outside it)",
             (False, True): "favours the square-root law (the fitted law's prediction is outside it)",
             (False, False): "matches neither prediction"}[fitted_in, sqrt_in]
-    lines = [f"  check against {folder}: its own best rate {own['rate']:.3g} (seed-level 95 % interval {own['low']:.3g} "
+    lines = [f"  check against {name}: its own best rate {own['rate']:.3g} (seed-level 95 % interval {own['low']:.3g} "
              f"to {own['high']:.3g}, {own['seeds']} seeds, by {what})",
              f"  the prediction interval {at['pred_low']:.3g} to {at['pred_high']:.3g} "
              f"{'OVERLAPS' if overlap else 'MISSES'} it; the predicted {at['rate']:.3g} is "

@@ -64,6 +64,8 @@ def run_minutes(runs: pd.DataFrame) -> str:
 
 def md_table(frame: pd.DataFrame, index: bool = True) -> str:
     """A DataFrame as a Markdown table (its index as the first column unless `index` is False)."""
+    if frame.empty:
+        return "(none)"
     frame = frame.reset_index() if index else frame
     header = [str(c) for c in frame.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
