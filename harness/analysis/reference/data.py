@@ -90,8 +90,8 @@ def write_tables(frames: dict[str, pd.DataFrame], dest: Path) -> list[Path]:
 
 def benchmark_rows(path: Path) -> pd.DataFrame:
     """One row per benchmark of a pytest-benchmark JSON file: name, group, the key, comparison and
-    target the benchmark tagged itself with, its statistics in seconds, and the session's machine,
-    versions and commit (the raw timings are left out)."""
+    target the benchmark tagged itself with, its statistics in seconds, whatever else it recorded (`info`, JSON), and the session's
+    machine, versions and commit (the raw timings are left out)."""
     try:
         report = json.loads(Path(path).read_text())
         benchmarks, machine = report["benchmarks"], report["machine_info"]
@@ -109,8 +109,8 @@ def benchmark_rows(path: Path) -> pd.DataFrame:
                      "target": info.get("target"), "note": info.get("note", ""),
                      **{stat: bench["stats"][stat] for stat in ("median", "mean", "min", "max", "stddev", "iqr",
                                                                  "rounds")},
-                     **{k: v for k, v in info.items() if k not in ("key", "vs", "target", "note")
-                        and isinstance(v, (int, float, str))}, **session})
+                     "info": json.dumps({k: v for k, v in info.items() if k not in ("key", "vs", "target", "note")}),
+                     **session})
     return pd.DataFrame(rows)
 
 

@@ -60,7 +60,7 @@ def sequential_page(data: dict[str, Data]) -> Built:
     text = "\n\n".join(["# Sequential seeds: error rates by simulation",
                         "Data: `data/sequential/` (`moe-harness reference ship sequential` simulates it again; "
                         "a slow test checks the shipped table against a fresh simulation).", docs]) + "\n"
-    readme = (f"Simulated ([docs/methods.md](docs/methods.md#seeds-that-stop-harnesssequentialpy), {sims:,} sequences "
+    readme = (f"Simulated ([docs/methods.md](docs/methods.md#seeds-that-stop), {sims:,} sequences "
               f"per case): {100 * null['different']:.1f} % false \"different\" under no difference, against "
               f"{100 * null['peeking_different']:.1f} % for a 95 % interval read at every look; a 2-sd difference "
               f"found with {big['mean_seeds']:.1f} seeds on average instead of {PLAN.max}.")
