@@ -64,7 +64,8 @@ def synthetic_front(offsets: dict[str, float], maxvio: dict[str, float], seeds=r
         for name, offset in offsets.items():
             vio = maxvio[name] if not callable(maxvio[name]) else maxvio[name](seed)
             rows.append({"variant": name, "seed": seed, "front": False, "maxvio_global": vio, "router.aux_alpha": 0.0,
-                         "val_loss": 2.0 - 0.1 * math.log(vio) + luck + offset + rng.normal(0, 0.002)})
+                         "val_loss": 2.0 - 0.1 * math.log(vio) + luck + (offset(seed) if callable(offset) else offset)
+                         + rng.normal(0, 0.002)})
     return pd.DataFrame(rows)
 
 
@@ -86,7 +87,19 @@ def test_a_point_below_on_and_above_a_known_front():
     # more balanced than the family ever got, and 0.03 below its line: but the line is not extrapolated,
     # so it is compared with the most balanced member, whose loss is lower
     assert table.loc["edge", "position"] == "beyond" and table.loc["edge", "seeds_inside"] == 2
-    assert table.loc["edge", "verdict"].startswith("beyond the front's balance, at a higher loss")
+    assert table.loc["edge", "verdict"].startswith("beyond the front's balance, loss lower on 0 of 3 seeds")
+
+
+def test_a_verdict_past_the_front_says_when_its_seeds_disagree_with_its_mean():
+    """Less balanced than the family's least balanced member, the loss lower on 2 of 3 seeds but higher
+    on average (one seed far above): not "dominated by the front", both facts are given."""
+    line = 0.1 * math.log(50.0 / 10.0)  # how far the family's line has fallen from its least balanced member
+    runs = synthetic_front({"mixed": lambda seed: line + (0.3 if seed == 2 else -0.01), "worse": line + 0.05},
+                           {"mixed": 50.0, "worse": 50.0}, seeds=(0, 1, 2))
+    table = judge(runs)
+    assert table.loc["mixed", "position"] == "past" and table.loc["mixed", "diff"] > 0
+    assert table.loc["mixed", "verdict"].startswith("past the front's imbalance, loss lower on 2 of 3 seeds")
+    assert table.loc["worse", "verdict"].startswith("dominated by the front: less balanced on 3 seeds, loss lower on 0")
 
 
 def test_the_held_out_case_a_method_beyond_the_familys_balance_and_lower_in_loss_dominates():

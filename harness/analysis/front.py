@@ -17,8 +17,9 @@ log MaxVio. A method's run at that seed stands in one of three places:
 
 A verdict takes the place most of the method's seeds share and needs at least MIN_SEEDS seeds
 there: inside, the mean distance and its 95 % t-interval say below / on / above the front; beyond,
-a mean distance <= 0 says "beyond the front (dominates)"; past, a mean distance >= 0 says
-"dominated by the front". Nothing is extrapolated: beyond and past compare with an end point of
+a mean distance <= 0 with the loss lower on most of those seeds says "beyond the front
+(dominates)"; past, a mean distance >= 0 with the loss no lower on most of them says "dominated by
+the front"; where the mean and the seeds disagree, the verdict gives both. Nothing is extrapolated: beyond and past compare with an end point of
 the front, never with a line drawn past it.
 
 Legend: MV = MaxVio_global, the balance axis.
@@ -112,11 +113,12 @@ def place_verdict(row: dict, alpha: float = 0.05) -> str:
     if where == "inside":
         p = row.get("p_adjusted", row["p"])
         return "on the front" if not p < alpha else "below the front" if row["diff"] < 0 else "above the front"
+    mixed = f"loss lower on {better} of {n} seeds, mean difference {row['diff']:+.3f}"
     if where == "beyond":
         return (f"beyond the front (dominates): more balanced on {n} seeds, loss lower on {better} of {n}"
-                if row["diff"] <= 0 else f"beyond the front's balance, at a higher loss (lower on {better} of {n})")
+                if row["diff"] <= 0 and 2 * better > n else f"beyond the front's balance, {mixed}")
     return (f"dominated by the front: less balanced on {n} seeds, loss lower on {better} of {n}"
-            if row["diff"] >= 0 else f"past the front's imbalance, at a lower loss on {better} of {n} seeds")
+            if row["diff"] >= 0 and 2 * better < n else f"past the front's imbalance, {mixed}")
 
 
 def family_knob(family_runs: pd.DataFrame) -> str | None:
