@@ -98,3 +98,10 @@ def test_the_shipped_simulation_is_what_the_code_simulates():
 
     shipped = load(ROOT / "results" / "reference" / "data" / "sequential").tables["simulation"]
     pd.testing.assert_frame_equal(simulate()["simulation"], shipped)
+
+
+def test_a_page_that_no_study_makes_is_caught(copy, capsys):
+    stray = copy / "results" / "reference" / "old_study_cpu.md"
+    stray.write_text("# An old study\n\nLoss-Free 1.234\n")  # numbers whose data was never shipped
+    assert main(["reference", "check", "--root", str(copy)]) == 1
+    assert "old_study_cpu.md: made by no reference page from shipped data" in capsys.readouterr().out

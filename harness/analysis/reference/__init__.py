@@ -97,22 +97,29 @@ def fill_blocks(text: str, blocks: dict[str, str], strict: bool = False) -> str:
 
 
 def check(root: Path, names: list[str] | None = None) -> list[str]:
-    """The differences between the committed pages and README blocks and what their data gives
-    (empty: every number is what the data says)."""
-    problems, blocks = [], {}
+    """The differences between the committed pages and README blocks and what their data gives, and
+    any file of results/reference that no page makes (empty: every number is what the data says)."""
+    problems, blocks, made = [], {}, set()
     for entry in pages(names):
         built = render(entry, root)
         path = root / "results" / "reference" / entry.file
         problems += differences(path, path.read_text() if path.is_file() else "", built.text)
         blocks.update(built.readme)
+        made |= {entry.file, *built.figures}
         for fig in built.figures.values():
             plt.close(fig)
     texts = {name: (root / name).read_text() for name in BLOCK_FILES}
     missing = sorted(set(blocks) - {m["name"] for text in texts.values() for m in BLOCK.finditer(text)})
     problems += [f"{' or '.join(BLOCK_FILES)}: no block <!-- reference:{name} --> for it" for name in missing]
     if names is None:
+        problems += [f"{path}: made by no reference page from shipped data (register its page and ship its data, "
+                     "or remove it)" for path in sorted((root / "results" / "reference").glob("*.*"))
+                     if path.is_file() and path.name not in made]
         for name, text in texts.items():
-            problems += differences(root / name, text, fill_blocks(text, blocks, strict=True))
+            try:
+                problems += differences(root / name, text, fill_blocks(text, blocks, strict=True))
+            except ValueError as error:  # a block that no page builds
+                problems.append(f"{root / name}: {error}")
     return problems
 
 
