@@ -1,0 +1,182 @@
+"""The architectures study's page and README paragraph (experiments/architectures.toml): the same
+methods on the harness proxy and inside four transformers families, each judged against the aux-loss
+front of its own family, and whether the proxy's order of the methods carries over."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from harness.analysis import concordance
+from harness.analysis.reference.base import (Built, diff_ci, fold, md_table, page, paired, provenance, ratio,
+                                             ratio_resolved, resolved, run_minutes, setup)
+from harness.analysis.reference.data import Data
+from harness.analysis.report.prose import verdict_table
+
+METRICS = ("val_loss", "maxvio_global")
+CONTROL = "sigmoid_topk"
+METHODS = ("loss_free", "smebu", "quantile_balancing")
+TRAITS = {
+    "harness": "the proxy: RMSNorm, rotary attention, top-k FFN experts",
+    "qwen3_moe": "softmax top-k, gates renormalised over the k (norm_topk_prob), every layer sparse",
+    "olmoe": "softmax top-k, gates not renormalised, QK-norm",
+    "deepseek_v3": "sigmoid scores, group-limited top-k (pairs of experts, half the groups eligible), gates "
+                   "renormalised and scaled by 2.5, one shared expert, the first layer dense, latent attention",
+    "mixtral": "softmax over the k chosen logits (renormalised), every layer sparse",
+}
+
+
+def labelled(ok: pd.DataFrame) -> pd.DataFrame:
+    """The runs with their family and method (the label without its [grid] point)."""
+    return ok.assign(family=concordance.families(ok), method=concordance.methods(ok))
+
+
+def family_order(ok: pd.DataFrame) -> list[str]:
+    found = set(concordance.families(ok))
+    return [f for f in TRAITS if f in found] + sorted(found - set(TRAITS))
+
+
+def sizes(ok: pd.DataFrame) -> pd.DataFrame:
+    frame = labelled(ok)
+    rows = {f: {"parameters": f"{frame.loc[frame['family'] == f, 'num_params'].iloc[0] / 1e6:.2f} M",
+                "speed / dense": f"{frame.loc[frame['family'] == f, 'throughput_ratio'].median():.2f}",
+                "what it keeps": TRAITS.get(f, "")} for f in family_order(ok)}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("family")
+
+
+def means(ok: pd.DataFrame) -> pd.DataFrame:
+    """Methods x families: `val loss / MaxVio_global`, seed means."""
+    frame = labelled(ok)
+    cells = frame.groupby(["method", "family"])[list(METRICS)].mean()
+    out = pd.DataFrame({f: [f"{cells.loc[(m, f), 'val_loss']:.3f} / {cells.loc[(m, f), 'maxvio_global']:.2f}"
+                            if (m, f) in cells.index else "" for m in sorted(frame["method"].unique())]
+                        for f in family_order(ok)}, index=sorted(frame["method"].unique()))
+    return out.rename_axis("method (val loss / MaxVio global)")
+
+
+def front_verdicts(ok: pd.DataFrame) -> pd.DataFrame:
+    """Methods x families: each method's verdict against its own family's aux-loss front."""
+    table = verdict_table(ok)
+    table = table[table["kind"] == "front"]
+    table = table.assign(family=[v.split("model.family=")[1].rstrip("]") if "model.family=" in v else
+                                 concordance.PROXY for v in table["variant"]],
+                         method=table["variant"].str.split("[", n=1).str[0])
+    cell = pd.Series([short(r) for r in table.to_dict("records")], index=pd.MultiIndex.from_frame(
+        table[["method", "family"]]))
+    return cell.unstack("family").reindex(columns=family_order(ok)).fillna("").rename_axis("method")
+
+
+def short(row: dict) -> str:
+    """A verdict in a cell: an unplaced method as its seeds' split (inside / beyond / past the front)."""
+    if str(row["verdict"]).startswith("too few seeds"):
+        return (f"too few seeds in one place ({row['seeds_inside']:.0f} inside, {row['seeds_beyond']:.0f} beyond, "
+                f"{row['seeds_past']:.0f} past)")
+    return str(row["verdict"])
+
+
+def against_control(ok: pd.DataFrame) -> pd.DataFrame:
+    """Per family, each balancing method against the unbalanced control of that family."""
+    rows = []
+    for family in family_order(ok):
+        name = f"{CONTROL}[model.family={family}]"
+        for method in METHODS:
+            group = name.replace(CONTROL, method, 1)
+            if group not in set(ok["variant"]) or name not in set(ok["variant"]):
+                continue
+            r, d = ratio(ok, "maxvio_global", group, name), paired(ok, "val_loss", group, name)
+            rows.append({"family": family, "method": method, "MaxVio global, method / control": fold(r),
+                         "MaxVio": ratio_resolved(r), "val loss, method - control": diff_ci(d),
+                         "loss": resolved(d)})
+    return pd.DataFrame(rows)
+
+
+def concordance_tables(ok: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    pairs = pd.concat([concordance.pairs(ok, m) for m in METRICS], ignore_index=True)
+    shown = pd.DataFrame({"metric": pairs["metric"], "families": pairs["a"] + " / " + pairs["b"],
+                          "methods": pairs["methods"], "tau of the seed means": pairs["tau"].map("{:+.2f}".format),
+                          "tau per seed [95 % interval]": [f"{r.tau_seed_mean:+.2f} [{r.low95:+.2f}, {r.high95:+.2f}]"
+                                                           for r in pairs.itertuples()],
+                          "seeds": pairs["seeds"]})
+    return shown, concordance.carries_over(pairs)
+
+
+def kind(verdict: str) -> str:
+    """A verdict's place without its seeds: 'on the front', 'beyond the front (dominates)', ..."""
+    if verdict.startswith("too few seeds"):
+        return "no verdict (its seeds split between places)"
+    return verdict.split(":")[0].split(" (")[0] if "(dominates)" not in verdict else verdict.split(":")[0]
+
+
+def what_transfers(ok: pd.DataFrame, verdicts: pd.DataFrame) -> list[str]:
+    """Per balancing method: where its front verdict on the proxy holds in a family; and where its
+    loss and balance against the family's unbalanced control are resolved."""
+    lines = []
+    for method in [m for m in verdicts.index if m != CONTROL and concordance.PROXY in verdicts.columns]:
+        proxy = kind(verdicts.loc[method, concordance.PROXY])
+        others = {f: kind(v) for f, v in verdicts.loc[method].items() if f != concordance.PROXY and v}
+        same = [f for f, v in others.items() if v == proxy]
+        differ = [f"{f} {v}" for f, v in others.items() if v != proxy]
+        lines.append(f"{method}: {proxy} on the proxy; the same on {', '.join(same) or 'no family'}"
+                     + (f"; {', '.join(differ)}" if differ else "") + ".")
+    rows = against_control(ok).to_dict("records")
+    costs = [r for r in rows if r["loss"] == "resolved"]
+    lower = [r for r in rows if r["MaxVio"] == "resolved" and "lower" in r["MaxVio global, method / control"]]
+    lines.append("Against the family's unbalanced control (95 %, unadjusted): MaxVio_global is resolved lower for "
+                 f"{len(lower)} of {len(rows)} method-family pairs; a val-loss difference is resolved for "
+                 + ("; ".join(f"{r['method']} on {r['family']} ({r['val loss, method - control']})" for r in costs)
+                    or "none")
+                 + f", and not for the other {len(rows) - len(costs)} at 3 seeds.")
+    return lines
+
+
+def sections(ok: pd.DataFrame) -> list[str]:
+    pairs, sentence = concordance_tables(ok)
+    verdicts = front_verdicts(ok)
+    return [
+        "## The methods on each family",
+        md_table(means(ok)),
+        "## Against each family's own aux-loss front",
+        "The reference front is the aux loss over alpha (1e-3 to 1) in the same family; verdicts as in the "
+        "report (docs/methods.md, Verdicts): a place needs 3 seeds. A seed is inside the front's MaxVio range, "
+        "beyond its most balanced point or past its least balanced one.",
+        md_table(verdicts),
+        "## Each balancing method against the unbalanced control of its family",
+        "Paired over the 3 seeds (unadjusted 95 % intervals): MaxVio as the geometric mean ratio, val loss as the "
+        "mean difference.",
+        md_table(against_control(ok), index=False),
+        "## Concordance: does the proxy's order of the methods carry over?",
+        "Kendall's tau between two families' orders of the same methods (1 the same order, -1 reversed): of the "
+        "seed means, and per seed with its 95 % t-interval over the seeds.",
+        md_table(pairs, index=False),
+        sentence,
+        "## What transfers",
+        "\n".join(f"- {line}" for line in what_transfers(ok, verdicts)),
+    ]
+
+
+@page("architectures", "architectures_cpu.md")
+def architectures(data: dict[str, Data]) -> Built:
+    ok = data["architectures"].ok
+    text = "\n\n".join([
+        "# Does a balancing verdict hold for the architecture you train?",
+        f"`moe-harness run experiments/architectures.toml --threads 1 --jobs 1`: {ok['variant'].nunique()} "
+        f"variant-family cells, {setup(ok)}; {len(ok)} runs, {run_minutes(ok)} of run time. Ran on "
+        f"{provenance(ok)}. Data: `data/architectures/`; this page: `moe-harness reference build architectures`.",
+        "Each family is built by transformers from a config the harness writes for the size name (`tiny`: the "
+        "proxy's width, depth, experts and k), random init, with the harness Router in every MoE block; its "
+        "experts, attention and norms are the family's own. Parameters differ where a family's traits add them "
+        "(DeepSeek's shared expert and dense first layer, its latent attention).",
+        md_table(sizes(ok)),
+        *sections(ok),
+    ]) + "\n"
+    readme = "\n\n".join([
+        f"`moe-harness run experiments/architectures.toml --threads 1`: no balancing, Loss-Free, SMEBU, quantile "
+        "balancing and the aux loss over alpha inside Qwen3-MoE, OLMoE, DeepSeek-V3 and Mixtral models built "
+        f"locally by transformers, beside the proxy; {setup(ok)}; {run_minutes(ok)} of run time "
+        "([page](results/reference/architectures_cpu.md), with each verdict's seeds). Each method against its own "
+        "family's aux-loss front:",
+        md_table(front_verdicts(ok).map(kind)),
+        "What transfers:",
+        "\n".join(f"- {line}" for line in what_transfers(ok, front_verdicts(ok))),
+        concordance_tables(ok)[1],
+    ])
+    return Built(text, {"architectures": readme})
