@@ -20,7 +20,7 @@ balanced it jitters with a steady imbalance of about B u. Minimising A / (u T) +
 From each measured run with rate u: A = settle_step x u, B = maxvio_batch / u (maxvio_batch is
 the second-half mean, the steady imbalance). The recommendation is the geometric mean over the
 runs of u* for the target T, with a 95 % t-interval on the log scale, and the expected settle
-fraction A / (u* T). A and B need not stay fixed as the run grows (results/reference/rate_transfer_cpu.md
+fraction A / (u* T). A and B need not stay fixed as the run grows (experiments/rate_transfer.toml
 measures them on the tiny model), so the command prefers a study of several lengths and warns
 when the target lies outside what was measured.
 """
@@ -142,7 +142,7 @@ def dynamics_lines(folder: str, runs: pd.DataFrame, steps: int) -> list[str]:
             f"  expected: unbalanced for about {r['settle_fraction']:.1%} of the run, steady MaxVio_batch about "
             f"{r['B'] * r['rate']:.3g}",
             "  note: u* ~ 1/sqrt(T) is a hypothesis from the sign rule's dynamics, with A and B held fixed as the run "
-            "grows; results/reference/rate_transfer_cpu.md measures both on the tiny model: prefer a study of two or "
+            "grows; experiments/rate_transfer.toml measures both on the tiny model: prefer a study of two or "
             "more lengths (moe-harness rate STUDY)"]
 
 
