@@ -8,7 +8,7 @@ import pandas as pd
 
 from harness.analysis import concordance
 from harness.analysis.reference.base import (Built, diff_ci, fold, md_table, page, paired, provenance, ratio,
-                                             ratio_resolved, resolved, run_minutes, setup)
+                                             ratio_resolved, resolved, run_minutes, setup, verdict_kind)
 from harness.analysis.reference.data import Data
 from harness.analysis.report.prose import verdict_table
 
@@ -99,20 +99,13 @@ def concordance_tables(ok: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return shown, concordance.carries_over(pairs)
 
 
-def kind(verdict: str) -> str:
-    """A verdict's place without its seeds: 'on the front', 'beyond the front (dominates)', ..."""
-    if verdict.startswith("too few seeds"):
-        return "no verdict (its seeds split between places)"
-    return verdict.split(":")[0].split(" (")[0] if "(dominates)" not in verdict else verdict.split(":")[0]
-
-
 def what_transfers(ok: pd.DataFrame, verdicts: pd.DataFrame) -> list[str]:
     """Per balancing method: where its front verdict on the proxy holds in a family; and where its
     loss and balance against the family's unbalanced control are resolved."""
     lines = []
     for method in [m for m in verdicts.index if m != CONTROL and concordance.PROXY in verdicts.columns]:
-        proxy = kind(verdicts.loc[method, concordance.PROXY])
-        others = {f: kind(v) for f, v in verdicts.loc[method].items() if f != concordance.PROXY and v}
+        proxy = verdict_kind(verdicts.loc[method, concordance.PROXY])
+        others = {f: verdict_kind(v) for f, v in verdicts.loc[method].items() if f != concordance.PROXY and v}
         same = [f for f, v in others.items() if v == proxy]
         differ = [f"{f} {v}" for f, v in others.items() if v != proxy]
         lines.append(f"{method}: {proxy} on the proxy; the same on {', '.join(same) or 'no family'}"
@@ -174,7 +167,7 @@ def architectures(data: dict[str, Data]) -> Built:
         f"locally by transformers, beside the proxy; {setup(ok)}; {run_minutes(ok)} of run time "
         "([page](results/reference/architectures_cpu.md), with each verdict's seeds). Each method against its own "
         "family's aux-loss front:",
-        md_table(front_verdicts(ok).map(kind)),
+        md_table(front_verdicts(ok).map(verdict_kind)),
         "What transfers:",
         "\n".join(f"- {line}" for line in what_transfers(ok, front_verdicts(ok))),
         concordance_tables(ok)[1],

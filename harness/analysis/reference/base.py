@@ -143,3 +143,11 @@ def mean_sd_ci(values, fmt: str = "{:.3f}", positive: bool = False) -> str:
     if len(x) < 2:
         return fmt.format(mean)
     return f"{fmt.format(mean)} ± {fmt.format(x.std(ddof=1))} [{fmt.format(low)}, {fmt.format(high)}]"
+
+
+def verdict_kind(verdict: str) -> str:
+    """A front verdict's place without its seeds, for a table cell: 'on the front', 'beyond the front
+    (dominates)', 'no verdict (its seeds split between places)', ..."""
+    if verdict.startswith("too few seeds"):
+        return "no verdict (its seeds split between places)"
+    return verdict.split(":")[0].split(" (")[0] if "(dominates)" not in verdict else verdict.split(":")[0]
