@@ -121,9 +121,8 @@ def what_transfers(ok: pd.DataFrame, verdicts: pd.DataFrame) -> list[str]:
     return lines
 
 
-def sections(ok: pd.DataFrame) -> list[str]:
-    pairs, sentence = concordance_tables(ok)
-    verdicts = front_verdicts(ok)
+def sections(ok: pd.DataFrame, verdicts: pd.DataFrame, pairs: pd.DataFrame, sentence: str,
+             transfers: str) -> list[str]:
     return [
         "## The methods on each family",
         md_table(means(ok)),
@@ -142,13 +141,15 @@ def sections(ok: pd.DataFrame) -> list[str]:
         md_table(pairs, index=False),
         sentence,
         "## What transfers",
-        "\n".join(f"- {line}" for line in what_transfers(ok, verdicts)),
+        transfers,
     ]
 
 
 @page("architectures", "architectures_cpu.md")
 def architectures(data: dict[str, Data]) -> Built:
     ok = data["architectures"].ok
+    verdicts, (pairs, sentence) = front_verdicts(ok), concordance_tables(ok)
+    transfers = "\n".join(f"- {line}" for line in what_transfers(ok, verdicts))
     text = "\n\n".join([
         "# Does a balancing verdict hold for the architecture you train?",
         f"`moe-harness run experiments/architectures.toml --threads 1 --jobs 1`: {ok['variant'].nunique()} "
@@ -159,7 +160,7 @@ def architectures(data: dict[str, Data]) -> Built:
         "experts, attention and norms are the family's own. Parameters differ where a family's traits add them "
         "(DeepSeek's shared expert and dense first layer, its latent attention).",
         md_table(sizes(ok)),
-        *sections(ok),
+        *sections(ok, verdicts, pairs, sentence, transfers),
     ]) + "\n"
     readme = "\n\n".join([
         f"`moe-harness run experiments/architectures.toml --threads 1`: no balancing, Loss-Free, SMEBU, quantile "
@@ -167,9 +168,9 @@ def architectures(data: dict[str, Data]) -> Built:
         f"locally by transformers, beside the proxy; {setup(ok)}; {run_minutes(ok)} of run time "
         "([page](results/reference/architectures_cpu.md), with each verdict's seeds). Each method against its own "
         "family's aux-loss front:",
-        md_table(front_verdicts(ok).map(verdict_kind)),
+        md_table(verdicts.map(verdict_kind)),
         "What transfers:",
-        "\n".join(f"- {line}" for line in what_transfers(ok, front_verdicts(ok))),
-        concordance_tables(ok)[1],
+        transfers,
+        sentence,
     ])
     return Built(text, {"architectures": readme})
