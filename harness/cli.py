@@ -1,4 +1,4 @@
-"""The `moe-harness` command line: list, run, sweep, plot, report, export, rate.
+"""The `moe-harness` command line: list, run, sweep, plot, report, export, convert, rate, reference.
 
     moe-harness list
     moe-harness run experiments/smoke.toml [--out results] [--device auto] [--set key=value ...]
@@ -50,7 +50,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 def cmd_plot(args: argparse.Namespace) -> None:
     from harness.analysis import report
 
-    for path in report.write_plots(args.dir, fmt=args.format):
+    for path in report.write_plots(args.dir, fmt=args.format, out=args.out):
         print(path)
 
 
@@ -61,6 +61,18 @@ def cmd_export(args: argparse.Namespace) -> None:
         raise FileNotFoundError(2, "No results (run `moe-harness run SUITE.toml` first)", str(args.dir))
     for path in tables.export(args.dir, args.to):
         print(path)
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from harness import tables
+
+    if not tables.has_results(args.dir):
+        raise FileNotFoundError(2, "No results (run `moe-harness run SUITE.toml` first)", str(args.dir))
+    if tables.convert_legacy(args.dir):
+        print(f"{args.dir}: one file per run in runs/, steps/ and loads/; the old files are in "
+              f"{Path(args.dir) / 'legacy'}")
+    else:
+        print(f"{args.dir}: already one file per run; nothing to convert")
 
 
 def cmd_rate(args: argparse.Namespace) -> None:
@@ -98,7 +110,7 @@ def cmd_reference(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from harness.analysis import report
 
-    for path in report.write_report(args.dir):
+    for path in report.write_report(args.dir, out=args.out):
         print(path)
 
 
@@ -150,13 +162,19 @@ def add_readers(sub) -> None:
     plot = sub.add_parser("plot", help="draw the comparison figures of a suite folder")
     plot.add_argument("dir")
     plot.add_argument("--format", default="png", choices=["png", "svg", "pdf"])
+    plot.add_argument("--out", default=None, help="folder for plots/ (default: DIR; required for shipped data)")
     plot.set_defaults(fn=cmd_plot)
     exp = sub.add_parser("export", help="write single-file runs/steps/loads.parquet of a results folder")
     exp.add_argument("dir")
     exp.add_argument("--to", default=None, help="destination folder (default: DIR/export)")
     exp.set_defaults(fn=cmd_export)
+    conv = sub.add_parser("convert", help="split a folder of single-file tables (moe-harness 0.1) into one file "
+                                          "per run, so that runs can be added to it (the old files go to legacy/)")
+    conv.add_argument("dir")
+    conv.set_defaults(fn=cmd_convert)
     rep = sub.add_parser("report", help="write an HTML + Markdown report of a suite folder")
     rep.add_argument("dir")
+    rep.add_argument("--out", default=None, help="folder for the report (default: DIR; required for shipped data)")
     rep.set_defaults(fn=cmd_report)
     rate = sub.add_parser("rate", help="recommend a bias rate u for a target run from a results folder's dynamics")
     rate.add_argument("dir")

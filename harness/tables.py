@@ -12,9 +12,12 @@ never sees half a file; the runs/ file is written last, and its presence marks t
 complete. No lock and no rewrite: appending a run costs the same whatever the folder holds,
 and workers on several machines may add runs to one folder on a shared filesystem.
 
-Folders written by moe-harness 0.1 (single runs.parquet / steps.parquet / loads.parquet) are
-converted once, on first read or write, with a message; the old files are kept under legacy/.
-`export()` writes the single-file tables for people who want one file.
+A folder of single-file tables (runs.parquet / steps.parquet / loads.parquet: moe-harness 0.1's
+layout, an `export`, or a study shipped in results/reference/data/) is read as it is: reading never
+writes. Adding runs to one needs the per-run layout, made only by `moe-harness convert DIR`
+(`convert_legacy`; the old files are kept under legacy/), which refuses results/reference.
+`export()` writes the single-file tables for people who want one file, never into a results
+folder's own tables.
 """
 
 from __future__ import annotations
@@ -81,12 +84,27 @@ def has_results(folder: Path) -> bool:
     return bool(run_files(folder, "runs")) or (folder / "runs.parquet").is_file()
 
 
-def read(folder: Path, table: str = "runs", columns: list[str] | None = None) -> pd.DataFrame:
-    """One table of a results folder as a DataFrame; columns only some runs have are filled with nulls."""
+def is_single_file(folder: Path) -> bool:
+    """Whether `folder` holds single-file tables (runs.parquet) and no per-run runs/ folder."""
     folder = Path(folder)
-    convert_legacy(folder)
+    return (folder / "runs.parquet").is_file() and not (folder / "runs").is_dir()
+
+
+def is_reference(path: Path) -> bool:
+    """Whether `path` lies inside a repository's results/reference/ (shipped studies: never written
+    by a command that reads them)."""
+    parts = Path(path).resolve().parts
+    return any(a == "results" and b == "reference" for a, b in zip(parts, parts[1:]))
+
+
+def read(folder: Path, table: str = "runs", columns: list[str] | None = None) -> pd.DataFrame:
+    """One table of a results folder as a DataFrame; columns only some runs have are filled with nulls.
+    Reads only: a single-file folder is read as it is, never converted."""
+    folder = Path(folder)
+    files = [folder / f"{table}.parquet"] if is_single_file(folder) else run_files(folder, table)
+    files = [path for path in files if path.is_file()]
     with ThreadPoolExecutor(max_workers=8) as pool:  # NOTE: parquet decoding releases the GIL
-        parts = [p for p in pool.map(lambda path: _read_file(path, columns), run_files(folder, table)) if p]
+        parts = [p for p in pool.map(lambda path: _read_file(path, columns), files) if p]
     if not parts:
         return pd.DataFrame(columns=columns or [])
     merged = pa.concat_tables(parts, promote_options="permissive")
@@ -123,7 +141,7 @@ def is_complete(folder: Path, run_id: str) -> bool:
 def append_run(folder: Path, result, key: str | None = None) -> None:
     """Write one run's steps, loads and record, in that order (the record marks completion)."""
     folder = Path(folder)
-    convert_legacy(folder)
+    check_appendable(folder)
     key = key or result.record["run_id"]
     for table, rows in (("steps", result.steps), ("loads", result.loads), ("runs", [result.record])):
         (folder / table).mkdir(parents=True, exist_ok=True)
@@ -135,12 +153,23 @@ def append_run(folder: Path, result, key: str | None = None) -> None:
                 path.unlink()
 
 
-def convert_legacy(folder: Path) -> None:
-    """Split a 0.1 single-file folder into per-run files, once; the old files move to legacy/."""
+def check_appendable(folder: Path) -> None:
+    """ValueError unless runs can be added to `folder` (new, or in the per-run layout)."""
+    if is_single_file(folder):
+        raise ValueError(f"{folder} holds single-file tables (runs.parquet: moe-harness 0.1, an export or shipped "
+                         f"data), to which runs cannot be added; run `moe-harness convert {folder}` once to split "
+                         "them into one file per run (the old files are kept in legacy/), or give another --out")
+
+
+def convert_legacy(folder: Path) -> bool:
+    """Split a single-file folder into per-run files (`moe-harness convert`); the old files move to
+    legacy/. False when there is nothing to convert; never inside results/reference."""
     folder = Path(folder)
-    old = folder / "runs.parquet"
-    if not old.is_file() or (folder / "runs").is_dir():
-        return
+    if not is_single_file(folder):
+        return False
+    if is_reference(folder):
+        raise ValueError(f"{folder} is shipped reference data (results/reference): it is read as it is and never "
+                         "converted; copy it elsewhere to add runs to it")
     print(f"moe-harness: converting {folder} from single-file tables to one file per run "
           f"(the old files are kept in {folder / 'legacy'})", file=sys.stderr)
     frames = {t: pd.read_parquet(folder / f"{t}.parquet") for t in TABLES if (folder / f"{t}.parquet").is_file()}
@@ -160,12 +189,14 @@ def convert_legacy(folder: Path) -> None:
         if (folder / f"{table}.parquet").is_file():
             os.replace(folder / f"{table}.parquet", folder / "legacy" / f"{table}.parquet")
     shutil.rmtree(staging, ignore_errors=True)
+    return True
 
 
 def export(folder: Path, dest: Path | None = None) -> list[Path]:
     """Single-file runs.parquet / steps.parquet / loads.parquet of a folder, in `dest` (default folder/export)."""
     folder = Path(folder)
     dest = Path(dest) if dest else folder / "export"
+    check_export_destination(folder, dest)
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # FileExistsError: a file of that name
@@ -177,3 +208,22 @@ def export(folder: Path, dest: Path | None = None) -> list[Path]:
         write_parquet_atomic(path, read(folder, table))
         paths.append(path)
     return paths
+
+
+def check_export_destination(folder: Path, dest: Path) -> None:
+    """ValueError when `dest` would put single-file tables where a results folder reads its own:
+    the folder itself, inside any results folder's runs/, steps/ or loads/, or another results folder."""
+    source, target = Path(folder).resolve(), Path(dest).resolve()
+    why = ""
+    if target == source:
+        why = "is the results folder itself"
+    elif (target / "runs").is_dir() or (target / "runs.parquet").is_file():
+        why = "is a results folder (it has runs)"
+    else:
+        for parent in (target, *target.parents):
+            if parent.name in TABLES and (parent.parent / "runs").is_dir():
+                why = f"is inside the table folder {parent}, where every file is read as a run's rows"
+                break
+    if why:
+        raise ValueError(f"--to {str(dest)!r} {why}: the exported files would be read back as results; name a "
+                         f"folder outside the tables (default: {Path(folder) / 'export'})")

@@ -103,7 +103,7 @@ def test_readers_tolerate_columns_only_some_runs_have(tmp_path):
     assert tables.complete_run_ids(tmp_path) == {"a", "b"}
 
 
-def test_an_old_single_file_folder_is_converted_once_with_a_message(make_suite, tmp_path, capsys):
+def test_an_old_single_file_folder_is_read_as_it_is_and_converted_only_on_request(make_suite, tmp_path, capsys):
     suite = make_suite(FOUR_RUNS)
     main(["run", str(suite), "--out", str(tmp_path)])
     folder = tmp_path / "tiny"
@@ -114,9 +114,17 @@ def test_an_old_single_file_folder_is_converted_once_with_a_message(make_suite, 
             path.unlink()
         (folder / table).rmdir()
     capsys.readouterr()
+    files = sorted(folder.rglob("*"))
+    for table, frame in before.items():  # read in place: nothing converted, nothing written
+        assert len(tables.read(folder, table)) == len(frame)
+    assert main(["report", str(folder), "--out", str(tmp_path / "report")]) == 0
+    assert main(["run", str(suite), "--out", str(tmp_path)]) == 2  # runs cannot be added: it says how
+    assert "run `moe-harness convert" in capsys.readouterr().err and sorted(folder.rglob("*")) == files
+    assert main(["convert", str(folder)]) == 0
+    assert "the old files are in" in capsys.readouterr().out
     assert main(["run", str(suite), "--out", str(tmp_path)]) == 0
     captured = capsys.readouterr()
-    assert "converting" in captured.err and "2 of 2 runs already complete" in captured.out
+    assert "2 of 2 runs already complete" in captured.out
     assert (folder / "legacy" / "runs.parquet").is_file() and not (folder / "runs.parquet").exists()
     for table, frame in before.items():
         pd.testing.assert_frame_equal(tables.read(folder, table).sort_values(list(frame.columns[:3])).reset_index(

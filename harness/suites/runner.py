@@ -49,6 +49,7 @@ def prepare_folder(suite: Suite, out_dir: str | Path) -> Path:
     folder = Path(out_dir) / suite.name
     if distributed.rank() > 0:
         return folder
+    tables.check_appendable(folder)  # before anything is written there
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tables.write_text_atomic(folder / "suite.toml", suite.source.read_text())

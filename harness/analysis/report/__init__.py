@@ -38,26 +38,47 @@ def read_tables(folder: Path) -> dict[str, pd.DataFrame]:
     return out
 
 
-def write_plots(folder: str | Path, fmt: str = "png") -> list[Path]:
+def output_folder(folder: Path, out: str | Path | None) -> Path:
+    """Where a report or its plots go: `out`, else the results folder itself, never a shipped study
+    in results/reference (its files are checked against its data: a report there breaks the check)."""
+    if out is not None:
+        return Path(out)
+    if tables.is_reference(folder):
+        raise ValueError(f"{folder} is shipped reference data (results/reference), which reading commands never "
+                         "write into; give --out FOLDER for the report and its plots")
+    return folder
+
+
+def write_plots(folder: str | Path, fmt: str = "png", out: str | Path | None = None) -> list[Path]:
     folder = Path(folder)
     data = read_tables(folder)
-    (folder / "plots").mkdir(exist_ok=True)
+    dest = output_folder(folder, out)
+    try:
+        (dest / "plots").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out {str(dest)!r}: cannot write the plots there ({err.strerror})") from err
     paths = []
     for name, fig, _ in draw_figures(data):
-        path = folder / "plots" / f"{name}.{fmt}"
+        path = dest / "plots" / f"{name}.{fmt}"
         fig.savefig(path, dpi=150, format=fmt)
         plt.close(fig)
         paths.append(path)
     return paths
 
 
-def write_report(folder: str | Path) -> list[Path]:
-    """report.html (self-contained) and report.md (images in plots/) for a suite or sweep folder."""
+def write_report(folder: str | Path, out: str | Path | None = None) -> list[Path]:
+    """report.html (self-contained) and report.md (images in plots/) for a suite or sweep folder,
+    written into it (or into `out`)."""
     folder = Path(folder)
     data = read_tables(folder)
+    dest = output_folder(folder, out)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out {str(dest)!r}: cannot write the report there ({err.strerror})") from err
     runs = data["runs"]
     name = str(runs["suite"].iloc[0]) if "suite" in runs else folder.name
-    page = Page(folder, f"{name}: MoE load-balancing report")
+    page = Page(dest, f"{name}: MoE load-balancing report")
     page.text(f"{len(runs)} runs, from `{folder}`.", f"{len(runs)} runs, from ", str(folder))
     if "trials" in data:  # NOTE: a sweep compares every trial with its best feasible one, not the first
         best, flat = flat_optimum(runs, data["trials"])
@@ -67,7 +88,7 @@ def write_report(folder: str | Path) -> list[Path]:
         page.section("Means over seeds")
     add_tables(page, runs)
     add_concordance(page, runs)
-    (folder / "plots").mkdir(exist_ok=True)
+    (dest / "plots").mkdir(exist_ok=True)
     for stem, fig, caption in draw_figures(data):
         page.figure(stem, fig, caption)
     return page.write()
