@@ -45,29 +45,53 @@ CALLBACK_ARG = ("heartbeat_stale_trial_callback"
 ENV = "MOE_HARNESS_STORAGE"  # the storage URL, where no --storage is given (and how local workers get it)
 
 
+def _userinfo_span(url: str) -> tuple[int, int] | None:
+    """Where the password of `url` lies (start, end), by hand and on the raw text: from the first ':'
+    after the scheme's '//' to the last '@' (a password may hold an unencoded '@', '/' or ':', which
+    no URL parser then reads as the writer meant). None when there is no 'user:password@'."""
+    start = url.find("://") + 3 if "://" in url else 0
+    at = url.rfind("@", start)
+    colon = url.find(":", start, at) if at > 0 else -1
+    return (colon + 1, at) if colon >= 0 else None
+
+
 def masked(url: str) -> str:
-    """`url` with its password shown as *** (SQLAlchemy's own rendering), for every message."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:  # not a URL SQLAlchemy reads: mask user:password@ by hand
-        return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
+    """`url` with everything between the user name and the last '@' shown as ***, for every
+    message, whether or not the URL parses."""
+    span = _userinfo_span(url)
+    return url if span is None else url[:span[0]] + "***" + url[span[1]:]
 
 
 def _scrub(text: str, url: str) -> str:
-    """A driver's message with the URL's password taken out, should the driver have echoed it."""
-    with contextlib.suppress(sqlalchemy.exc.ArgumentError):
-        password = make_url(url).password
-        if password:
-            text = text.replace(str(password), "***")
+    """A driver's message with every piece of the URL's password taken out, should the driver have
+    echoed it (also the pieces a parser split off as part of the host)."""
+    span = _userinfo_span(url)
+    if span is None:
+        return text
+    password = url[span[0]:span[1]]
+    for piece in sorted({password, *password.split("@"), *password.split("/"), *password.split(":")}, key=len,
+                        reverse=True):
+        if len(piece) >= 3:  # NOTE: shorter pieces would mask ordinary words of the message
+            text = text.replace(piece, "***")
     return text
 
 
 def storage_url(url: str) -> str:
     """Check the scheme and the driver; return the URL with an explicit driver where we chose it."""
+    span = _userinfo_span(url)
+    if span is not None and any(c in url[span[0]:span[1]] for c in "@/"):
+        raise ValueError(f"--storage {masked(url)!r}: its password holds an unencoded '@' or '/', so the host would "
+                         "be read from the password; percent-encode them (@ as %40, / as %2F), or keep the password "
+                         "in PGPASSWORD or ~/.pgpass")
     try:
         parsed = make_url(url)
-    except sqlalchemy.exc.ArgumentError as err:
-        raise ValueError(f"--storage {masked(url)!r} is not a storage URL; use {SCHEMES}") from err
+        port = parsed.port
+    except (sqlalchemy.exc.ArgumentError, ValueError) as err:
+        what = ("its port is not a whole number (use HOST:PORT, e.g. 127.0.0.1:5432)"
+                if isinstance(err, ValueError) and "int()" in str(err) else "is not a storage URL")
+        raise ValueError(f"--storage {masked(url)!r} {what}; use {SCHEMES}") from None
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"--storage {masked(url)!r}: port {port} must be between 1 and 65535")
     backend, _, driver = parsed.drivername.partition("+")
     if backend == "sqlite":
         if not parsed.database:
@@ -82,6 +106,12 @@ def storage_url(url: str) -> str:
     driver = driver or default_driver
     if driver == default_driver and importlib.util.find_spec(module) is None:
         raise ValueError(f"--storage {masked(url)!r} needs the {module} driver: pip install 'moe-harness[{extra}]'")
+    try:
+        parsed.get_dialect().import_dbapi()  # NOTE: postgresql+psycopg2 without psycopg2 fails here, not later
+    except (ImportError, sqlalchemy.exc.NoSuchModuleError) as err:
+        raise ValueError(f"--storage {masked(url)!r} names the driver {driver!r}, which is not installed or not known "
+                         f"({type(err).__name__}: {_scrub(str(err), url)}); install it, or write {backend}:// for the "
+                         f"{default_driver} driver (pip install 'moe-harness[{extra}]')") from None
     return parsed.set(drivername=f"{backend}+{driver}").render_as_string(hide_password=False)
 
 
