@@ -16,7 +16,8 @@ from harness.routing.registry import Registry
 from harness.routing.resolve import resolve_router
 
 PresetFn = Callable[[], RouterConfig]
-ROUTERS = Registry("router preset", "router", miss="unknown router {name!r}; registered routers: {names}")
+ROUTERS = Registry("router preset", "router", miss="unknown router {name!r}; registered routers: {names}",
+                   reserved={"native": "a model family's own router, untouched"})
 register_router = ROUTERS.register  # function decorator: @register_router("name")
 router_names = ROUTERS.names
 

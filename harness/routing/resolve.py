@@ -106,3 +106,7 @@ def check_fit(cfg: RouterConfig) -> None:
             "it needs a non-negative, non-softmax score_func (sigmoid, relu, softplus) and "
             f"route_norm = false; got score_func={cfg.score_func!r}, route_norm={cfg.route_norm!r}"
         )
+    for key, unit in (("router.selection", cfg.rule), ("router.bias_mode", cfg.controller)):
+        if unit.score_funcs is not None and cfg.score_func not in unit.score_funcs:
+            raise ValueError(f"{key} = {unit.name!r} has no meaning for router.score_func = {cfg.score_func!r}; "
+                             f"it takes score_func in {list(unit.score_funcs)}")

@@ -3,7 +3,8 @@
 A controller moves the selection bias b after each optimizer step (b enters selection only,
 never a gate). It is one registered `nn.Module` subclass in a file of its own. It declares its
 own settings (`params`, among them the shared `BIAS_RATE` and `BIAS_FREEZE` where it reads them),
-the selection rules it can steer (`selections`; None: any), whether it sets the budget of a rule
+the selection rules it can steer (`selections`; None: any), the score functions it has a meaning for
+(`score_funcs`; None: any), whether it sets the budget of a rule
 that needs one (`sets_budget`, threshold selection), whether it starts the bias from the first
 batch's scores (`init_from_scores`), whether it watches each training forward's scores before
 they route (`observes`; it may set the bias that very forward uses), whether it has its own say
@@ -37,6 +38,7 @@ class BiasController(nn.Module, ABC):
 
     name = ""
     selections: tuple[str, ...] | None = ("topk",)  # the selection rules it can steer (None: any)
+    score_funcs: tuple[str, ...] | None = None  # the router.score_func values it has a meaning for (None: any)
     sets_budget = False  # it can steer a rule that needs a controller (threshold)
     init_from_scores = False  # `initial_bias` from the first batch's scores (every rank's)
     observes = False  # `observe` every training forward's scores

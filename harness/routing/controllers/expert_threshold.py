@@ -57,6 +57,7 @@ def clamp_counts(biased_TE: torch.Tensor, mask_TE: torch.Tensor, target: int, ca
 @register_controller("expert_threshold")
 class ExpertThreshold(BiasController):
     selections = ("threshold",)
+    score_funcs = ("sigmoid",)  # NOTE: b = -sigmoid(c) makes s + b > 0 equal r > c only for s = sigmoid(r)
     sets_budget = True
     init_from_scores = True
     observes = True

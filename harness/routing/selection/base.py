@@ -3,7 +3,7 @@
 A rule is one registered class in a file of its own. It declares its traits (`causal`: a
 token's experts depend on that token and earlier ones only; `variable_k`: the number of experts
 per token varies; `needs_controller`: something must set the bias that steers it), its own
-settings (`params`), its checks on a config, and `select`s. The router dispatches to the rule its
+settings (`params`), the score functions it has a meaning for (`score_funcs`), its checks on a config, and `select`s. The router dispatches to the rule its
 resolved config holds; the allowed values of `router.selection` are the registered names.
 
 Legend: T = tokens, E = routed experts, A = (token, expert) assignments, token-major order.
@@ -28,6 +28,7 @@ class SelectionRule(ABC):
     causal = True  # a token's experts depend on it and earlier tokens only
     variable_k = False  # the number of experts per token varies
     needs_controller = False  # threshold-like rules fire nothing sensible without a bias that sets a budget
+    score_funcs: tuple[str, ...] | None = None  # the router.score_func values it has a meaning for (None: any)
     params: dict[str, Param] = {}  # its own settings, set as router.<name>
 
     def param(self, cfg: RouterConfig, name: str):

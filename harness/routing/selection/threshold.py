@@ -12,6 +12,9 @@ from harness.routing.selection.base import Selected, SelectionRule, register_sel
 class Threshold(SelectionRule):
     variable_k = True
     needs_controller = True
+    # NOTE: softmax scores sum to 1 over the experts, so one threshold on them is a budget shared by
+    # every expert, not a per-expert cut: no sensible meaning
+    score_funcs = ("sigmoid", "relu", "softplus")
 
     def select(self, biased_TE: torch.Tensor, top_k: int, cfg) -> Selected:
         mask_TE = biased_TE > 0
