@@ -157,6 +157,7 @@ def _digest(flat: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+INT64 = 2 ** 63
 SECTIONS = {"model": ModelConfig, "router": RouterConfig, "train": TrainConfig, "data": DataConfig,
             "metrics": MetricsConfig}
 TOP_LEVEL = {"router": str, "size": str, "seed": int, "variant": str}  # router: a preset, or native (a family's own)
@@ -214,7 +215,11 @@ def coerce(key: str, value: Any) -> Any:
         str: isinstance(value, str),
     }.get(typ, True)
     if not ok:
-        raise ValueError(f"{key} expects a value of type {typ.__name__}, got {value!r}")
+        hint = " (a whole number, e.g. 1000, not 1e3)" if typ is int and isinstance(value, float) else ""
+        raise ValueError(f"{key} expects a value of type {typ.__name__}{hint}, got {value!r}")
+    if typ is int and not -INT64 <= value < INT64:  # NOTE: every run-row column is a parquet int64
+        raise ValueError(f"{key} = {value} does not fit a 64-bit integer column; allowed: whole numbers of magnitude "
+                         f"below 2**63 ({INT64:.3g})")
     return float(value) if typ is float else value
 
 
@@ -242,7 +247,16 @@ def family_router(preset: str, model: ModelConfig, overrides: dict[str, Any]) ->
                          f"{sorted(f'router.{k}' for k in overrides)}")
     base = family.native_preset if preset == NATIVE else preset
     selection = overrides.get("selection", ROUTERS.lookup(base)().selection)
-    return get_router_config(base, **{**family.router_traits(selection, model), **overrides})
+    imposed = {k: v for k, v in family.router_traits(selection, model).items() if k not in overrides}
+    try:
+        return get_router_config(base, **{**imposed, **overrides})
+    except ValueError as err:  # NOTE: say which of the offending values the family set, not the user
+        named = {k: v for k, v in imposed.items() if k in str(err)}
+        if not named:
+            raise
+        raise ValueError(f"{err} (model.family = {family.name!r} sets "
+                         f"{', '.join(f'router.{k} = {v!r}' for k, v in named.items())} on every router swapped into "
+                         "it; set the key yourself to override it)") from None
 
 
 def check_family(cfg: RunConfig) -> None:
@@ -297,6 +311,8 @@ def resolve(settings: dict[str, Any]) -> RunConfig:
     train = TrainConfig(**sections["train"])
     train = dataclasses.replace(train, device=resolve_device(train.device))
     model = model_config(values.get("size", "tiny"), **sections["model"])
+    if model.family != HARNESS:
+        model = FAMILIES.lookup(model.family).fit_model(model, sections["model"])
     cfg = RunConfig(
         variant=values.get("variant", router),
         router=router,

@@ -7,11 +7,15 @@ the proxy's active and total parameters, keeping the family's own traits), the d
 equal active width (the throughput yardstick), the family's own routing written as a harness
 router (`native`: the family's router, reproduced; the equivalence tests check it), and the router
 fields the family imposes on any router swapped into it (`traits`: its gate normalisation and
-scaling, DeepSeek's group limits).
+scaling, DeepSeek's group limits), and the model settings it honours (`honours`): any other model
+setting given for a family is refused, and one a size name carries is reset to its default (the
+family builds its own shared experts and dense layers, and the dense yardstick is sized from the
+family's own active width).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 from typing import Any
@@ -29,12 +33,31 @@ def transformers_module():
     return importlib.import_module("transformers")
 
 
+# NOTE: the ModelConfig fields `common` and the families' hf_config read
+COMMON = frozenset({"vocab_size", "dim", "num_layers", "num_heads", "seq_len", "num_experts", "top_k", "expert_hidden",
+                    "rope_theta", "family"})
+
+
 class Family:
     name = ""
     config_class = ""  # a transformers config class
     model_class = ""  # a transformers causal-LM class
     native_preset = "softmax_topk"  # the harness preset the family's own routing starts from
     traits: dict[str, Any] = {}  # router fields the family imposes on any router swapped in
+    honours: frozenset[str] = COMMON  # the model.* settings it builds from; any other is refused
+
+    @classmethod
+    def fit_model(cls, model, explicit: dict[str, Any]):
+        """`model` with the settings the family does not honour at their defaults; ValueError for
+        one of them that the user gave (`explicit`) with another value, naming what it honours."""
+        defaults = {f.name: f.default for f in dataclasses.fields(model) if f.name not in cls.honours}
+        refused = sorted(k for k, v in explicit.items() if k in defaults and v != defaults[k])
+        if refused:
+            raise ValueError(f"model.{refused[0]} = {explicit[refused[0]]!r} is not honoured by model.family = "
+                             f"{cls.name!r}, which builds its blocks (shared experts, dense layers) as the "
+                             f"architecture has them; leave it out, or use model.family = 'harness'. The family honours "
+                             f"{sorted(f'model.{k}' for k in cls.honours)}")
+        return dataclasses.replace(model, **defaults)
 
     @classmethod
     def hf_config(cls, model) -> dict:
@@ -71,7 +94,8 @@ def _instance(name: str, cls: type[Family]) -> type[Family]:
     return cls
 
 
-FAMILIES = Registry("model family", "model.family", prepare=_instance)
+FAMILIES = Registry("model family", "model.family", prepare=_instance,
+                    reserved={"harness": "the harness's own proxy model"})
 register_family = FAMILIES.register
 HARNESS = "harness"  # the harness's own proxy, not a transformers family
 NATIVE = "native"  # `router = "native"`: a family's own router, untouched
