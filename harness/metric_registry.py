@@ -15,6 +15,7 @@ of columns (one per EP size, one per capacity factor) is one registration with a
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -43,6 +44,13 @@ class Metric:
 
 METRICS: dict[str, Metric] = {}
 FAMILIES: list[tuple[re.Pattern, Metric]] = []
+ORIGINS: dict[str, str] = {}  # metric name -> the file that declared it
+
+
+def _caller_file() -> str:
+    """The file of the code that called register_metric."""
+    frame = sys._getframe(2)
+    return frame.f_code.co_filename if frame else "?"
 
 
 def register_metric(name: str, label: str, **fields) -> Metric:
@@ -50,7 +58,8 @@ def register_metric(name: str, label: str, **fields) -> Metric:
     one name is an error."""
     metric = Metric(name, label, **fields)
     if name in METRICS or any(m.name == name for _, m in FAMILIES):
-        raise ValueError(f"metric {name!r} is already registered")
+        raise ValueError(f"metric {name!r} is already registered (by {ORIGINS.get(name, '?')}); choose another name")
+    ORIGINS[name] = _caller_file()
     if "{N}" in name:
         pattern = re.compile(re.escape(name).replace(r"\{N\}", r"([\d.]+)"))
         FAMILIES.append((pattern, metric))

@@ -135,8 +135,10 @@ def rate_command(folder: str, steps: int, tokens_per_step: int | None = None, va
 
 def dynamics_lines(folder: str, runs: pd.DataFrame, steps: int) -> list[str]:
     r = recommend(runs, steps)
-    return [f"recommended bias rate u = {r['rate']:.3g} (95 % interval {r['low']:.3g} to {r['high']:.3g}) "
-            f"for {steps:,} steps",
+    # NOTE: one run has no spread: an interval over runs needs two (a t-interval of one value is nan)
+    interval = (f"95 % interval {r['low']:.3g} to {r['high']:.3g}" if np.isfinite([r["low"], r["high"]]).all()
+                else f"no interval: it needs at least 2 measured runs, {r['runs']} here")
+    return [f"recommended bias rate u = {r['rate']:.3g} ({interval}) for {steps:,} steps",
             f"  from {r['runs']} run(s) of {folder}: A = settle_step x u = {r['A']:.3g} (geometric mean), "
             f"B = maxvio_batch / u = {r['B']:.3g}; u* = sqrt(A / (B T))",
             f"  expected: unbalanced for about {r['settle_fraction']:.1%} of the run, steady MaxVio_batch about "

@@ -39,6 +39,9 @@ from harness import metric_registry
 from harness.analysis import stats
 
 KEYS = {"min", "max", "step", "until", "metric", "alpha"}
+# NOTE: every seed up to `max` is resolved (and so checked) before any run starts; a design that has
+# not resolved by this many seeds will not, and a larger max would only stall the start
+MAX_SEEDS = 256
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,9 @@ def plan_of(value: Any, source: Path) -> Plan:
     if not 2 <= ints["min"] <= ints["max"] or ints["step"] < 1:
         raise ValueError(f"{source}: seeds = {value!r} needs 2 <= min <= max and step >= 1 (a paired interval "
                          f"needs 2 seeds); e.g. {example}")
+    if ints["max"] > MAX_SEEDS:
+        raise ValueError(f"{source}: seeds.max = {ints['max']} is more seeds than a sequential design can use; "
+                         f"allowed: at most {MAX_SEEDS} (every seed's runs are resolved before the first starts)")
     if value.get("until", "resolved") != "resolved":
         raise ValueError(f"{source}: seeds.until = {value['until']!r}; allowed: 'resolved'")
     metric = value.get("metric", "val_loss")

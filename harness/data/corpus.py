@@ -219,6 +219,11 @@ def load_corpus(source: str = "stdlib", val_fraction: float = 0.05, tokenizer: s
         )
     if all(p.suffix == ".bin" for p in paths):
         return _bin_shards(source, paths, val_fraction, tokenizer)
+    shards = [p.name for p in paths if p.suffix == ".bin"]
+    if shards:  # NOTE: a token shard read as text would be trained on as bytes, without a word
+        raise ValueError(f"data.source = {source!r} matches uint16 token shards {shards[:3]} and text files "
+                         f"{[p.name for p in paths if p.suffix != '.bin'][:3]}; a source is one kind: use a glob of "
+                         "only .bin shards (e.g. 'data/*.bin') or only text files (e.g. 'data/*.txt')")
     root = Path(os.path.commonpath([str(p.parent) for p in paths]))
     return _text_corpus(split_text_files(source, root, paths, val_fraction), tokenizer, val_fraction)
 

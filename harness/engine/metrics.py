@@ -34,6 +34,13 @@ class MetricsConfig:
                              "numbers > 0")
         self.capacity_factors = [float(c) for c in self.capacity_factors]
 
+    def family_columns(self, num_experts: int) -> list[str]:
+        """The columns of the metric families (ep{N}_..., drop_frac_cf{N}) a run of `num_experts`
+        experts records under these settings: `cost_metrics` makes exactly these."""
+        sizes = [n for n in self.ep_sizes if num_experts % n == 0]
+        return ([f"ep{n}_{what}" for n in sizes for what in ("imbalance", "efficiency")]
+                + [f"drop_frac_cf{c}" for c in self.capacity_factors])
+
 
 def ep_balance(counts_LE: torch.Tensor, ep_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Simulated expert parallelism (docs/methods.md, "Metrics"): experts placed

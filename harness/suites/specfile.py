@@ -118,9 +118,9 @@ def import_plugin(path: Path, where: str) -> None:
     sys.modules[module] = loaded = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(loaded)
-    except ValueError:  # a duplicate name, a bad declaration: the plugin's own clear message
+    except ValueError as err:  # a duplicate name, a bad declaration: the plugin's own message, with its file
         del sys.modules[module]
-        raise
+        raise ValueError(f"{where}: {path}: {err}" if str(path) not in str(err) else f"{where}: {err}") from None
     except Exception as err:  # noqa: BLE001 - a broken plugin is bad input, not a harness bug
         del sys.modules[module]
         raise ValueError(f"{where}: {path} could not be imported ({type(err).__name__}: {err})") from err

@@ -83,12 +83,30 @@ def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) 
                          f"{sorted(set(labels) | set(variant_names))}")
     # NOTE: by label, so a family's runs are its own at every point of a [grid] too
     front_family = {cfg.variant: family_of[label] for label, cfg in labelled if label in family_of}
+    margins = margins_of(spec, source)
+    asked = [("seeds.metric", plan.metric)] if plan else []
+    for what, metric in asked + [("equivalence_margin", m) for m in margins]:
+        check_recorded(what, metric, runs, source)
     correction = spec.get("correction", "holm")
     if correction not in CORRECTIONS:
         raise ValueError(f"{source}: correction = {correction!r}; choose one of {list(CORRECTIONS)} (holm: the "
                          "suite's verdicts are Holm-adjusted as one family of tests)")
-    return Suite(name, runs, source, baseline, sorted(front_family), margins_of(spec, source), plan, front_family,
-                 correction, points)
+    return Suite(name, runs, source, baseline, sorted(front_family), margins, plan, front_family, correction, points)
+
+
+def check_recorded(what: str, metric: str, runs: list[RunConfig], source: Path) -> None:
+    """A metric of a family of columns (ep{N}_efficiency, drop_frac_cf{N}) that some run does not
+    record (N not among its metrics.ep_sizes or capacity_factors, or not dividing its experts)
+    would make the verdicts on it fail after training, or vanish: refused before any run starts."""
+    if metric in metric_registry.METRICS:
+        return
+    for cfg in runs:
+        columns = cfg.metrics.family_columns(cfg.model.num_experts)
+        if metric not in columns:
+            raise ValueError(f"{source}: {what} names {metric!r}, which the runs of variant {cfg.variant!r} do not "
+                             f"record (metrics.ep_sizes = {cfg.metrics.ep_sizes}, metrics.capacity_factors = "
+                             f"{cfg.metrics.capacity_factors}, model.num_experts = {cfg.model.num_experts}); they "
+                             f"record {columns} of that kind, or use a plain metric such as val_loss, maxvio_global")
 
 
 def expand_runs(variants: list[dict], grid: dict[str, list], seeds: list[int], base: dict[str, Any],
@@ -146,8 +164,14 @@ def front_variants(front: Any, source: Path) -> tuple[list[dict[str, Any]], dict
                              f"[at least 2 values] }}, e.g. {example}")
         fixed = {k: v for k, v in flatten(family).items() if k not in {"router", "key", "values", "name"}}
         short = family["key"].rpartition(".")[2]
-        for value in family["values"]:
-            label = f"{name} {short}={value:g}" if isinstance(value, (int, float)) else f"{name} {short}={value}"
+        labels = [f"{name} {short}={v:g}" if isinstance(v, (int, float)) else f"{name} {short}={v}"
+                  for v in family["values"]]
+        twice = [v for i, (v, label) in enumerate(zip(family["values"], labels))
+                 if labels.count(label) > 1 and labels.index(label) == i]
+        if twice:
+            raise ValueError(f"{source}: front {name!r}: values = {family['values']!r} lists {twice} more than once "
+                             "(as printed); each value is one member of the front: list each once")
+        for value, label in zip(family["values"], labels):
             variants.append({**fixed, "router": family["router"], family["key"]: value, "label": label})
             family_of[label] = name
     return variants, family_of

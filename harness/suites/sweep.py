@@ -172,6 +172,14 @@ def check_space(base: dict[str, Any], space: list[Param], path: Path) -> None:
     """Resolve the run config at both ends of every range and at every categorical choice (the
     others at their first value), so no value the sampler can draw fails mid-study."""
     first = {p.key: p.choices[0] if p.type == "categorical" else p.low for p in space}
+    try:  # NOTE: a fault of [base] that no [space] value mends is named as such, not blamed on the first key
+        resolve(base)
+    except ValueError as err:
+        try:
+            resolve({**base, **first})
+        except ValueError as again:
+            if str(again) == str(err):
+                raise ValueError(f"{path}: [base] (with any --set): {err}") from None
     for param in space:
         values = param.choices if param.type == "categorical" else [param.low, param.high]
         for value in values:

@@ -92,11 +92,25 @@ def benchmark_rows(path: Path) -> pd.DataFrame:
     """One row per benchmark of a pytest-benchmark JSON file: name, group, the key, comparison and
     target the benchmark tagged itself with, its statistics in seconds, whatever else it recorded (`info`, JSON), and the session's
     machine, versions and commit (the raw timings are left out)."""
+    expected = ("an object with 'benchmarks' (a list of records, each with 'name' and 'stats') and 'machine_info', as "
+                "pytest --benchmark-json=FILE writes it")
     try:
         report = json.loads(Path(path).read_text())
-        benchmarks, machine = report["benchmarks"], report["machine_info"]
-    except (ValueError, KeyError) as err:
-        raise ValueError(f"{path}: not a pytest-benchmark --benchmark-json file ({err})") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a pytest-benchmark --benchmark-json file: not JSON ({err}); expected "
+                         f"{expected}") from None
+    if not isinstance(report, dict) or not isinstance(report.get("benchmarks"), list) or not isinstance(
+            report.get("machine_info"), dict):
+        raise ValueError(f"{path}: not a pytest-benchmark --benchmark-json file: got a JSON {type(report).__name__}"
+                         f"{' without benchmarks and machine_info' if isinstance(report, dict) else ''}; expected "
+                         f"{expected}")
+    benchmarks, machine = report["benchmarks"], report["machine_info"]
+    stats = ("median", "mean", "min", "max", "stddev", "iqr", "rounds")
+    for i, bench in enumerate(benchmarks):
+        if not isinstance(bench, dict) or "name" not in bench or not isinstance(bench.get("stats"), dict) or any(
+                s not in bench["stats"] for s in stats):
+            raise ValueError(f"{path}: benchmark record {i} ({bench.get('name', '?') if isinstance(bench, dict) else bench!r}) "
+                             f"has no 'name' or no 'stats' with {list(stats)}; expected {expected}")
     commit = report.get("commit_info", {})
     session = {"machine": f"{machine.get('cpu', {}).get('brand_raw', machine.get('processor', ''))}",
                "cores": machine.get("cpu", {}).get("count"), "python": machine.get("python_version"),
@@ -107,8 +121,7 @@ def benchmark_rows(path: Path) -> pd.DataFrame:
         info = bench.get("extra_info", {})
         rows.append({"name": bench["name"], "group": bench.get("group"), "key": info.get("key"), "vs": info.get("vs"),
                      "target": info.get("target"), "note": info.get("note", ""),
-                     **{stat: bench["stats"][stat] for stat in ("median", "mean", "min", "max", "stddev", "iqr",
-                                                                 "rounds")},
+                     **{stat: bench["stats"][stat] for stat in stats},
                      "info": json.dumps({k: v for k, v in info.items() if k not in ("key", "vs", "target", "note")}),
                      **session})
     return pd.DataFrame(rows)
