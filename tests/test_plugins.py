@@ -163,7 +163,7 @@ def test_the_readme_controller_is_the_loss_free_preset(tmp_path):
     ('plugins = "x.py"\n', r"plugins = 'x.py' must be a list of Python file paths"),
     ('plugins = ["missing.py"]\n', r"missing.py' is not a Python file"),
     ('plugins = ["broken.py"]\n', r"broken.py could not be imported \(SyntaxError"),
-    ('plugins = ["dup.py"]\n', r"bias controller 'loss_free' is already registered"),
+    ('plugins = ["dup.py"]\n', r"bias controller 'loss_free' \(in .*dup.py\) is already registered by .*controllers/loss_free.py"),
 ])
 def test_bad_plugins_exit_2(tmp_path, capsys, body, message):
     (tmp_path / "broken.py").write_text("def (:\n")
