@@ -21,10 +21,14 @@ def test_paired_interval_equals_scipy_ttest_rel():
 
 
 def test_seeds_needed_by_hand():
-    # sd 0.02, diff 0.01: need t_{0.975,n-1} * 0.02 / sqrt(n) < 0.01, i.e. t / sqrt(n) < 0.5
-    n = stats.seeds_needed(0.01, 0.02)
-    assert sps.t.ppf(0.975, n - 1) / math.sqrt(n) < 0.5 <= sps.t.ppf(0.975, n - 2) / math.sqrt(n - 1)
-    assert n == 18
+    # sd 0.02, diff 0.01 (effect 0.5): the paired t-test's power, by the noncentral t, reaches 0.8 at n
+    def power(k):
+        crit, nc = sps.t.ppf(0.975, k - 1), 0.5 * math.sqrt(k)
+        return sps.nct.sf(crit, k - 1, nc) + sps.nct.cdf(-crit, k - 1, nc)
+
+    n = int(stats.seeds_needed(0.01, 0.02))
+    assert power(n) >= 0.8 > power(n - 1)
+    assert n == 34
     assert stats.seeds_needed(0.0, 0.02) == math.inf and stats.seeds_needed(0.5, 0.0) == 2
     assert math.isnan(stats.seeds_needed(0.0, 0.0))  # identical in every seed: nothing to resolve
 

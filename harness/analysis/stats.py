@@ -16,8 +16,9 @@ and '≈' marks a difference whose interval contains 0. A t-interval, not a boot
 2 to 5 seeds a suite has, a percentile bootstrap cannot reach beyond the observed min..max of
 the d_s and so is too narrow; the t-interval is exact when the d_s are normal.
 
-Seeds needed to resolve a difference: the smallest n with t_{0.975, n-1} s_d / sqrt(n) < |dbar|,
-taking the observed s_d as the true spread (a planning figure, not a power analysis).
+Seeds a design needs: the n at which a paired t-test (or TOST, for equivalence) would reach 80 %
+power if the observed difference and spread were the true ones (statsmodels' TTestPower; a
+noncentral-t figure for TOST). Holm's adjustment is statsmodels' too.
 
 Per-variant means of a metric that is positive by nature (MaxVio, tokens/s, throughput ratio)
 get an interval on the log scale, which never crosses zero:
@@ -38,6 +39,8 @@ import re
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
 
 from harness import metric_registry
 
@@ -82,17 +85,14 @@ def t_test_p(d) -> float:
 
 
 def holm(p_values) -> np.ndarray:
-    """Holm's step-down adjustment of a family of p-values (NaN stays NaN): the k-th smallest of m
-    is multiplied by m - k + 1, made monotone, capped at 1; reject where the adjusted p < alpha. It
-    keeps the chance of any false rejection in the family at alpha, whatever their dependence."""
+    """Holm's step-down adjustment of a set of p-values (statsmodels' multipletests; NaN stays NaN):
+    reject where the adjusted p < alpha. It keeps the chance of any false rejection in the set at
+    alpha, whatever their dependence."""
     p = np.asarray(p_values, dtype=float)
     out = np.full_like(p, np.nan)
-    valid = np.flatnonzero(~np.isnan(p))
-    order = valid[np.argsort(p[valid], kind="stable")]
-    running = 0.0
-    for k, i in enumerate(order):
-        running = max(running, min(1.0, (len(order) - k) * p[i]))
-        out[i] = running
+    valid = ~np.isnan(p)
+    if valid.any():
+        out[valid] = multipletests(p[valid], method="holm")[1]
     return out
 
 
@@ -215,27 +215,49 @@ def within_noise(per_seed: pd.DataFrame, best) -> list:
     return out
 
 
-def seeds_needed(diff: float, sd: float, limit: int = 1000) -> float:
-    """Smallest n whose 95 % paired interval half-width t s / sqrt(n) is below |diff| (inf past `limit`)."""
-    if diff == 0 or not math.isfinite(diff):
-        return math.nan if sd == 0 else math.inf  # nothing to resolve / a zero mean never separates
-    return smallest_n(abs(diff), sd, 0.975, limit)
+POWER = 0.8  # the power a design is planned for (STATISTICS.md: seeds a design would need)
+MAX_PLANNED_SEEDS = 1000  # beyond this a figure says "> 1000"
 
 
-def seeds_to_equivalence(diff: float, sd: float, margin: float, limit: int = 1000) -> float:
-    """Smallest n whose 90 % half-width t s / sqrt(n) is below margin - |diff| (inf if never)."""
-    room = margin - abs(diff)
-    if room <= 0 or not math.isfinite(room):
-        return math.inf
-    return smallest_n(room, sd, 0.95, limit)
-
-
-def smallest_n(width: float, sd: float, p: float, limit: int = 1000) -> float:
-    """Smallest n >= 2 with t_{p, n-1} sd / sqrt(n) < width (2 when sd is 0, inf past `limit`)."""
+def seeds_needed(diff: float, sd: float, power: float = POWER, alpha: float = 0.05) -> float:
+    """Seeds a paired two-sided t-test at `alpha` needs to find a true difference `diff` with
+    probability `power` when the paired spread is `sd` (statsmodels' TTestPower; inf past
+    MAX_PLANNED_SEEDS or for a zero difference, NaN with nothing to go on)."""
+    if not (math.isfinite(diff) and math.isfinite(sd)):
+        return math.nan
     if sd == 0:
-        return 2.0
-    for n in range(2, limit + 1):
-        if t_quantile(p, n - 1) * sd / math.sqrt(n) < width:
+        return math.nan if diff == 0 else 2.0
+    if diff == 0:
+        return math.inf
+    # NOTE: the power of every n at once, then the first that reaches it (solve_power's root finder
+    # gives up on small effects)
+    n = np.arange(2, MAX_PLANNED_SEEDS + 1)
+    reached = TTestPower().power(effect_size=abs(diff) / sd, nobs=n, alpha=alpha, alternative="two-sided") >= power
+    return float(n[np.argmax(reached)]) if reached.any() else math.inf
+
+
+def tost_power(n: int, diff: float, sd: float, margin: float, alpha: float = 0.05) -> float:
+    """Probability that TOST at `alpha` over n paired seeds shows equivalence within +-margin when
+    the true difference is `diff` and the paired spread `sd`: both one-sided tests must reject, the
+    noncentral-t approximation that treats them as independent given s (a slight under-estimate)."""
+    if n < 2:
+        return 0.0
+    if sd == 0:
+        return float(abs(diff) < margin)
+    se, dof = sd / math.sqrt(n), n - 1
+    crit = t_quantile(1 - alpha, dof)
+    above = sps.nct.sf(crit, dof, (diff + margin) / se)  # (dbar + m) / se > crit
+    below = sps.nct.cdf(-crit, dof, (diff - margin) / se)  # (dbar - m) / se < -crit
+    return float(max(0.0, above + below - 1.0))
+
+
+def seeds_to_equivalence(diff: float, sd: float, margin: float, power: float = POWER, alpha: float = 0.05) -> float:
+    """Smallest n whose TOST shows equivalence within +-margin with probability `power` at a true
+    difference `diff` and paired spread `sd` (inf when |diff| >= margin or past MAX_PLANNED_SEEDS)."""
+    if not (math.isfinite(diff) and math.isfinite(sd)) or abs(diff) >= margin:
+        return math.inf
+    for n in range(2, MAX_PLANNED_SEEDS + 1):
+        if tost_power(n, diff, sd, margin, alpha) >= power:
             return float(n)
     return math.inf
 
