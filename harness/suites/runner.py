@@ -125,6 +125,7 @@ def execute_runs(suite: Suite, folder: Path, progress: bool = True, storage=None
                          "front_family": suite.front_family.get(cfg.variant, ""),
                          "grid_point": suite.points.get(cfg.variant, ""),
                          "equivalence_margin": json.dumps(suite.margins), "correction": suite.correction,
+                         "primary": json.dumps(suite.primary), "require_settled": suite.require_settled,
                          "seed_plan": suite.plan.to_json() if suite.plan else "", **result.record}
         if lead:
             tables.append_run(folder, result)

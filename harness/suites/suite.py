@@ -14,7 +14,9 @@ A suite file:
     "train.lr" = [1e-3, 3e-3]
 
 plus the answers it asks for: `baseline`, `front` (reference families, analysis/verdicts.py),
-`equivalence_margin` and sequential `seeds = { min, max, ... }` (analysis/sequential.py).
+`equivalence_margin`, `primary` (the pre-registered comparisons, Holm over exactly those:
+"smebu vs loss_free", "smebu vs front", "a vs b"), `require_settled` (withhold verdicts on runs
+whose balance is still moving) and sequential `seeds = { min, max, ... }` (analysis/sequential.py).
 Every run is resolved, and so checked, before any starts; runner.py executes them.
 """
 
@@ -34,7 +36,7 @@ from harness.suites import specfile
 from harness.suites.specfile import flatten, read_toml
 
 SUITE_KEYS = {"name", "description", "seeds", "plugins", "base", "variants", "grid", "baseline", "front",
-              "equivalence_margin", "correction"}
+              "equivalence_margin", "correction", "primary", "require_settled"}
 CORRECTIONS = ("holm", "none")  # for the many comparisons of a suite's verdicts (analysis/verdicts.py)
 
 
@@ -51,6 +53,8 @@ class Suite:
     front_family: dict[str, str] = field(default_factory=dict)  # such a variant -> its family's name
     correction: str = "holm"  # the verdicts' correction for many comparisons: holm or none
     points: dict[str, str] = field(default_factory=dict)  # variant -> its [grid] point ("key=value,..."; "" without)
+    primary: list[str] = field(default_factory=list)  # the pre-registered comparisons ("a vs b"), Holm over these
+    require_settled: bool = False  # withhold a verdict that involves a run whose balance has not settled
 
 
 def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) -> Suite:
@@ -87,11 +91,58 @@ def expand_suite(spec: dict[str, Any], overrides: dict[str, Any], source: Path) 
     asked = [("seeds.metric", plan.metric)] if plan else []
     for what, metric in asked + [("equivalence_margin", m) for m in margins]:
         check_recorded(what, metric, runs, source)
+    primary = primary_of(spec.get("primary", []), labels, baseline, set(family_of.values()), set(family_of), source)
+    return Suite(name, runs, source, baseline, sorted(front_family), margins, plan, front_family,
+                 *error_control(spec, source), points, primary, settled_rule(spec, source))
+
+
+def error_control(spec: dict[str, Any], source: Path) -> tuple[str]:
     correction = spec.get("correction", "holm")
     if correction not in CORRECTIONS:
         raise ValueError(f"{source}: correction = {correction!r}; choose one of {list(CORRECTIONS)} (holm: the "
-                         "suite's verdicts are Holm-adjusted as one family of tests)")
-    return Suite(name, runs, source, baseline, sorted(front_family), margins, plan, front_family, correction, points)
+                         "primary comparisons' tests are Holm-adjusted as one set)")
+    return (correction,)
+
+
+def settled_rule(spec: dict[str, Any], source: Path) -> bool:
+    settled = spec.get("require_settled", False)
+    if not isinstance(settled, bool):
+        raise ValueError(f"{source}: require_settled = {settled!r} must be true or false (true: a verdict that involves "
+                         "a run whose MaxVio_batch is still trending is withheld)")
+    return settled
+
+
+PRIMARY_FORMS = ('"METHOD vs baseline" (or the baseline\'s label), "METHOD vs front" (or a front\'s name), or '
+                 '"METHOD vs OTHER" (a pair of variants)')
+
+
+def primary_of(value: Any, labels: list[str], baseline: str, fronts: set[str], front_members: set[str],
+               source: Path) -> list[str]:
+    """`primary = ["smebu vs loss_free", "smebu vs front"]`: the comparisons the suite pre-registers,
+    each one it makes; ValueError naming the entry and what is allowed."""
+    if not isinstance(value, list) or not all(isinstance(e, str) for e in value):
+        raise ValueError(f"{source}: primary = {value!r} must be a list of comparisons, each {PRIMARY_FORMS}")
+    methods = [label for label in labels if label not in front_members]
+    out = []
+    for entry in value:
+        a, sep, b = (part.strip() for part in entry.partition(" vs "))
+        where = f"{source}: primary entry {entry!r}"
+        if not sep or not a or not b:
+            raise ValueError(f"{where} must be {PRIMARY_FORMS}")
+        if a not in labels:
+            raise ValueError(f"{where}: {a!r} is not a variant of this suite; choose one of {methods}")
+        targets = {"baseline", baseline, *labels} | ({"front", *fronts} if fronts else set())
+        if b not in targets:
+            raise ValueError(f"{where}: {b!r} is not a comparison this suite makes; compare with 'baseline' "
+                             f"({baseline!r}), {'a front ' + str(sorted({'front', *fronts})) + ', ' if fronts else ''}"
+                             f"or another variant of {methods}")
+        if a == b or (a == baseline and b == "baseline") or (a in front_members and b in {"front", *fronts}):
+            raise ValueError(f"{where} compares {a!r} with itself (or a front member with its front): a comparison "
+                             "this suite does not make")
+        if entry in out:
+            raise ValueError(f"{where} is listed twice")
+        out.append(f"{a} vs {b}")
+    return out
 
 
 def check_recorded(what: str, metric: str, runs: list[RunConfig], source: Path) -> None:
