@@ -163,6 +163,13 @@ register_metric("bias_drift", "bias drift / u", better="min", fmt="{:.1f}",
                 meaning="RMS bias change over the last quarter, "
                 "in units of u")
 
+# steady state (steady_state.py)
+register_metric("maxvio_trend", "MaxVio trend /100 steps", fmt="{:+.3f}",
+                meaning="slope of log MaxVio_batch over the last quarter, per 100 steps (0: settled)")
+register_metric("maxvio_batch_tail", "MaxVio batch, last 20 %", better="min", positive=True, log_scale=True,
+                meaning="mean MaxVio_batch over the last 20 % of the steps")
+register_metric("settled", "settled", meaning="the last quarter's MaxVio trend interval contains 0")
+
 # speed (engine/throughput.py)
 register_metric("throughput_ratio", "speed / dense", better="max", positive=True, fmt="{:.2f}", summary=4,
                 meaning="training tokens/s over the dense twin of equal active width, median of probes through the run")

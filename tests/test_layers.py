@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "harness"
 BOTTOM = {"harness", "harness._compat", "harness.errors", "harness.tables", "harness.metric_registry",
-          "harness.distributed"}
+          "harness.distributed", "harness.steady_state"}
 ALLOWED = {  # layer -> the layers it may import
     "bottom": {"bottom"},
     "data": {"data", "bottom"},

@@ -15,6 +15,7 @@ import torch
 
 from harness.engine import metrics
 from harness.engine.dynamics import BiasDynamics
+from harness.steady_state import steady_state
 
 
 class RunMetrics:
@@ -116,6 +117,8 @@ class RunMetrics:
             record.update(self.dynamics.summary([float(v[0]) for v in self.vio_history]),
                           controller_speed=self.controller.speed(self.cfg.router_cfg),
                           controller_speed_of=self.controller.speed_of(self.cfg.router_cfg))
+        # NOTE: every step's MaxVio_batch (not only the logged ones): is the balance still moving?
+        record.update(steady_state(range(1, len(self.vio_history) + 1), [float(v[0]) for v in self.vio_history]))
         # NOTE: bits per byte of validation text, comparable across tokenizers (NaN for .bin shards)
         record["val_bpb"] = record.get("val_loss", math.nan) / math.log(2) * tokens_per_byte
         return record

@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness import tables
+from harness.steady_state import with_steady_state
 
 MAX_STEP_ROWS = 200
 LOAD_SCOPES = ("global", "batch")
@@ -134,4 +135,6 @@ def load(folder: Path) -> Data:
         raise FileNotFoundError(2, "No shipped data (moe-harness reference ship NAME RESULTS_DIR)", str(folder))
     read = {path.stem: pd.read_parquet(path) for path in files}
     known = {name: read.pop(name) for name in ("runs", "steps", "loads", "trials") if name in read}
+    if "runs" in known:  # NOTE: runs shipped before the trainer recorded their steady state get it from their steps
+        known["runs"] = with_steady_state(known["runs"], known.get("steps"))
     return Data(**known, tables=read)

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from harness import tables
+from harness.steady_state import with_steady_state
 from harness.analysis.report.concordance import add_concordance
 from harness.analysis.report.figures import draw_figures
 from harness.analysis.report.page import Page
@@ -33,6 +34,7 @@ def read_tables(folder: Path) -> dict[str, pd.DataFrame]:
         raise FileNotFoundError(2, "No results (run `moe-harness run SUITE.toml` or `moe-harness sweep` first)",
                                 str(folder / "runs"))
     out = {name: tables.read(folder, name) for name in tables.TABLES}
+    out["runs"] = with_steady_state(out["runs"], out["steps"])
     if (folder / "trials.parquet").is_file():
         out["trials"] = pd.read_parquet(folder / "trials.parquet")
     return out
