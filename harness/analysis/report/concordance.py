@@ -25,10 +25,12 @@ def add_concordance(page: Page, runs: pd.DataFrame) -> bool:
         page.table(concordance.order(ok, metric).rename_axis("family"))
         found.append(concordance.pairs(ok, metric))
     pairs = pd.concat(found, ignore_index=True)
-    shown = pairs.assign(**{"tau per seed [95 % CI]": [f"{r.tau_seed_mean:+.2f} [{r.low95:+.2f}, {r.high95:+.2f}]"
-                                                         for r in pairs.itertuples()],
-                            "tau": pairs["tau"].map("{:+.2f}".format)})
-    page.table(shown[["metric", "a", "b", "methods", "tau", "tau per seed [95 % CI]", "seeds"]].set_index("metric"))
-    page.text(concordance.carries_over(pairs) + " Kendall's tau of two families' orders (1: the same order, -1 "
-              "reversed); the interval is over the per-seed taus (t, n - 1), so it is as wide as the seeds make it.")
+    shown = pairs.assign(**{"tau [95 % bootstrap over seeds]": [f"{r.tau:+.2f} [{r.low95:+.2f}, {r.high95:+.2f}]"
+                                                                  for r in pairs.itertuples()],
+                            "permutation p": pairs["p_permutation"].map("{:.2g}".format)})
+    page.table(shown[["metric", "a", "b", "methods", "tau [95 % bootstrap over seeds]", "permutation p", "seeds"]]
+               .set_index("metric"))
+    page.text(concordance.carries_over(pairs) + " Kendall's tau of two families' orders of the seed means (1: the "
+              "same order, -1 reversed); the interval resamples the seeds, the permutation test shuffles one order "
+              "(docs/methods.md, Concordance). Exploratory: unadjusted.")
     return True
