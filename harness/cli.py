@@ -1,4 +1,4 @@
-"""The `moe-harness` command line: list, run, sweep, plot, report, export, convert, rate, reference.
+"""The `moe-harness` command line: list, run, sweep, plan, plot, report, export, convert, rate, reference.
 
     moe-harness list
     moe-harness run experiments/smoke.toml [--out results] [--device auto] [--set key=value ...]
@@ -73,6 +73,12 @@ def cmd_convert(args: argparse.Namespace) -> None:
               f"{Path(args.dir) / 'legacy'}")
     else:
         print(f"{args.dir}: already one file per run; nothing to convert")
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from harness.suites.plan import plan_text
+
+    print(plan_text(args.suite, args.pilot, args.effect, args.jobs))
 
 
 def cmd_rate(args: argparse.Namespace) -> None:
@@ -176,6 +182,19 @@ def add_readers(sub) -> None:
     rep.add_argument("dir")
     rep.add_argument("--out", default=None, help="folder for the report (default: DIR; required for shipped data)")
     rep.set_defaults(fn=cmd_report)
+
+
+def add_answers(sub) -> None:
+    """The commands that answer a question from results: plan, rate, reference."""
+    plan = sub.add_parser("plan", help="the seeds each comparison of a suite needs for 80 %% power, and the hours "
+                                        "they cost, from a pilot's paired spread")
+    plan.add_argument("suite")
+    plan.add_argument("--pilot", required=True, metavar="DIR", help="a finished suite's results folder or a shipped "
+                      "study's data (results/reference/data/NAME)")
+    plan.add_argument("--effect", type=float, default=None, help="the smallest difference that matters where the "
+                      "suite has no margin (default 0.02 in val loss)")
+    plan.add_argument("--jobs", type=int, default=1, help="workers the suite will run on (splits the hours)")
+    plan.set_defaults(fn=cmd_plan)
     rate = sub.add_parser("rate", help="recommend a bias rate u for a target run from a results folder's dynamics")
     rate.add_argument("dir")
     rate.add_argument("--steps", type=int, required=True, help="the target run's optimizer steps")
@@ -206,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run(sub)
     add_sweep(sub)
     add_readers(sub)
+    add_answers(sub)
     return parser
 
 
