@@ -3,6 +3,7 @@ differences, its error rates by simulation, and the suite driver through the com
 (in one process, with --jobs, and resumed after a kill)."""
 
 import math
+import re
 import os
 import signal
 import subprocess
@@ -108,7 +109,8 @@ def test_a_sequential_suite_adds_seeds_only_where_unresolved(tmp_path, capsys):
     assert main(["report", str(tmp_path / "seq")]) == 0
     report = (tmp_path / "seq" / "report.md").read_text()
     verdicts = report.split("## Verdicts", 1)[1]
-    assert "- same: equivalent within ±0.05 against base on val_loss" in verdicts
+    # NOTE: 6-step runs are still balancing: the verdict says so beside its word
+    assert re.search(r"- same: equivalent within ±0.05( \(runs not settled\))? against base on val_loss", verdicts)
     assert "3 seeds: equivalent within ±0.05 at look 1 (3 seeds" in verdicts
     assert "stopped because" in verdicts
     table = tables.read(tmp_path / "seq")  # noqa: F841 - the runs recorded the plan they ran under

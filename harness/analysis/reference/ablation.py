@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
+from statsmodels.stats.power import TTestIndPower
 
 from harness.analysis import stats
 from harness.analysis.reference.base import (Built, diff_ci, fold, md_table, mean_sd_ci, page, paired, provenance,
-                                             ratio, ratio_resolved, resolved, run_minutes, setup)
+                                             ratio, ratio_resolved, resolved, differs, run_minutes, setup)
 from harness.analysis.reference.data import Data
 
 # (method, its control): the balancing method against the same gate without it
@@ -56,7 +58,7 @@ def findings(ok: pd.DataFrame) -> str:
     aux = {m: ratio(ok, "maxvio_global", m, c) for m, c in [("sigmoid_topk_aux", "sigmoid_topk"),
                                                                ("softmax_topk_aux", "softmax_topk")]}
     losses = {m: paired(ok, "val_loss", m, c) for m, c in PAIRS if m != "dynamic_k"}
-    unresolved = [m for m, d in losses.items() if resolved(d) != "resolved"]
+    unresolved = [m for m, d in losses.items() if not differs(d)]
     k = ok.groupby("variant")["k_zero_frac"].mean()
     dk = paired(ok, "val_loss", "dynamic_k", "loss_free")
     return (f"What this proxy says: Loss-Free's bias makes MaxVio_global {lf} than the same sigmoid gate without "
@@ -64,10 +66,10 @@ def findings(ok: pd.DataFrame) -> str:
             "ratios over the 3 seeds, 95 % intervals). The aux loss at alpha 1e-3 lowers it by "
             f"{100 * (1 - aux['sigmoid_topk_aux'][0]):.0f} % (sigmoid; {ratio_resolved(aux['sigmoid_topk_aux'])}) and "
             f"{100 * (1 - aux['softmax_topk_aux'][0]):.0f} % (softmax; {ratio_resolved(aux['softmax_topk_aux'])}). "
-            f"In val loss, {len(unresolved)} of the {len(losses)} balanced top-k variants are not resolved "
-            f"from their unbalanced control ({', '.join(unresolved) or 'none'}: the paired 95 % interval contains 0 at "
-            "3 seeds, unadjusted; the intervals are in the full table), which says the difference is small "
-            "here, not that it is zero. Dynamic k keeps the mean near k but "
+            f"In val loss, {len(unresolved)} of the {len(losses)} balanced top-k variants are inconclusive "
+            f"against their unbalanced control ({', '.join(unresolved) or 'none'}: the paired 95 % interval contains 0 "
+            "at 3 seeds, unadjusted; the intervals are in the full table): the test cannot tell, which says "
+            "neither that the difference is zero nor that it is small. Dynamic k keeps the mean near k but "
             f"{100 * k['dynamic_k']:.0f} % of (layer, token) pairs use no expert, and its val loss is "
             f"{diff_ci(dk)} against Loss-Free ({resolved(dk)}). The budget-cap rule (Su eq. 4) collapsed: with k "
             f"only a ceiling nothing lifts the bias when the scores fall, and {100 * k['dynamic_k_cap']:.1f} % of "
@@ -104,12 +106,12 @@ def ablation(data: dict[str, Data]) -> Built:
 
 
 def unpaired_seeds(diff: float, sd_a: float, sd_b: float, limit: int = 1000) -> float:
-    """Seeds per arm for two independent samples: the smallest n with
-    t_{0.975, 2n-2} sqrt((sd_a^2 + sd_b^2) / n) < |diff|."""
-    for n in range(2, limit + 1):
-        if stats.t_quantile(0.975, 2 * n - 2) * math.sqrt((sd_a ** 2 + sd_b ** 2) / n) < abs(diff):
-            return float(n)
-    return math.inf
+    """Seeds per arm for two independent samples: the smallest n at which a two-sample t-test at 5 %
+    finds `diff` with 80 % power (statsmodels' TTestIndPower, the arms' pooled spread)."""
+    n = np.arange(2, limit + 1)
+    effect = abs(diff) / math.sqrt((sd_a ** 2 + sd_b ** 2) / 2)
+    reached = TTestIndPower().power(effect_size=effect, nobs1=n, alpha=0.05, ratio=1.0) >= stats.POWER
+    return float(n[np.argmax(reached)]) if reached.any() else math.inf
 
 
 @page("paired", "paired_cpu.md", sources=("ablation",))
@@ -121,12 +123,12 @@ def paired_page(data: dict[str, Data]) -> Built:
                           "difference": (loss[arm] - loss[base]).map("{:+.4f}".format)})
     d = paired(ok, "val_loss", arm, base)
     sd = loss.std(ddof=1)
-    rows = [{"metric": "val loss", f"{arm} - {base} [95 % interval]": diff_ci(d, "{:+.4f}"), "resolved": resolved(d),
-             "seeds to resolve": f"{d['seeds_needed']:.0f}"}]
+    rows = [{"metric": "val loss", f"{arm} - {base} [95 % interval]": diff_ci(d, "{:+.4f}"), "test (unadjusted)": resolved(d),
+             "seeds for 80 % power": f"{d['seeds_needed']:.0f}"}]
     for metric in ("maxvio_global", "maxvio_batch"):
         r = ratio(ok, metric, arm, base)
         rows.append({"metric": metric, f"{arm} - {base} [95 % interval]": "ratio: " + fold(r),
-                     "resolved": ratio_resolved(r), "seeds to resolve": ""})
+                     "test (unadjusted)": ratio_resolved(r), "seeds for 80 % power": ""})
     n = len(loss)
     text = "\n\n".join([
         "# Paired seeds: how many a loss difference needs",
@@ -137,9 +139,9 @@ def paired_page(data: dict[str, Data]) -> Built:
         f"The seed-to-seed spread of each arm's loss (sd {sd[base]:.4f} and {sd[arm]:.4f}) against that of their "
         f"paired difference (sd {d['sd']:.4f}): a seed that is lucky for one arm is "
         f"{'lucky for the other too' if d['sd'] < min(sd) else 'not reliably lucky for the other'}. From the paired "
-        f"spread, resolving a loss difference of 0.01 at 95 % takes {stats.seeds_needed(0.01, d['sd']):.0f} seeds "
-        f"(t_0.975,n-1 x {d['sd']:.4f} / sqrt(n) < 0.01); compared as independent samples with the arms' spreads it "
-        f"would take {unpaired_seeds(0.01, sd[base], sd[arm]):.0f} seeds per arm. {n} seeds resolve paired "
-        f"differences of about {stats.t975(n) * d['sd'] / math.sqrt(n):.3f} and up.",
+        f"spread, finding a true loss difference of 0.01 with 80 % power (paired t-test at 5 %) takes "
+        f"{stats.seeds_needed(0.01, d['sd']):.0f} seeds; compared as independent samples with the arms' spreads it "
+        f"would take {unpaired_seeds(0.01, sd[base], sd[arm]):.0f} seeds per arm. At {n} seeds an observed paired "
+        f"difference must exceed about {stats.t975(n) * d['sd'] / math.sqrt(n):.3f} for its interval to exclude 0.",
     ]) + "\n"
     return Built(text)

@@ -122,18 +122,30 @@ def fold(r: tuple[float, float, float]) -> str:
     return f"{mean:.3g} times as high [{low:.3g}, {high:.3g}]"
 
 
+# NOTE: the words of an exploratory paired comparison (STATISTICS.md): its unadjusted two-sided test
+DIFFERENT, INCONCLUSIVE = "different (exploratory)", "inconclusive"
+
+
+def ratio_differs(r: tuple[float, float, float]) -> bool:
+    return not np.isnan(r[1]) and (r[1] > 1 or r[2] < 1)
+
+
 def ratio_resolved(r: tuple[float, float, float]) -> str:
-    """Whether a ratio's interval excludes 1, in words."""
+    """Whether a ratio's unadjusted 95 % interval excludes 1, in words."""
     if np.isnan(r[1]):
-        return "one seed: not resolved"
-    return "resolved" if r[1] > 1 or r[2] < 1 else "not resolved: the interval contains 1"
+        return "one seed: inconclusive"
+    return DIFFERENT if ratio_differs(r) else f"{INCONCLUSIVE}: the interval contains 1"
+
+
+def differs(d: dict) -> bool:
+    return d["n"] >= 2 and (d["low"] > 0 or d["high"] < 0)
 
 
 def resolved(d: dict) -> str:
-    """Whether a paired interval excludes 0, in words a page prints beside it."""
+    """Whether a paired unadjusted 95 % interval excludes 0, in words a page prints beside it."""
     if d["n"] < 2:
-        return "one seed: not resolved"
-    return "resolved" if d["low"] > 0 or d["high"] < 0 else "not resolved: the interval contains 0"
+        return "one seed: inconclusive"
+    return DIFFERENT if differs(d) else f"{INCONCLUSIVE}: the interval contains 0"
 
 
 def mean_sd_ci(values, fmt: str = "{:.3f}", positive: bool = False) -> str:
@@ -146,8 +158,31 @@ def mean_sd_ci(values, fmt: str = "{:.3f}", positive: bool = False) -> str:
 
 
 def verdict_kind(verdict: str) -> str:
-    """A front verdict's place without its seeds, for a table cell: 'on the front', 'beyond the front
-    (dominates)', 'no verdict (its seeds split between places)', ..."""
-    if verdict.startswith("too few seeds"):
-        return "no verdict (its seeds split between places)"
-    return verdict.split(":")[0].split(" (")[0] if "(dominates)" not in verdict else verdict.split(":")[0]
+    """A verdict for a table cell: its words with the distance and interval, without the detail
+    after a colon ('not distinguishable from the front, d = -0.042 [-0.085, +0.002]')."""
+    return str(verdict).split(": ")[0] if not str(verdict).startswith(("mixed", "withheld")) else str(verdict)
+
+
+def p_cell(row: dict, columns: tuple[str, ...] = ("p_tost", "p_diff", "p_noneq", "p")) -> str:
+    """The smallest p a verdict used, labelled with its error control: `0.004 (primary, Holm)` or
+    `0.031 (exploratory, unadjusted)`."""
+    values = [row.get(f"{c}_adjusted") for c in columns if pd.notna(row.get(f"{c}_adjusted"))]
+    if not values:
+        return ""
+    primary = row.get("role") == "primary"
+    how = ("primary, Holm" if str(row.get("correction", "")).startswith("holm") else "primary") if primary \
+        else "exploratory, unadjusted"
+    return f"{min(values):.2g} ({how})"
+
+
+def error_control(table: pd.DataFrame) -> str:
+    """One sentence: which tests form the suite's primary set and how many; the rest exploratory."""
+    if not len(table) or "role" not in table:
+        return "No verdicts."
+    primary = table[table["role"] == "primary"]
+    if not len(primary):
+        return ("The suite declared no primary comparisons, so every verdict here is exploratory: each test "
+                "judged alone at 0.05, unadjusted (a screen, not a finding).")
+    names = ", ".join(f"{r['variant']} vs {r['against']}" for r in primary.to_dict("records"))
+    return (f"Primary comparisons (pre-registered; {primary['correction'].iloc[0]}): {names}. Every other verdict "
+            "is exploratory: judged alone at 0.05, unadjusted.")

@@ -9,8 +9,8 @@ import itertools
 import pandas as pd
 
 from harness.analysis import front
-from harness.analysis.reference.base import (Built, diff_ci, fold, md_table, page, paired, provenance, ratio,
-                                             ratio_resolved, resolved, run_minutes, setup)
+from harness.analysis.reference.base import (Built, diff_ci, fold, md_table, p_cell, page, paired, provenance, ratio,
+                                             ratio_resolved, resolved, differs, run_minutes, setup)
 from harness.analysis.reference.data import Data
 from harness.analysis.report.prose import verdict_table
 
@@ -38,9 +38,9 @@ def verdicts(ok: pd.DataFrame) -> pd.DataFrame:
                          "Loss-Free's distance to the front at its own MaxVio [95 %]":
                              [diff_ci({"diff": r.diff, "low": r.low95, "high": r.high95}) if r.n >= 2 else
                               f"{r.diff:+.3f} (one seed)" for r in table.itertuples()],
-                         "verdict": table["verdict"].str.split(" \\(a verdict").str[0],
-                         "p (Holm)": table["p_adjusted"].map(lambda p: "" if pd.isna(p) else f"{p:.2g}"),
-                         "seeds inside the front's range": table["seeds_inside"].map("{:.0f} of 3".format)})
+                         "verdict": table["verdict"],
+                         "p": [p_cell(r, ("p",)) for r in table.to_dict("records")],
+                         "where its seeds sit": table["position"]})
 
 
 def scope_pairs(ok: pd.DataFrame) -> pd.DataFrame:
@@ -54,7 +54,7 @@ def scope_pairs(ok: pd.DataFrame) -> pd.DataFrame:
                 d, r = paired(ok, "val_loss", names[a], names[b]), ratio(ok, "maxvio_global", names[a], names[b])
                 rows.append({"alpha": f"{alpha:g}", "scopes": f"{SCOPES[a]} - {SCOPES[b]}", "val loss": diff_ci(d),
                              "loss": resolved(d), "MaxVio global ratio": fold(r), "MaxVio": ratio_resolved(r),
-                             "_diff": d["diff"], "_resolved": resolved(d) == "resolved"})
+                             "_diff": d["diff"], "_resolved": differs(d)})
     return pd.DataFrame(rows)
 
 
@@ -68,9 +68,8 @@ def findings(ok: pd.DataFrame, pairs: pd.DataFrame) -> str:
     out = []
     if len(step):
         row = step.iloc[0]
-        out.append(f"Against the step-scope (global-batch) front, Loss-Free is "
-                   f"**{row['verdict'].split(' (a verdict')[0]}** (distance {row['diff']:+.3f} in val loss, "
-                   f"{row['seeds_inside']:.0f} of 3 seeds inside the front's MaxVio range).")
+        out.append(f"Against the step-scope (global-batch) front, Loss-Free's verdict is "
+                   f"**{row['verdict']}** (exploratory; its seeds: {row['position']}).")
     for a, b in [("step", "micro-batch"), ("step", "sequence"), ("micro-batch", "sequence")]:
         part = pairs[pairs["scopes"] == f"{a} - {b}"] if len(pairs) else pairs
         if len(part):

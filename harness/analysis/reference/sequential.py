@@ -29,7 +29,7 @@ def table(sim: pd.DataFrame) -> str:
     rows = pd.DataFrame({"true difference d": sim["effect"].map("{:g}".format),
                          "margin": sim["margin"].map(lambda m: "none" if pd.isna(m) else f"{m:g}"),
                          "different": sim["different"].map(share), "equivalent": sim["equivalent"].map(share),
-                         "unresolved": sim["unresolved"].map(share), "mean seeds": sim["mean_seeds"].map("{:.1f}".format),
+                         "inconclusive at max": sim["unresolved"].map(share), "mean seeds": sim["mean_seeds"].map("{:.1f}".format),
                          f"fixed {PLAN.max}: different": sim["fixed_different"].map(share),
                          "95 % at every look: different": sim["peeking_different"].map(share)})
     return md_table(rows, index=False)

@@ -71,7 +71,7 @@ def smoke(data: dict[str, Data]) -> Built:
         f"The bias methods balance the experts (MaxVio_global {bias.min():.3f} to {bias.max():.3f} against "
         f"{loss.get('softmax_topk', float('nan')):.3f} for the unbalanced control); the aux loss at the usual alpha "
         f"(1e-3) reaches {loss.get('softmax_topk_aux', float('nan')):.3f}. One seed: the loss differences here are "
-        "not resolved (the ablation below has seeds). Speed / dense is training tokens/s over a dense FFN of equal "
+        "not tested (the ablation below has seeds). Speed / dense is training tokens/s over a dense FFN of equal "
         "active width timed in the same process.",
     ])
     return Built(text, {"smoke": readme}, {"smoke_loss_vs_balance.png": plots.loss_vs_balance(ok)})

@@ -34,24 +34,47 @@ def seeds_used(table: pd.DataFrame) -> pd.Series:
     return table["n"].astype("Int64") if "n" in table else pd.Series(pd.NA, index=table.index, dtype="Int64")
 
 
+def seeds_needed(r: dict) -> float:
+    """The seeds an inconclusive comparison's design would need for 80 % power at the observed
+    difference and spread: the fewer of equivalence and difference (NaN where neither applies)."""
+    values = [v for v in (r.get("seeds_to_equivalence", math.nan), r.get("seeds_to_difference", math.nan))
+              if v == v]
+    return min(values) if values else math.nan
+
+
 def seeds_to_resolve(table: pd.DataFrame) -> list[str]:
-    """For an unresolved equivalence: the seeds that would settle it either way at the observed spread."""
+    """For an inconclusive comparison: the seeds a design would need (power 0.8)."""
     out = []
     for r in table.to_dict("records"):
-        need = min(r.get("seeds_to_equivalence", math.nan), r.get("seeds_to_difference", math.nan))
-        out.append("" if r["verdict"] != "unresolved" or not need == need else
+        need = seeds_needed(r)
+        out.append("" if not str(r["verdict"]).startswith("inconclusive") or not need == need else
                    ("> 1000" if math.isinf(need) else str(int(need))))
     return out
 
 
 def shown_difference(r: dict) -> str:
     """`+0.012 [-0.004, +0.028]`, or for log ratios `x0.52 [x0.31, x0.87]`."""
-    if r.get("scale") == "log":
-        ratio = f"x{math.exp(r['diff']):.3g}"
-        return ratio + (f" [x{math.exp(r['low95']):.3g}, x{math.exp(r['high95']):.3g}]" if pd.notna(r["low95"]) else "")
-    if pd.isna(r.get("diff")):
-        return "–"
-    return f"{r['diff']:+.3g}" + (f" [{r['low95']:+.3g}, {r['high95']:+.3g}]" if pd.notna(r.get("low95")) else "")
+    return verdicts.shown(r.get("diff"), r.get("low95"), r.get("high95"), r.get("scale", "plain"))
+
+
+def could_answer(table: pd.DataFrame) -> list[str]:
+    """Per primary comparison: what the suite's seeds answered, or the seeds it would have needed."""
+    primary = table[table["role"] == verdicts.PRIMARY] if "role" in table else table.iloc[:0]
+    if not len(primary):
+        return ["The suite declared no primary comparisons (`primary = [...]`): it set out to answer no question "
+                "under error control, so every verdict below is exploratory."]
+    lines = []
+    for r in primary.to_dict("records"):
+        name = f"{r['variant']} vs {r['against']} ({r['metric']})"
+        if str(r["verdict"]).startswith(("inconclusive", "not distinguishable", "mixed", "withheld")):
+            need = seeds_needed(r)
+            more = ("no number of seeds would at this difference" if need == math.inf else
+                    f"about {int(need)} seeds would (power 0.8 at the observed spread)" if need == need else
+                    "no estimate of the seeds it needs")
+            lines.append(f"{name}: not answered at {int(r['n'])} seeds; {more}")
+        else:
+            lines.append(f"{name}: answered, {r['verdict']}")
+    return lines
 
 
 def verdict_part(r: dict) -> str:
@@ -79,12 +102,13 @@ def verdict_summary(table: pd.DataFrame) -> list[str]:
 
 
 def correction_note(table: pd.DataFrame) -> str:
-    tests = sum(int(table[c].notna().sum()) for c in ("p", "p_tost", "p_diff") if c in table)
-    if "correction" in table and (table["correction"] == "holm").any():
-        return (f"Verdicts are Holm-adjusted over the suite's {tests} tests (column p (Holm): the smallest adjusted "
-                "p of the row); intervals are unadjusted 95 %. A suite with correction = \"none\" judges each test "
-                "alone. ")
-    return "Each verdict judges its test alone (correction = \"none\" or a single test). "
+    primary = table[table["role"] == verdicts.PRIMARY] if "role" in table else table.iloc[:0]
+    if not len(primary):
+        return ("Every verdict here is exploratory: its test judged alone at 0.05, unadjusted (the suite named no "
+                "primary comparisons). Intervals are 95 %, unadjusted. ")
+    return (f"The primary comparisons ({len(primary)} rows; {primary['correction'].iloc[0]}) are the suite's "
+            "pre-registered questions; every other row is exploratory, judged alone, unadjusted (column "
+            "'error control'). Intervals are 95 %, unadjusted. ")
 
 
 def add_verdicts(page: Page, runs: pd.DataFrame) -> bool:
@@ -93,16 +117,19 @@ def add_verdicts(page: Page, runs: pd.DataFrame) -> bool:
     if not len(table):
         return False
     tables.write_parquet_atomic(page.folder / "verdicts.parquet", table)
-    adjusted = [c for c in ("p_adjusted", "p_tost_adjusted", "p_diff_adjusted") if c in table]
+    adjusted = [f"{c}_adjusted" for c in verdicts.P_COLUMNS if f"{c}_adjusted" in table]
     shown = pd.DataFrame({
         "variant": table["variant"], "against": table["against"], "metric": table["metric"],
         "difference [95 % CI]": [shown_difference(r) for r in table.to_dict("records")],
         "verdict": table["verdict"], "seeds": seeds_used(table),
-        "p (Holm)": [f"{p:.3g}" if pd.notna(p) else "" for p in table[adjusted].min(axis=1)] if adjusted else "",
-        "seeds to resolve": seeds_to_resolve(table)}).set_index("variant")
+        "p": [f"{p:.3g}" if pd.notna(p) else "" for p in table[adjusted].min(axis=1)] if adjusted else "",
+        "error control": table["role"] if "role" in table else "",
+        "seeds for 80 % power": seeds_to_resolve(table)}).set_index("variant")
     if "reason" in table:
         shown["stopped because"] = table["reason"].fillna("").to_numpy()
     page.section("Verdicts")
+    page.text("What this suite could answer:")
+    page.bullets(could_answer(table))
     reach = family_lines(runs)
     if reach:
         page.text("How far each reference family got:")
@@ -116,11 +143,14 @@ def add_verdicts(page: Page, runs: pd.DataFrame) -> bool:
 VERDICT_NOTE = ("Against a front: per seed the reference family's non-dominated points (its Pareto front in MaxVio "
                 "and val loss; dominated members are left out). A method's seed is inside the front's MaxVio range "
                 "(its distance is its loss minus the front's, interpolated in log MaxVio), beyond its most balanced "
-                "point, or past its least balanced one (its loss against that end point; nothing is extrapolated). "
-                "A verdict takes the place most seeds share and needs 3 seeds there: below / above the front when "
-                "the distance differs from 0, beyond the front (dominates) when the method is more balanced at no "
-                "higher mean loss, dominated when it is less balanced at no lower mean loss. Equivalence (TOST): "
-                "'equivalent' when the 90 % paired interval lies inside the margin, 'different' when the difference "
-                "from 0 is resolved, both when both hold; MaxVio is compared by ratios (x), its margin relative. "
+                "point, or past its least balanced one (its loss minus that end point's: a bound, which can show "
+                "'better' beyond and 'worse' past, never the reverse). One t-test over all the seeds: 'beats the "
+                "front' or 'worse than the front' where it rejects, 'mixed' where the seeds sit on both sides of the "
+                "front's range, else 'not distinguishable from the front' with the distance and its interval. "
+                "Equivalence (TOST): 'equivalent within' when the 90 % paired interval lies inside the margin, 'not "
+                "equivalent' when the 95 % interval lies beyond it, 'different' when the test of 0 rejects, "
+                "'inconclusive' with the seeds a design would need otherwise; MaxVio is compared by ratios (x), its "
+                "margin relative. '(runs not settled)': a run behind the verdict was still balancing over its last "
+                "quarter (steady state, docs/methods.md). "
                 "Sequential seeds: each look spends part of alpha (docs/methods.md, 'Seeds that stop'), so a "
                 "verdict there holds although the seeds stopped on the data. ")
