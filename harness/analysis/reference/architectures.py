@@ -12,7 +12,7 @@ from harness.analysis.reference.base import (Built, diff_ci, fold, md_table, pag
 from harness.analysis.verdicts import tost
 from harness.analysis.verdicts import verdicts as suite_verdicts
 from harness.analysis.reference.data import Data
-from harness.analysis.report.prose import verdict_table
+from harness.analysis.report.prose import could_answer, verdict_table
 
 METRICS = ("val_loss", "maxvio_global")
 CONTROL = "sigmoid_topk"
@@ -184,6 +184,8 @@ def architectures(data: dict[str, Data]) -> Built:
         "experts, attention and norms are the family's own. Parameters differ where a family's traits add them "
         "(DeepSeek's shared expert and dense first layer, its latent attention).",
         md_table(sizes(ok)),
+        "## What this study could answer",
+        "\n".join(f"- {line}" for line in could_answer(verdict_table(ok))),
         *sections(ok, verdicts, pairs, sentence, transfers),
     ]) + "\n"
     readme = "\n\n".join([

@@ -11,7 +11,7 @@ from harness.analysis import stats
 from harness.analysis.reference.base import (Built, diff_ci, error_control, md_table, mean_ci, p_cell, page, paired,
                                              provenance, resolved, run_minutes, setup, verdict_kind)
 from harness.analysis.reference.data import Data
-from harness.analysis.report.prose import verdict_table
+from harness.analysis.report.prose import could_answer, verdict_table
 
 BASELINE = "loss_free"
 AUX = "front aux_alpha=0.001"  # the Loss-Free paper's baseline, alpha 1e-3: the front's first member
@@ -141,6 +141,8 @@ def methods(data: dict[str, Data]) -> Built:
         "simulated devices holding contiguous experts, per micro-batch, second half of training (1 = no device "
         "waits). Drops at c: the share of assignments a capacity-c system would drop.",
         md_table(means(ok, list(COLUMNS))),
+        "## What this study could answer",
+        "\n".join(f"- {line}" for line in could_answer(verdict_table(ok))),
         "## Verdicts",
         "Each method against the front of the aux loss over alpha (1e-3 to 1) at its own balance (one test over "
         "all its seeds; outside the front's range a seed counts as the bound that is conservative for the "

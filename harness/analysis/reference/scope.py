@@ -12,7 +12,7 @@ from harness.analysis import front
 from harness.analysis.reference.base import (Built, diff_ci, fold, md_table, p_cell, page, paired, provenance, ratio,
                                              ratio_resolved, resolved, differs, run_minutes, setup)
 from harness.analysis.reference.data import Data
-from harness.analysis.report.prose import verdict_table
+from harness.analysis.report.prose import could_answer, verdict_table
 
 METHOD = "loss_free"
 SCOPES = {"aux global_batch": "step", "aux micro_batch": "micro-batch", "aux sequence": "sequence"}
@@ -105,6 +105,8 @@ def scope(data: dict[str, Data]) -> Built:
         "(DeepSeek-V3's sequence-wise loss) and step scope (`global_batch`: the load of the whole step).",
         "## Means over seeds",
         md_table(means(ok)),
+        "## What this study could answer",
+        "\n".join(f"- {line}" for line in could_answer(verdict_table(ok))),
         "## Loss-Free against each front",
         md_table(verdicts(ok), index=False),
         "\n".join(f"- {line}" for line in reach),
