@@ -114,7 +114,7 @@ def test_rate_on_shipped_data_writes_nothing(reference_unchanged, capsys, extra)
 @pytest.mark.parametrize("command", ["report", "plot"])
 def test_report_and_plot_on_shipped_data_need_out_and_write_only_there(reference_unchanged, tmp_path, capsys,
                                                                         command):
-    study = REFERENCE / "data" / "ablation"
+    study = REFERENCE / "data" / "smoke"
     code, _, err = cli([command, study], capsys)
     refused(code, err, r"is shipped reference data \(results/reference\).*give --out FOLDER")
     code, out, err = cli([command, study, "--out", tmp_path / "mine"], capsys)

@@ -82,11 +82,12 @@ def separated(values: pd.DataFrame, metric: str) -> list[str]:
 
 
 def tau_b(x: np.ndarray, Y: np.ndarray) -> np.ndarray:
-    """Kendall's tau-b of `x` [M] against each row of `Y` [K, M] (as scipy's kendalltau, vectorised:
-    the sum of the pairwise sign products over the root of the two counts of untied pairs)."""
-    sx = np.sign(x[:, None] - x[None, :])  # [M, M]
+    """Kendall's tau-b of `x` [M] (or of each row of `x` [K, M]) against each row of `Y` [K, M] (as
+    scipy's kendalltau, vectorised: the sum of the pairwise sign products over the root of the two
+    counts of untied pairs)."""
+    sx = np.sign(x[..., :, None] - x[..., None, :])  # [M, M] or [K, M, M]
     sy = np.sign(Y[:, :, None] - Y[:, None, :])  # [K, M, M]
-    norm = np.sqrt((sx != 0).sum() * (sy != 0).sum(axis=(1, 2)))
+    norm = np.sqrt((sx != 0).sum(axis=(-2, -1)) * (sy != 0).sum(axis=(1, 2)))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(norm > 0, (sx * sy).sum(axis=(1, 2)) / norm, np.nan)
 
@@ -101,7 +102,7 @@ def bootstrap_interval(values: pd.DataFrame, a: str, b: str, seeds: list, rng: n
     pick = rng.integers(0, len(seeds), size=(BOOTSTRAP, len(seeds)))  # [B, S]
     with np.errstate(invalid="ignore"):
         x, y = np.nanmean(first[pick], axis=1), np.nanmean(second[pick], axis=1)  # [B, M]
-    taus = np.concatenate([tau_b(x[i], y[i:i + 1]) for i in range(BOOTSTRAP)])
+    taus = tau_b(x, y)
     taus = taus[~np.isnan(taus)]
     return (float(np.percentile(taus, 2.5)), float(np.percentile(taus, 97.5))) if len(taus) else (math.nan,) * 2
 

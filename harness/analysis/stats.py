@@ -236,19 +236,20 @@ def seeds_needed(diff: float, sd: float, power: float = POWER, alpha: float = 0.
     return float(n[np.argmax(reached)]) if reached.any() else math.inf
 
 
-def tost_power(n: int, diff: float, sd: float, margin: float, alpha: float = 0.05) -> float:
-    """Probability that TOST at `alpha` over n paired seeds shows equivalence within +-margin when
-    the true difference is `diff` and the paired spread `sd`: both one-sided tests must reject, the
-    noncentral-t approximation that treats them as independent given s (a slight under-estimate)."""
-    if n < 2:
-        return 0.0
+def tost_power(n, diff: float, sd: float, margin: float, alpha: float = 0.05):
+    """Probability that TOST at `alpha` over n paired seeds (a number or an array) shows equivalence
+    within +-margin when the true difference is `diff` and the paired spread `sd`: both one-sided
+    tests must reject, the noncentral-t approximation that treats them as independent given s (a
+    slight under-estimate)."""
+    n = np.asarray(n, dtype=float)
     if sd == 0:
-        return float(abs(diff) < margin)
-    se, dof = sd / math.sqrt(n), n - 1
-    crit = t_quantile(1 - alpha, dof)
+        return np.where(n >= 2, float(abs(diff) < margin), 0.0)[()]
+    dof = np.maximum(n - 1, 1)
+    se = sd / np.sqrt(np.maximum(n, 1))
+    crit = sps.t.ppf(1 - alpha, dof)
     above = sps.nct.sf(crit, dof, (diff + margin) / se)  # (dbar + m) / se > crit
     below = sps.nct.cdf(-crit, dof, (diff - margin) / se)  # (dbar - m) / se < -crit
-    return float(max(0.0, above + below - 1.0))
+    return np.where(n >= 2, np.maximum(0.0, above + below - 1.0), 0.0)[()]
 
 
 def seeds_to_equivalence(diff: float, sd: float, margin: float, power: float = POWER, alpha: float = 0.05) -> float:
@@ -256,10 +257,9 @@ def seeds_to_equivalence(diff: float, sd: float, margin: float, power: float = P
     difference `diff` and paired spread `sd` (inf when |diff| >= margin or past MAX_PLANNED_SEEDS)."""
     if not (math.isfinite(diff) and math.isfinite(sd)) or abs(diff) >= margin:
         return math.inf
-    for n in range(2, MAX_PLANNED_SEEDS + 1):
-        if tost_power(n, diff, sd, margin, alpha) >= power:
-            return float(n)
-    return math.inf
+    n = np.arange(2, MAX_PLANNED_SEEDS + 1)
+    reached = tost_power(n, diff, sd, margin, alpha) >= power
+    return float(n[np.argmax(reached)]) if reached.any() else math.inf
 
 
 def is_positive_metric(metric: str) -> bool:

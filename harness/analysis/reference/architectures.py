@@ -7,12 +7,12 @@ from __future__ import annotations
 import pandas as pd
 
 from harness.analysis import concordance, stats
-from harness.analysis.reference.base import (Built, diff_ci, fold, md_table, page, paired, provenance, ratio,
+from harness.analysis.reference.base import (Built, verdicts_of, diff_ci, fold, md_table, page, paired, provenance, ratio,
                                              ratio_resolved, resolved, run_minutes, setup, verdict_kind)
 from harness.analysis.verdicts import tost
 from harness.analysis.verdicts import verdicts as suite_verdicts
 from harness.analysis.reference.data import Data
-from harness.analysis.report.prose import could_answer, verdict_table
+from harness.analysis.report.prose import could_answer
 
 METRICS = ("val_loss", "maxvio_global")
 CONTROL = "sigmoid_topk"
@@ -57,7 +57,7 @@ def means(ok: pd.DataFrame) -> pd.DataFrame:
 
 def front_verdicts(ok: pd.DataFrame) -> pd.DataFrame:
     """Methods x families: each method's verdict against its own family's aux-loss front."""
-    table = verdict_table(ok)
+    table = verdicts_of(ok)
     table = table[table["kind"] == "front"]
     table = table.assign(family=[v.split("model.family=")[1].rstrip("]") if "model.family=" in v else
                                  concordance.PROXY for v in table["variant"]],
@@ -185,7 +185,7 @@ def architectures(data: dict[str, Data]) -> Built:
         "(DeepSeek's shared expert and dense first layer, its latent attention).",
         md_table(sizes(ok)),
         "## What this study could answer",
-        "\n".join(f"- {line}" for line in could_answer(verdict_table(ok))),
+        "\n".join(f"- {line}" for line in could_answer(verdicts_of(ok))),
         *sections(ok, verdicts, pairs, sentence, transfers),
     ]) + "\n"
     readme = "\n\n".join([

@@ -13,6 +13,7 @@ import pandas as pd
 
 from harness.analysis import stats
 from harness.analysis.reference.data import Data
+from harness.analysis.report.prose import verdict_table
 
 
 @dataclass
@@ -186,3 +187,16 @@ def error_control(table: pd.DataFrame) -> str:
     names = ", ".join(f"{r['variant']} vs {r['against']}" for r in primary.to_dict("records"))
     return (f"Primary comparisons (pre-registered; {primary['correction'].iloc[0]}): {names}. Every other verdict "
             "is exploratory: judged alone at 0.05, unadjusted.")
+
+
+_VERDICTS: dict[int, tuple[pd.DataFrame, pd.DataFrame]] = {}
+
+
+def verdicts_of(ok: pd.DataFrame) -> pd.DataFrame:
+    """The suite's verdict table of these runs (report/prose.py), computed once per runs frame: a
+    page reads it in several places."""
+    cached = _VERDICTS.get(id(ok))
+    if cached is None or cached[0] is not ok:
+        _VERDICTS.clear()  # NOTE: one page at a time; never serve a frame that was freed and its id reused
+        _VERDICTS[id(ok)] = cached = (ok, verdict_table(ok))
+    return cached[1]

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pandas as pd
 
 from harness.analysis import stats
-from harness.analysis.reference.base import (Built, diff_ci, error_control, md_table, mean_ci, p_cell, page, paired,
+from harness.analysis.reference.base import (Built, verdicts_of, diff_ci, error_control, md_table, mean_ci, p_cell, page, paired,
                                              provenance, resolved, run_minutes, setup, verdict_kind)
 from harness.analysis.reference.data import Data
-from harness.analysis.report.prose import could_answer, verdict_table
+from harness.analysis.report.prose import could_answer
 
 BASELINE = "loss_free"
 AUX = "front aux_alpha=0.001"  # the Loss-Free paper's baseline, alpha 1e-3: the front's first member
@@ -41,7 +41,7 @@ def means(ok: pd.DataFrame, columns: list[str], interval: bool = True) -> pd.Dat
 
 def verdicts(ok: pd.DataFrame) -> pd.DataFrame:
     """Per method: its verdict against the aux front and against Loss-Free (equivalence, margin 0.02)."""
-    table = verdict_table(ok)
+    table = verdicts_of(ok)
     if not len(table):
         return pd.DataFrame()
     out = {}
@@ -142,12 +142,12 @@ def methods(data: dict[str, Data]) -> Built:
         "waits). Drops at c: the share of assignments a capacity-c system would drop.",
         md_table(means(ok, list(COLUMNS))),
         "## What this study could answer",
-        "\n".join(f"- {line}" for line in could_answer(verdict_table(ok))),
+        "\n".join(f"- {line}" for line in could_answer(verdicts_of(ok))),
         "## Verdicts",
         "Each method against the front of the aux loss over alpha (1e-3 to 1) at its own balance (one test over "
         "all its seeds; outside the front's range a seed counts as the bound that is conservative for the "
         "claim), and against Loss-Free with an equivalence margin of 0.02 in val loss (TOST); the words are "
-        "those of docs/methods.md, Verdicts. " + error_control(verdict_table(ok)),
+        "those of docs/methods.md, Verdicts. " + error_control(verdicts_of(ok)),
         md_table(table) if len(table) else "(no verdicts)",
         "## The 2025-26 methods",
         "Each against Loss-Free, paired over the seeds (unadjusted 95 % intervals); how sure the implementation "
@@ -163,7 +163,7 @@ def methods(data: dict[str, Data]) -> Built:
         md_table(means(ok, README, interval=False)),
         "Verdicts against the aux front (at the method's own balance, one test over its seeds) and against "
         "Loss-Free (TOST at 0.02); the suite declared no primary comparisons, so each is exploratory (unadjusted; "
-        "the page has the seeds, intervals and p):" if not (verdict_table(ok).get("role", pd.Series()) == "primary")
+        "the page has the seeds, intervals and p):" if not (verdicts_of(ok).get("role", pd.Series()) == "primary")
         .any() else "Verdicts against the aux front and against Loss-Free (the page has the seeds and intervals):",
         md_table(short_verdicts(table)) if len(table) else "",
         ep_growth(ok),

@@ -9,10 +9,10 @@ import itertools
 import pandas as pd
 
 from harness.analysis import front
-from harness.analysis.reference.base import (Built, diff_ci, fold, md_table, p_cell, page, paired, provenance, ratio,
+from harness.analysis.reference.base import (Built, verdicts_of, diff_ci, fold, md_table, p_cell, page, paired, provenance, ratio,
                                              ratio_resolved, resolved, differs, run_minutes, setup)
 from harness.analysis.reference.data import Data
-from harness.analysis.report.prose import could_answer, verdict_table
+from harness.analysis.report.prose import could_answer
 
 METHOD = "loss_free"
 SCOPES = {"aux global_batch": "step", "aux micro_batch": "micro-batch", "aux sequence": "sequence"}
@@ -32,7 +32,7 @@ def means(ok: pd.DataFrame) -> pd.DataFrame:
 
 
 def verdicts(ok: pd.DataFrame) -> pd.DataFrame:
-    table = verdict_table(ok)
+    table = verdicts_of(ok)
     table = table[(table["kind"] == "front") & (table["variant"] == METHOD)]
     return pd.DataFrame({"against": [f"aux, {SCOPES.get(a, a)} scope" for a in table["against"]],
                          "Loss-Free's distance to the front at its own MaxVio [95 %]":
@@ -59,7 +59,7 @@ def scope_pairs(ok: pd.DataFrame) -> pd.DataFrame:
 
 
 def findings(ok: pd.DataFrame, pairs: pd.DataFrame) -> str:
-    table = verdict_table(ok)
+    table = verdicts_of(ok)
     step = table[(table["kind"] == "front") & (table["variant"] == METHOD) & (table["against"] == "aux global_batch")]
     fronts = ok[ok["front_family"].isin(SCOPES)] if "front_family" in ok else ok.iloc[:0]
     reach = fronts.groupby("front_family")["maxvio_global"].min()
@@ -106,7 +106,7 @@ def scope(data: dict[str, Data]) -> Built:
         "## Means over seeds",
         md_table(means(ok)),
         "## What this study could answer",
-        "\n".join(f"- {line}" for line in could_answer(verdict_table(ok))),
+        "\n".join(f"- {line}" for line in could_answer(verdicts_of(ok))),
         "## Loss-Free against each front",
         md_table(verdicts(ok), index=False),
         "\n".join(f"- {line}" for line in reach),
