@@ -29,7 +29,7 @@ def runs_with(column: str) -> pd.DataFrame:
 
 
 def test_a_declared_metric_reaches_every_consumer(a_new_metric):
-    from harness.suites.sweep import parse_objective
+    from harness.suites.sweepfile import parse_objective
 
     runs = runs_with("my_score")
     assert "my score" in report.summary_table(runs).columns  # the report's first table

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness import tables
-from harness.analysis import front, stats
+from harness.analysis import concordance, front, stats
 from harness.analysis.reference.data import load
 from harness.suites.suite import Suite, load_suite
 
@@ -54,7 +54,7 @@ def pilot_runs(folder: Path) -> pd.DataFrame:
 def paired_spread(runs: pd.DataFrame, method: str, against: str, baseline: str, fronts: set[str],
                   metric: str) -> tuple[float, int]:
     """(sd of the paired per-seed differences, seeds) of a comparison in the pilot."""
-    labels = runs["variant"].astype(str).str.split("[", n=1).str[0]
+    labels = concordance.methods(runs)
     if against in fronts or against == "front":
         family = runs["front"].fillna(False).astype(bool) if "front" in runs else labels.isin([])
         if "front_family" in runs and against != "front":
@@ -85,7 +85,7 @@ def plan_alpha(suite: Suite) -> float:
 
 
 def plan_rows(suite: Suite, runs: pd.DataFrame, effect: float | None, jobs: int) -> pd.DataFrame:
-    labels = runs["variant"].astype(str).str.split("[", n=1).str[0]
+    labels = concordance.methods(runs)
     variants = len({cfg.variant for cfg in suite.runs if cfg.seed == suite.runs[0].seed})
     mine = runs[labels.isin({cfg.variant.split("[", 1)[0] for cfg in suite.runs})]
     per_run = float((mine if len(mine) else runs)["wall_s"].mean()) if "wall_s" in runs else math.nan
