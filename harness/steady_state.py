@@ -8,6 +8,10 @@
     settled                 whether the interval contains 0: the balance is no longer measurably
                             moving (a still-falling MaxVio_global of an aux front would make a
                             settled controller look worse than it will be)
+    settle_step             (`settle_step`, recorded by the bias dynamics) the earliest start, on a
+                            grid of every 5 % of the steps up to the last quarter's, from which the
+                            same trend test finds no trend to the end (and none over the last quarter):
+                            NaN where the last quarter is still moving
 
 The bottom layer: numpy and statsmodels only, so the trainer records these at the end of a run
 and the analysis computes them for runs written before they existed, from the step rows.
@@ -41,15 +45,50 @@ def steady_state(steps, maxvio_batch) -> dict:
     last = x[-1]
     out["maxvio_batch_tail"] = float(y[x > last * (1 - TAIL_MEAN)].mean()) if (x > last * (1 - TAIL_MEAN)).any() \
         else float(y[-1])
-    tail = (x > last * (1 - TAIL_TREND)) & (y > 0)
-    if tail.sum() < MIN_POINTS or np.ptp(x[tail]) == 0:
+    found = trend(x[x > last * (1 - TAIL_TREND)], y[x > last * (1 - TAIL_TREND)])
+    if found is None:
         return out
-    design = sm.add_constant(x[tail] / 100.0)
-    lags = max(1, int(round(tail.sum() ** 0.25)))  # NOTE: the usual rule of thumb for Newey-West lags
-    fit = sm.OLS(np.log(y[tail]), design).fit(cov_type="HAC", cov_kwds={"maxlags": lags})
-    slope, (low, high) = float(fit.params[1]), (float(v) for v in fit.conf_int(0.05)[1])
+    slope, low, high = found
     out.update(maxvio_trend=slope, maxvio_trend_low=low, maxvio_trend_high=high, settled=bool(low <= 0 <= high))
     return out
+
+
+def trend(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float] | None:
+    """(slope per 100 steps, 95 % low, high) of log y on x (of y itself where a value is 0, as an
+    expert-choice MaxVio can be): OLS with Newey-West standard errors; None with too few points."""
+    if len(x) < MIN_POINTS or np.ptp(x) == 0:
+        return None
+    y = np.log(y) if (y > 0).all() else y
+    if np.ptp(y) == 0:
+        return 0.0, 0.0, 0.0  # NOTE: a constant level has no trend (and no spread to divide by)
+    design = sm.add_constant(x / 100.0)
+    lags = max(1, int(round(len(x) ** 0.25)))  # NOTE: the usual rule of thumb for Newey-West lags
+    fit = sm.OLS(y, design).fit(cov_type="HAC", cov_kwds={"maxlags": lags})
+    return float(fit.params[1]), *(float(v) for v in fit.conf_int(0.05)[1])
+
+
+SETTLE_GRID = 0.05  # candidate settle starts: every 5 % of the steps
+
+
+def settle_step(maxvio_batch) -> float:
+    """The step (1-based) from which a run's MaxVio_batch (one value per step) shows no trend to
+    the end, the earliest such start of the grid (module docstring); NaN where the last quarter
+    still trends or the run is too short to tell. Only the windows up to the first flat one and
+    the last quarter's are read: one false "trend" among many nested windows would otherwise
+    push the step late."""
+    y = np.asarray(maxvio_batch, dtype=float)
+    y = y[np.isfinite(y)]
+    n = len(y)
+    if not n:
+        return math.nan
+    x = np.arange(1, n + 1, dtype=float)
+    starts = sorted({int(n * SETTLE_GRID * i) for i in range(int(round((1 - TAIL_TREND) / SETTLE_GRID)) + 1)})
+    flat = [(lambda found: found is not None and found[1] <= 0 <= found[2])(trend(x[start:], y[start:]))
+            for start in starts]
+    if not flat[-1]:  # NOTE: the last quarter still trends: not settled by the end
+        return math.nan
+    settled = float(starts[flat.index(True)] + 1)
+    return settled
 
 
 def steady_states(steps: pd.DataFrame) -> pd.DataFrame:

@@ -256,11 +256,18 @@ def test_shipping_a_file_that_is_no_benchmark_session_exits_2(tmp_path, capsys, 
 # -- 10. unclear or silent --------------------------------------------------------------------
 
 def test_rate_on_one_run_says_it_has_no_interval(make_suite, tmp_path, capsys):
-    assert main(["run", str(make_suite(ONE, base={"train.steps": 5})), "--out", str(tmp_path), "--no-progress"]) == 0
+    assert main(["run", str(make_suite(ONE, base={"train.steps": 20})), "--out", str(tmp_path), "--no-progress"]) == 0
     capsys.readouterr()
     code, out, err = cli(["rate", tmp_path / "tiny", "--steps", "1000"], capsys)
     assert code == 0, err
     assert "nan" not in out and "no interval: it needs at least 2 measured runs, 1 here" in out
+
+
+def test_rate_on_runs_too_short_to_settle_says_so(make_suite, tmp_path, capsys):
+    assert main(["run", str(make_suite(ONE, base={"train.steps": 5})), "--out", str(tmp_path), "--no-progress"]) == 0
+    capsys.readouterr()
+    code, _, err = cli(["rate", tmp_path / "tiny", "--steps", "1000"], capsys)
+    refused(code, err, r"1 run\(s\) still trend over their last quarter \(no settle_step\); run them longer")
 
 
 def test_a_data_glob_matching_token_shards_and_text_exits_2(make_suite, tmp_path, capsys):

@@ -54,6 +54,7 @@ def measured_runs(folder: Path, variant: str | None) -> pd.DataFrame:
     if missing:
         raise ValueError(f"{folder}: its runs have no controller dynamics ({missing} missing); run a suite with a "
                          "bias controller (router.bias_mode, e.g. loss_free) with this version first")
+    unsettled = int(runs["settle_step"].isna().sum())
     runs = runs.dropna(subset=list(NEEDED))
     # NOTE: a controller without a rate (quantile) has no bias_travel: it is not driven by u
     driven = runs["bias_travel"].notna() if "bias_travel" in runs else False
@@ -64,7 +65,10 @@ def measured_runs(folder: Path, variant: str | None) -> pd.DataFrame:
             raise ValueError(f"--variant {variant!r} is not among the runs with a rate-driven controller: {labels}")
         runs = runs[(runs["variant"] == variant) | (base_labels(runs) == variant)]
     if not len(runs):
-        raise ValueError(f"{folder}: no complete run with a rate-driven bias controller (loss_free, dynamic_k, ...)")
+        why = (f" that settled: {unsettled} run(s) still trend over their last quarter (no settle_step); run them "
+               "longer (train.steps)" if unsettled else "")
+        raise ValueError(f"{folder}: no complete run with a rate-driven bias controller (loss_free, dynamic_k, ...)"
+                         + why)
     return runs
 
 

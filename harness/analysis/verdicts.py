@@ -31,7 +31,7 @@ import pandas as pd
 from scipy import stats as sps
 from statsmodels.stats.weightstats import ttost_paired
 
-from harness.analysis import front, sequential, stats
+from harness.analysis import blocked, front, sequential, stats
 
 ALPHA = 0.05
 CORRECTIONS = ("holm", "none")
@@ -39,22 +39,32 @@ P_COLUMNS = ("p", "p_tost", "p_diff", "p_noneq")  # every p-value a verdict row 
 PRIMARY, EXPLORATORY = "primary", "exploratory"
 
 
-def tost(d, margin: float | None) -> dict:
+def tost(d, margin: float | None, pooled: tuple[float, float, float] | None = None) -> dict:
     """Per-seed paired differences `d`: their difference from 0 and, with a margin, TOST and the
-    beyond-the-margin test; the verdict of this one comparison, unadjusted (module docstring)."""
+    beyond-the-margin test; the verdict of this one comparison, unadjusted (module docstring).
+    `pooled` = (estimate, standard error, degrees of freedom) from the seed-blocked model
+    (blocked.py) replaces the pair's own mean and spread; the seeds counted stay the pair's."""
     d = np.asarray(pd.Series(d).dropna(), dtype=float)
     n, mean = len(d), float(d.mean()) if len(d) else math.nan
     out = {"n": n, "diff": mean, "low90": math.nan, "high90": math.nan, "low95": math.nan, "high95": math.nan,
-           "p_tost": math.nan, "p_diff": math.nan, "p_noneq": math.nan, "sd": math.nan,
+           "p_tost": math.nan, "p_diff": math.nan, "p_noneq": math.nan, "sd": math.nan, "dof": math.nan,
            "seeds_to_equivalence": math.nan, "seeds_to_difference": math.nan}
     if n >= 2:
-        sd = float(d.std(ddof=1))
+        sd, dof = float(d.std(ddof=1)), float(n - 1)
         se = sd / math.sqrt(n)
-        half90, half95 = stats.t_quantile(0.95, n - 1) * se, stats.t_quantile(0.975, n - 1) * se
-        out.update(sd=sd, low90=mean - half90, high90=mean + half90, low95=mean - half95, high95=mean + half95,
-                   p_diff=stats.t_test_p(d), seeds_to_difference=stats.seeds_needed(mean, sd))
+        if pooled is not None:
+            mean, se, dof = pooled
+            sd = se * math.sqrt(n)  # NOTE: the per-seed spread of a difference the pooled error implies
+        half90, half95 = stats.t_quantile(0.95, dof) * se, stats.t_quantile(0.975, dof) * se
+        out.update(diff=mean, sd=sd, dof=dof, low90=mean - half90, high90=mean + half90, low95=mean - half95,
+                   high95=mean + half95, seeds_to_difference=stats.seeds_needed(mean, sd),
+                   p_diff=stats.t_test_p(d) if pooled is None else
+                   min(1.0, 2 * min(blocked.one_sided(mean, se, dof, 0.0, True),
+                                    blocked.one_sided(mean, se, dof, 0.0, False))))
         if margin is not None:
-            out.update(p_tost=tost_p(d, margin), p_noneq=beyond_margin_p(mean, se, n, margin),
+            p_tost = (tost_p(d, margin) if pooled is None else
+                      max(blocked.one_sided(mean, se, dof, -margin, False), blocked.one_sided(mean, se, dof, margin, True)))
+            out.update(p_tost=p_tost, p_noneq=beyond_margin_p(mean, se, dof, margin),
                        seeds_to_equivalence=stats.seeds_to_equivalence(mean, sd, margin))
     out["verdict"] = equivalence_words(out, f"±{margin:g}" if margin is not None else "")
     return out
@@ -67,12 +77,12 @@ def tost_p(d: np.ndarray, margin: float) -> float:
     return float(ttost_paired(d, np.zeros_like(d), -margin, margin)[0])
 
 
-def beyond_margin_p(mean: float, se: float, n: int, margin: float) -> float:
+def beyond_margin_p(mean: float, se: float, dof: float, margin: float) -> float:
     """Two-sided p of "|d| <= m" against "|d| > m": below 0.05 where the 95 % interval lies beyond
     the margin on one side (twice the one-sided p on the side of the mean)."""
     if se == 0:
         return float(abs(mean) <= margin)
-    return float(min(1.0, 2 * sps.t.sf((abs(mean) - margin) / se, n - 1)))
+    return float(min(1.0, 2 * sps.t.sf((abs(mean) - margin) / se, dof)))
 
 
 def shown(diff: float, low: float, high: float, scale: str = "plain") -> str:
@@ -100,25 +110,36 @@ def equivalence_words(row: dict, label: str, adjusted: bool = False) -> str:
 
 
 def equivalence_table(runs: pd.DataFrame, margins: dict[str, float | None], bases: dict[str, str]) -> pd.DataFrame:
-    """Per group and metric: the paired comparison with the group it meets (`bases`, from
+    """Per group and metric: the comparison with the group it meets (`bases`, from
     stats.baseline_groups) over the seeds both have, with TOST at the metric's margin (a margin of
     None: the difference test alone, kind "difference"); log ratios for a log-scale metric, against
-    the relative margin log(1 + m)."""
+    the relative margin log(1 + m). Each baseline and the groups it meets form one seed-blocked
+    model (blocked.py), whose pooled error is used where its variants scatter alike."""
     rows = []
     for metric, margin in margins.items():
         if metric not in runs:
             continue
         table = stats.per_seed(runs, metric)
+        meeting: dict[str, list[str]] = {}
         for group, base in bases.items():
-            if group == base or group not in table or base not in table:
+            meeting.setdefault(base, []).append(group)
+        for base, groups in meeting.items():
+            members = [g for g in groups if g != base and g in table]
+            if base not in table or not members:
                 continue
-            d, scale = stats.paired(table, group, base, metric)
-            limit = None if margin is None else math.log1p(margin) if scale == "log" else margin
-            result = tost(d, limit)
-            label = margin_label(margin, scale) if margin is not None else ""
-            rows.append({"kind": "equivalence" if margin is not None else "difference", "variant": group,
-                         "against": base, "metric": metric, "margin": math.nan if margin is None else margin,
-                         "scale": scale, **result, "verdict": equivalence_words({**result, "scale": scale}, label)})
+            log = stats.paired(table, members[0], base, metric)[1] == "log"
+            model = blocked.fit(table[[base, *members]], log)
+            for group in members:
+                d, scale = stats.paired(table, group, base, metric)
+                limit = None if margin is None else math.log1p(margin) if scale == "log" else margin
+                pooled = (*model.contrast(group, base), model.dof) if model.pooled and scale == ("log" if log else "plain") else None
+                result = tost(d, limit, pooled)
+                label = margin_label(margin, scale) if margin is not None else ""
+                rows.append({"kind": "equivalence" if margin is not None else "difference", "variant": group,
+                             "against": base, "metric": metric, "margin": math.nan if margin is None else margin,
+                             "scale": scale, **result, "test": model.test() if (pooled is not None) == model.pooled else blocked.PAIRED,
+                             "homogeneity_p": model.homogeneity_p,
+                             "verdict": equivalence_words({**result, "scale": scale}, label)})
     return pd.DataFrame(rows)
 
 

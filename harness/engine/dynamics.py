@@ -1,8 +1,8 @@
 """How a bias controller moved: the dynamics columns of every run that has one (issue 21).
 
-    settle_step      the first step after which MaxVio_batch (layer mean, trailing mean over 5 % of
-                     the run) stays within final +/- (0.25 final + 0.05) for good, `final` the
-                     median of MaxVio_batch over the last 10 % of steps
+    settle_step      the first step from which MaxVio_batch (layer mean) shows no trend to the end
+                     (steady_state.settle_step: the log-slope's Newey-West interval contains 0, on
+                     a grid of every 5 % of the steps); NaN where the last quarter still trends
     maxvio_batch_sd  the spread (sd) of MaxVio_batch over the second half: steady imbalance is
                      maxvio_batch (its mean) +/- this
     bias_spread      max_e b_e - min_e b_e at the end, layer mean
@@ -26,24 +26,7 @@ import math
 
 import torch
 
-
-
-
-def settle_step(vio: list[float]) -> float:
-    """The first step (1-based) after which `vio`, smoothed by a trailing mean over 5 % of the run
-    (at least 1 step; one step's MaxVio is noisy), stays within its final band (module docstring)."""
-    if not vio:
-        return math.nan
-    window = max(1, len(vio) // 20)
-    smooth = [sum(vio[max(0, t - window + 1):t + 1]) / len(vio[max(0, t - window + 1):t + 1])
-              for t in range(len(vio))]
-    tail = sorted(vio[-max(1, len(vio) // 10):])
-    final = tail[len(tail) // 2]
-    band = 0.25 * final + 0.05
-    settled = len(smooth)
-    while settled > 0 and abs(smooth[settled - 1] - final) <= band:
-        settled -= 1
-    return float(settled + 1)
+from harness.steady_state import settle_step
 
 
 class BiasDynamics:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from harness.analysis import concordance, stats
+from harness.analysis import blocked, concordance, stats
 from harness.analysis.reference.base import (Built, verdicts_of, diff_ci, fold, md_table, page, paired, provenance, ratio,
                                              ratio_resolved, resolved, run_minutes, setup, verdict_kind)
 from harness.analysis.verdicts import tost
@@ -114,20 +114,30 @@ def concordance_tables(ok: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 
 
 def what_transfers(ok: pd.DataFrame, verdicts: pd.DataFrame) -> list[str]:
-    """Per balancing method and family: does its standing against the front transfer from the
-    proxy? The family's distance minus the proxy's, paired over seeds: "transfers" only where that
-    difference is equivalent within TRANSFER_MARGIN (TOST) and not different; "not shown"
-    otherwise, with the figure. Then its loss and balance against the family's unbalanced control."""
+    """Per family and balancing method: does the method's standing against the front transfer from
+    the proxy? First the method x family interaction over all the methods (blocked.interaction, the
+    seed as a block); then per method the family's distance minus the proxy's, paired over seeds:
+    "transfers" only where the interaction test does not reject *and* that difference is
+    equivalent within TRANSFER_MARGIN (TOST) and not different; "not shown" otherwise, with the
+    figure. Then its loss and balance against the family's unbalanced control."""
     lines = []
     table = front_distances(ok)
+    families = [f for f in family_order(ok) if f != concordance.PROXY]
+    tests = {f: blocked.interaction(table.loc[:, table.columns.get_level_values(1).isin([concordance.PROXY, f])])
+             for f in families}
+    lines.append("Method x family interaction of the distances to the front, proxy against each family (F test, "
+                 "seed as a block, unadjusted): " + "; ".join(
+                     f"{f} F({t['df_num']:g}, {t['df_den']:g}) = {t['F']:.2f}, p = {t['p']:.2g}" for f, t in tests.items())
+                 + ". Not rejecting is not evidence of no interaction: the per-method equivalence test below bounds it.")
     for method in [m for m in verdicts.index if m != CONTROL]:
         if (method, concordance.PROXY) not in table:
             continue
         said = []
-        for family in [f for f in family_order(ok) if f != concordance.PROXY and (method, f) in table]:
+        for family in [f for f in families if (method, f) in table]:
             d = (table[(method, family)] - table[(method, concordance.PROXY)]).dropna()
             test = tost(d, TRANSFER_MARGIN)
-            word = "transfers" if str(test["verdict"]) == f"equivalent within ±{TRANSFER_MARGIN:g}" else "not shown"
+            bounded = str(test["verdict"]) == f"equivalent within ±{TRANSFER_MARGIN:g}"
+            word = "transfers" if bounded and not tests[family]["p"] < 0.05 else "not shown"
             said.append(f"{family} {word} ({test['verdict'].split(', d =')[0]}: {test['diff']:+.3f} "
                         f"[{test['low95']:+.3f}, {test['high95']:+.3f}])")
         lines.append(f"{method}: {verdict_kind(verdicts.loc[method, concordance.PROXY])} on the proxy; its distance "

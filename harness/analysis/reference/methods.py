@@ -11,7 +11,7 @@ from harness.analysis import stats
 from harness.analysis.reference.base import (Built, verdicts_of, diff_ci, error_control, md_table, mean_ci, p_cell, page, paired,
                                              provenance, resolved, run_minutes, setup, verdict_kind)
 from harness.analysis.reference.data import Data
-from harness.analysis.report.prose import could_answer
+from harness.analysis.report.prose import could_answer, tests_note
 
 BASELINE = "loss_free"
 AUX = "front aux_alpha=0.001"  # the Loss-Free paper's baseline, alpha 1e-3: the front's first member
@@ -147,7 +147,7 @@ def methods(data: dict[str, Data]) -> Built:
         "Each method against the front of the aux loss over alpha (1e-3 to 1) at its own balance (one test over "
         "all its seeds; outside the front's range a seed counts as the bound that is conservative for the "
         "claim), and against Loss-Free with an equivalence margin of 0.02 in val loss (TOST); the words are "
-        "those of docs/methods.md, Verdicts. " + error_control(verdicts_of(ok)),
+        "those of docs/methods.md, Verdicts. " + error_control(verdicts_of(ok)) + " " + tests_note(verdicts_of(ok)),
         md_table(table) if len(table) else "(no verdicts)",
         "## The 2025-26 methods",
         "Each against Loss-Free, paired over the seeds (unadjusted 95 % intervals); how sure the implementation "

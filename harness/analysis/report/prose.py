@@ -111,6 +111,19 @@ def correction_note(table: pd.DataFrame) -> str:
             "'error control'). Intervals are 95 %, unadjusted. ")
 
 
+def tests_note(table: pd.DataFrame) -> str:
+    """Which test each comparison used: the seed-blocked model with its homogeneity test, or the
+    paired t-test on the pair's own seeds (blocked.py), one sentence per baseline and metric."""
+    if "test" not in table:
+        return ""
+    parts = []
+    for (against, metric), rows in table.dropna(subset=["test"]).groupby(["against", "metric"], sort=False):
+        used = rows["test"].unique()
+        parts.append(f"against {against} on {metric}: {'; '.join(used)}")
+    return ("Tests: " + "; ".join(parts) + ". A seed-blocked model pools the residual spread of every variant "
+            "run on the same seeds, used only where the homogeneity test does not reject. ") if parts else ""
+
+
 def add_verdicts(page: Page, runs: pd.DataFrame) -> bool:
     """A verdict per comparison, and the `verdicts.parquet` table beside the report; whether there were any."""
     table = verdict_table(runs)
@@ -136,7 +149,7 @@ def add_verdicts(page: Page, runs: pd.DataFrame) -> bool:
         page.bullets(reach)
     page.bullets(verdict_summary(table))
     page.table(shown)
-    page.text(VERDICT_NOTE + correction_note(table) + "The table is also in verdicts.parquet.")
+    page.text(VERDICT_NOTE + correction_note(table) + tests_note(table) + "The table is also in verdicts.parquet.")
     return True
 
 
