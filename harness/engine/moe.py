@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.engine.expert_loop import loop_swiglu
 from harness.routing import Router, RouterConfig, RouterOutput
 
 ExpertImpl = Literal["auto", "grouped_mm", "loop"]
@@ -46,65 +47,6 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _spans(sizes: list[int]) -> list[tuple[int, int, int]]:
-    """(expert, start, end) of each non-empty group of expert-sorted rows."""
-    out, start = [], 0
-    for expert, size in enumerate(sizes):
-        if size:
-            out.append((expert, start, start + size))
-        start += size
-    return out
-
-
-class LoopSwiGLU(torch.autograd.Function):
-    """E SwiGLU experts over expert-sorted rows, one matmul per expert and weight.
-
-    NOTE: a hand-written backward rather than autograd through w[i] or w.unbind(0): both
-    materialise the [E, D, H] weight gradients twice (zeros + add, or a stack of E slices),
-    which cost 54 % of a 256-expert layer's time in a profile. Here each expert's gradient is
-    written in place. The elementwise work stays per expert, where the chunk is still in cache
-    (over all rows at once it was 30 % slower at the reference shape), and uses the fused
-    silu_backward kernel.
-    """
-
-    @staticmethod
-    def forward(ctx, x_AD, w1_EDH, w3_EDH, w2_EHD, sizes: list[int]):
-        spans = _spans(sizes)
-        h1_AH = x_AD.new_empty(x_AD.shape[0], w1_EDH.shape[-1])
-        h3_AH, silu_AH, act_AH = torch.empty_like(h1_AH), torch.empty_like(h1_AH), torch.empty_like(h1_AH)
-        y_AD = torch.empty_like(x_AD)  # every row belongs to one span, so every row is written
-        for e, lo, hi in spans:
-            h1 = torch.mm(x_AD[lo:hi], w1_EDH[e], out=h1_AH[lo:hi])
-            h3 = torch.mm(x_AD[lo:hi], w3_EDH[e], out=h3_AH[lo:hi])
-            act = torch.mul(torch.ops.aten.silu.out(h1, out=silu_AH[lo:hi]), h3, out=act_AH[lo:hi])
-            torch.mm(act, w2_EHD[e], out=y_AD[lo:hi])
-        # NOTE: the same four [A, H] tensors autograd would keep, so backward recomputes nothing
-        ctx.save_for_backward(x_AD, w1_EDH, w3_EDH, w2_EHD, h1_AH, h3_AH, silu_AH, act_AH)
-        ctx.spans = spans
-        return y_AD
-
-    @staticmethod
-    def backward(ctx, gy_AD):
-        x_AD, w1, w3, w2, h1_AH, h3_AH, silu_AH, act_AH = ctx.saved_tensors
-        gy_AD = gy_AD.contiguous()
-        gw1, gw3, gw2 = (torch.empty_like(w) for w in (w1, w3, w2))
-        for e in set(range(w1.shape[0])) - {e for e, _, _ in ctx.spans}:  # experts with no rows
-            for gw in (gw1, gw3, gw2):
-                gw[e].zero_()
-        gx_AD = torch.empty_like(x_AD) if ctx.needs_input_grad[0] else None
-        for e, lo, hi in ctx.spans:
-            x, gy = x_AD[lo:hi], gy_AD[lo:hi]
-            torch.mm(act_AH[lo:hi].T, gy, out=gw2[e])
-            ga = gy @ w2[e].T
-            gh3 = ga * silu_AH[lo:hi]
-            gh1 = torch.ops.aten.silu_backward(ga.mul_(h3_AH[lo:hi]), h1_AH[lo:hi])
-            torch.mm(x.T, gh1, out=gw1[e])
-            torch.mm(x.T, gh3, out=gw3[e])
-            if gx_AD is not None:
-                torch.mm(gh1, w1[e].T, out=gx_AD[lo:hi]).addmm_(gh3, w3[e].T)
-        return gx_AD, gw1, gw3, gw2, None
-
-
 class Experts(nn.Module):
     """E SwiGLU experts stored as three 3-D weight tensors."""
 
@@ -130,8 +72,7 @@ class Experts(nn.Module):
             h_AH = F.silu(torch._grouped_mm(x_AD, w1, offs=offs_E)) * torch._grouped_mm(x_AD, w3, offs=offs_E)
             return torch._grouped_mm(h_AH, w2, offs=offs_E)
         with torch.autocast(x_AD.device.type, enabled=False):
-            # NOTE: the one host sync of the loop path: group sizes must be Python ints
-            return LoopSwiGLU.apply(x_AD.contiguous(), w1, w3, w2, counts_E.tolist())
+            return loop_swiglu(x_AD.contiguous(), w1, w3, w2, counts_E)  # NOTE: an op: compiles as one node
 
     def _use_grouped_mm(self, x_AD: torch.Tensor) -> bool:
         if self.impl == "loop":

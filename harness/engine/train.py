@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from harness.engine import checkpoint
+from harness.engine.compile import CompiledForward
 from harness import distributed
 from harness.engine.config import RunConfig
 from harness.data.corpus import Corpus, load_corpus, sample_batch
@@ -53,6 +54,16 @@ NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
                   else {"broadcast_buffers": False})
 
 
+def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The model under DistributedDataParallel when torch.distributed is initialised, else itself."""
+    if not distributed.is_distributed():
+        return model
+    # NOTE: buffers (the expert bias) are not broadcast: every rank computes the same bias from the
+    # same all-reduced counts, which a test checks, and a broadcast would hide a bug
+    return DistributedDataParallel(model, device_ids=[device.index] if device.index is not None else None,
+                                   **NO_BUFFER_SYNC)
+
+
 class Trainer:
     """The optimisation loop of one run (lr, micro-batches, DDP, clip, step, balancing update); see `run()`."""
 
@@ -64,13 +75,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model, cfg.router_cfg, native=cfg.router == NATIVE).to(self.device)
         self.layers = self.model.moe_layers
-        self.ddp = self.model
-        if distributed.is_distributed():
-            # NOTE: buffers (the expert bias) are not broadcast: every rank computes the same bias
-            # from the same all-reduced counts, which a test checks, and a broadcast would hide a bug
-            self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.index
-                                               is not None else None, **NO_BUFFER_SYNC)
-        self.forward = torch.compile(self.ddp) if cfg.train.compile else self.ddp
+        self.ddp = data_parallel(self.model, self.device)
+        self.compiled = CompiledForward(self.ddp) if cfg.train.compile else None  # compile.py
+        self.forward = self.compiled or self.ddp
         self.optimizer = build_optimizer(self.model, cfg)
         self.data_gen = torch.Generator().manual_seed(cfg.train.data_seed if cfg.train.data_seed >= 0 else cfg.seed)
         self.amp = autocast_for(cfg)
@@ -154,6 +161,8 @@ class Trainer:
         start, cpu_start = time.perf_counter(), time.process_time()
         lm, aux, counts_LE = self.train_step(step - 1)
         lm_value = lm.item()  # NOTE: the once-per-step sync, needed to stop a diverged run
+        if self.compiled and (note := self.compiled.end_step()) and self.rank == 0:
+            print(note, file=sys.stderr)
         elapsed = time.perf_counter() - start
         if self.meter:  # NOTE: after the step's clock stopped: a dense probe step is not run time
             self.meter.step(step, elapsed, time.process_time() - cpu_start)
@@ -202,7 +211,8 @@ class Trainer:
         return {**self.metrics.summary(status, steps_done, self.corpus.tokens_per_byte), "world_size": self.world,
                 "expert_bias": [layer.router.expert_bias.tolist() for layer in self.layers],
                 **(self.meter.summary(steps_done) if self.meter else {}),
-                "num_params": sum(p.numel() for p in self.model.parameters())}
+                "num_params": sum(p.numel() for p in self.model.parameters()),
+                **(self.compiled.summary() if self.compiled else {"compile_graphs": 0, "compile_recompiles": 0})}
 
 
 def corpus_for(cfg: RunConfig) -> Corpus:

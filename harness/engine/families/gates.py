@@ -24,9 +24,11 @@ NATIVE_SCORES = {"softmax_topk": lambda z: torch.softmax(z.float(), dim=-1), "si
 
 def padded(route: RouterOutput, num_tokens: int, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
     """([T, K] expert ids, [T, K] weights) of a route's assignments, token-major; K the most any token
-    has; unused slots id E (the experts' "no expert") and weight 0."""
+    has, at least 2; unused slots id E (the experts' "no expert") and weight 0."""
     per_token_T = torch.bincount(route.token_idx_A, minlength=num_tokens)
-    width = max(1, int(per_token_T.max())) if len(route.token_idx_A) else 1
+    # NOTE: at least 2 slots: a width of 1 is a shape torch.compile specialises on (0/1
+    # specialisation), so a step where every token got one expert would compile anew
+    width = max(2, int(per_token_T.max())) if len(route.token_idx_A) else 2
     slot_A = torch.arange(len(route.token_idx_A), device=per_token_T.device) - (
         per_token_T.cumsum(0) - per_token_T)[route.token_idx_A]
     ids_TK = torch.full((num_tokens, width), num_experts, dtype=torch.long, device=per_token_T.device)
