@@ -69,6 +69,25 @@ def test_any_router_trains_inside_every_family(tiny_settings, name, router):
 
 
 @pytest.mark.parametrize("name", FAMILIES.names())
+@pytest.mark.parametrize("router", ["loss_free", "dynamic_k", "switch_capacity", "expert_threshold"])
+def test_a_fixed_k_router_hands_its_routing_over_unpadded_and_the_rest_are_masked(name, router):
+    """Fixed k: the family's experts get [T, k] views and skip their masking of empty slots; variable
+    k, drops and rerouting pad and keep it. The unmasked fixed-k block equals the masked one."""
+    model = model_config("tiny", family=name, **{k.removeprefix("model."): v for k, v in SMALL.items()})
+    lm = FamilyLM(FAMILIES.lookup(name), model, family_router(router, model, {}))
+    fixed = router == "loss_free"
+    blocks = [b for b in lm.hf.modules() if getattr(b, "gate", None) in lm.gates]
+    assert blocks and all(b.gate.fixed_k == fixed for b in blocks)
+    assert all(getattr(b.experts, "_is_expert_parallel", not fixed) == (not fixed) for b in blocks)
+    if fixed:
+        x = torch.randint(0, model.vocab_size, (2, model.seq_len))
+        plain = lm(x)
+        for b in blocks:
+            b.experts._is_expert_parallel = True
+        assert relative(plain, lm(x)) < 1e-6
+
+
+@pytest.mark.parametrize("name", FAMILIES.names())
 def test_every_size_runs_on_the_familys_fast_expert_path(name):
     """transformers' grouped expert matmul needs 16-byte strides: every expert width of every size is
     a multiple of 8 (bf16), and the tiny and small models train a step on that path in float32."""

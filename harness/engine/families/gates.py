@@ -47,6 +47,10 @@ class SwappedGate(nn.Module):
         with torch.no_grad():
             self.router.gate.weight.copy_(native.weight)
         self.num_experts, self.dim = num_experts, dim
+        # exactly k experts per token, token-major, whatever the batch: the ids and weights go to the
+        # family's experts as views, with no padded slot for them to mask
+        self.fixed_k = not (cfg.capacity_factor > 0 or self.router.selection.variable_k
+                            or self.router.controller.reroutes)
         self.seq_len: int | None = None  # the batch's sequence length (the family passes [T, D] tokens)
         self.last_route: RouterOutput | None = None
 
@@ -54,8 +58,7 @@ class SwappedGate(nn.Module):
         x_TD = hidden.reshape(-1, self.dim)
         route = self.router(x_TD, seq_len=self.seq_len)
         self.last_route = route
-        if route.token_idx_A.numel() == x_TD.shape[0] * self.router.top_k and route.num_dropped is None \
-                and not self.router.selection.variable_k:  # NOTE: exactly k each, token-major: no padding
+        if self.fixed_k:  # NOTE: a view fails loudly if a route ever breaks the promise
             ids_TK = route.expert_idx_A.view(x_TD.shape[0], self.router.top_k)
             weights_TK = route.gate_A.view(x_TD.shape[0], self.router.top_k)
         else:
