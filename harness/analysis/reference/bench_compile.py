@@ -1,8 +1,6 @@
 """The compile page: `train.compile = true` against eager, one optimizer step of the trainer at
 each proxy size after the compiled run's warm-up, from one pytest-benchmark session
-(data/bench_compile/). `python -m pytest tests/benchmarks/test_bench_compile.py -o addopts=""
---benchmark-only --benchmark-json=results/bench/compile_cpu.json`, then `moe-harness reference
-ship bench_compile results/bench/compile_cpu.json`."""
+(the benchmark session of data/bench/, which bench.py's page shows whole)."""
 
 from __future__ import annotations
 
@@ -35,9 +33,10 @@ def compile_rows(s: Session) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@page("bench_compile", "bench_compile_cpu.md")
+@page("bench_compile", "bench_compile_cpu.md", sources=("bench",))
 def bench_compile(data: dict[str, Data]) -> Built:
-    s = Session(data["bench_compile"].tables["benchmarks"])
+    rows_all = data["bench"].tables["benchmarks"]
+    s = Session(rows_all[rows_all["key"].astype(str).str.contains(r"\[(?:eager|compiled)\]$")])
     rows = compile_rows(s)
     wins = all(r == "meets" for r in rows["goal (>= 1)"]) if len(rows) else False
     text = "\n\n".join([
@@ -45,8 +44,8 @@ def bench_compile(data: dict[str, Data]) -> Built:
         f"`python -m pytest tests/benchmarks/test_bench_compile.py -o addopts=\"\" --benchmark-only "
         f"--benchmark-json=...`: {s.header()}. One optimizer step of the trainer (forward, backward, clip, AdamW, "
         "the balancing update) with `router = \"loss_free\"`, each size's default batch, timed after the compiled "
-        "run's warm-up steps; every ratio divides two medians of this session. Data: `data/bench_compile/`; this "
-        "page: `moe-harness reference build bench_compile`.",
+        "run's warm-up steps; every ratio divides two medians of this session, the one `bench_cpu.md` shows. Data: "
+        "`data/bench/`; this page: `moe-harness reference build bench_compile`.",
         md_table(rows, index=False) if len(rows) else "(not in this session)",
         ("Compiled is faster than eager at every size here. `train.compile` still defaults to false: a compiled "
          "run first spends its warm-up steps compiling (not timed here), which a short run may not earn back." if wins else
