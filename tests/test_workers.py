@@ -323,7 +323,9 @@ def test_local_workers_get_the_storage_through_their_environment(make_suite, tmp
     STARTED.append(proc)
     seen = []
     while proc.poll() is None:
-        seen += [line for line in _cmdlines(proc.pid)[1:] if "harness.cli" in line]
+        parent, *children = _cmdlines(proc.pid) or [""]
+        # NOTE: a child forked but not yet exec'd still shows the parent's command line: not a worker's
+        seen += [line for line in children if "harness.cli" in line and line != parent]
         time.sleep(0.05)
     out, err = proc.communicate()
     assert proc.returncode == 0, err[-2000:]
