@@ -13,6 +13,7 @@ from harness.engine.train import run
 from harness.routing import Router, get_router_config
 from harness.routing.controllers.bip_dual import capacity_rank, solve
 from harness.routing.controllers.dual_ascent import dual_ascent_step
+from harness.routing.controllers.expert_threshold import clamp_counts, per_expert_target
 from harness.routing.controllers.loss_free import loss_free_step
 from harness.routing.controllers.quantile import QB_BINS
 
@@ -35,9 +36,9 @@ def test_expert_threshold_routes_a_hand_made_batch_by_the_rule():
     torch.manual_seed(0)
     beta, k = 0.5, 1
     router = logit_router("expert_threshold", k, et_beta=beta)
-    first = torch.randn(8, E)  # K = round(8 x 1 / 4) = 2 tokens per expert
+    first = torch.randn(8, E)  # K = floor(8 x 1 / 4) = 2 tokens per expert
     out = router(first)
-    start = -torch.sigmoid(kth(first, 2))  # before any update: the first batch's own cut-offs
+    start = -kth(first, 2)  # before any update: the first batch's own cut-offs, in logit space
     torch.testing.assert_close(router.expert_bias, start)
     assert out.counts_E.tolist() == [1.0] * E  # strictly above its 2nd best: each expert its best token
     torch.testing.assert_close(out.gate_A, torch.sigmoid(first[out.token_idx_A, out.expert_idx_A]))  # not renormalised
@@ -69,7 +70,7 @@ def test_expert_threshold_warm_up_and_clamp_on_a_hand_made_batch():
     for e in range(E):
         assert set(out.token_idx_A[out.expert_idx_A == e].tolist()) == set(batch[:, e].topk(2).indices.tolist())
     router.balance_update(out.counts_E, num_tokens=8)
-    router.expert_bias.copy_(torch.tensor([-0.999, -0.001, -0.5, -0.5]))  # expert 0 fires on none, 1 on all
+    router.expert_bias.copy_(torch.tensor([-10.0, 10.0, 0.0, 0.0]))  # b = -c: expert 0 fires on none, 1 on all
     batch = torch.randn(8, E)
     out = router(batch)  # clamp: between (1 - 0.5) 2 = 1 and (1 + 0.5) 2 = 3 tokens each
     counts = out.counts_E.tolist()
@@ -78,6 +79,38 @@ def test_expert_threshold_warm_up_and_clamp_on_a_hand_made_batch():
     assert set(out.token_idx_A[out.expert_idx_A == 1].tolist()) == set(batch[:, 1].topk(3).indices.tolist())
     router.eval()  # no clamp at evaluation: the thresholds alone
     assert router(batch).counts_E.tolist()[:2] == [0.0, 8.0]
+
+
+@pytest.mark.parametrize("centre,spread", [(0.0, 20.0), (14.0, 2.0), (16.0, 1.4)])
+def test_expert_threshold_routes_large_logits_exactly_as_r_above_c(centre, spread):
+    """Where a float32 sigmoid saturates (r > ~16.6 is exactly 1.0), the route is still r > c."""
+    torch.manual_seed(3)
+    router = logit_router("expert_threshold", 2, et_beta=0.9)
+    for _ in range(3):  # thresholds that have moved off the first batch's cut-offs
+        out = router(centre + spread * torch.randn(256, E))
+        router.balance_update(out.counts_E, num_tokens=256)
+    c = router.controller.thresholds()
+    for training in (True, False):
+        router.train(training)
+        probe = centre + spread * torch.randn(1152, E)  # 4,608 cells
+        out = router(probe)
+        chosen = torch.zeros(1152, E, dtype=torch.bool)
+        chosen[out.token_idx_A, out.expert_idx_A] = True
+        assert torch.equal(chosen, probe.double() > c)
+
+
+@pytest.mark.parametrize("tokens,capacity,least,most", [(40, 0.7, 3, 17), (40, 0.5, 5, 15), (8, 0.5, 1, 3)])
+def test_expert_threshold_clamp_bounds_are_exact(tokens, capacity, least, most):
+    """[ceil((1 - C) K), floor((1 + C) K)] in exact arithmetic: K = 10, C = 0.7 holds at least 3, not 4."""
+    target = per_expert_target(tokens, 1, E)
+    biased = torch.randn(tokens, E, dtype=torch.float64)
+    none = clamp_counts(biased, torch.zeros(tokens, E, dtype=torch.bool), target, capacity).sum(0)
+    every = clamp_counts(biased, torch.ones(tokens, E, dtype=torch.bool), target, capacity).sum(0)
+    assert none.tolist() == [least] * E and every.tolist() == [most] * E
+
+
+def test_expert_threshold_k_is_the_floor_as_in_the_authors_code():
+    assert [per_expert_target(t, 1, E) for t in (6, 7, 9, 10)] == [1, 1, 2, 2]
 
 
 def brute_force_dual(scores, q, top_k, iters):

@@ -60,7 +60,7 @@ class Router(nn.Module):
         # selection, saved in state_dict.
         self.register_buffer("expert_bias", torch.zeros(num_experts, dtype=torch.float32))
         # a controller that starts from the first batch's scores has not seen it yet
-        self.register_buffer("bias_ready", torch.tensor(not self.controller.init_from_scores))
+        self.register_buffer("bias_ready", torch.tensor(False))
         # counts so far in this optimizer step, for the global_batch aux scope (Qwen's buffer)
         self.register_buffer("step_counts", torch.zeros(num_experts), persistent=False)
         self._bias_ready_seen = bool(self.bias_ready)  # host copy: no device sync per forward
@@ -101,17 +101,21 @@ class Router(nn.Module):
         that watches each training forward), the rule's selection, then, in training, a controller's
         own say over the routing (Expert Threshold's warm-up and capacity clamp)."""
         if not self._bias_ready_seen and not self._check_bias_ready():
-            self._init_bias(scores_TE)
-        if self.controller.observes and self.training:
+            self._init_bias(scores_TE, logits_TE)
+        if self.training:
             with torch.no_grad():
                 new_bias = self.controller.observe(scores_TE, logits_TE, self.expert_bias)
                 if new_bias is not None:  # a controller that sets the bias from this very batch (BIP's "before")
                     self.expert_bias.copy_(new_bias)
-        selection_TE = self.selection.selection_scores(logits_TE, scores_TE, self.expert_bias, self.cfg, self.training)
+        with torch.no_grad():
+            selection_TE = self.controller.selection_scores(self.selection, logits_TE, scores_TE, self.expert_bias,
+                                                            self.training)
         token_idx_A, expert_idx_A, mask_TE = self._select(selection_TE)
-        if self.training and self.controller.reroutes and not self.causal_topk:
-            mask_TE = self.controller.reroute(selection_TE, mask_TE)
-            token_idx_A, expert_idx_A = mask_TE.nonzero(as_tuple=True)
+        if self.training and not self.causal_topk:
+            rerouted_TE = self.controller.reroute(selection_TE, mask_TE)
+            if rerouted_TE is not mask_TE:
+                mask_TE = rerouted_TE
+                token_idx_A, expert_idx_A = mask_TE.nonzero(as_tuple=True)
         return token_idx_A, expert_idx_A, mask_TE
 
     def _select(self, biased_TE: torch.Tensor):
@@ -136,8 +140,9 @@ class Router(nn.Module):
             losses["aux_loss"] = cfg.aux_alpha * value
         if cfg.z_loss_beta > 0:
             losses["z_loss"] = cfg.z_loss_beta * balancing.z_loss(logits_TE)
-        if self.training and self.controller.prices:  # a controller that balances through a loss (phi)
-            losses[f"{self.controller.name}_loss"] = self.controller.loss(scores_TE)
+        priced = self.controller.loss(scores_TE) if self.training else None
+        if priced is not None:  # a controller that balances through a loss (phi)
+            losses[f"{self.controller.name}_loss"] = priced
         return losses
 
     def _check_bias_ready(self) -> bool:
@@ -145,9 +150,10 @@ class Router(nn.Module):
         return self._bias_ready_seen
 
     @torch.no_grad()
-    def _init_bias(self, scores_TE: torch.Tensor) -> None:
-        # NOTE: from the scores of every rank's first batch, so every rank starts at the same bias
-        self.expert_bias.copy_(self.controller.initial_bias(distributed.all_cat(scores_TE.detach())))
+    def _init_bias(self, scores_TE: torch.Tensor, logits_TE: torch.Tensor) -> None:
+        initial = self.controller.initial_bias(scores_TE.detach(), logits_TE.detach())
+        if initial is not None:
+            self.expert_bias.copy_(initial)
         self.bias_ready.fill_(True)
         self._bias_ready_seen = True
 

@@ -49,8 +49,7 @@ class SwappedGate(nn.Module):
         self.num_experts, self.dim = num_experts, dim
         # exactly k experts per token, token-major, whatever the batch: the ids and weights go to the
         # family's experts as views, with no padded slot for them to mask
-        self.fixed_k = not (cfg.capacity_factor > 0 or self.router.selection.variable_k
-                            or self.router.controller.reroutes)
+        self.fixed_k = not (cfg.capacity_factor > 0 or self.router.selection.variable_k)
         self.seq_len: int | None = None  # the batch's sequence length (the family passes [T, D] tokens)
         self.last_route: RouterOutput | None = None
 

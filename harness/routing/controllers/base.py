@@ -2,14 +2,16 @@
 
 A controller moves the selection bias b after each optimizer step (b enters selection only,
 never a gate). It is one registered `nn.Module` subclass in a file of its own. It declares its
-own settings (`params`, among them the shared `BIAS_RATE` and `BIAS_FREEZE` where it reads them),
-the selection rules it can steer (`selections`; None: any), the score functions it has a meaning for
-(`score_funcs`; None: any), whether it sets the budget of a rule
-that needs one (`sets_budget`, threshold selection), whether it starts the bias from the first
-batch's scores (`init_from_scores`), whether it watches each training forward's scores before
-they route (`observes`; it may set the bias that very forward uses), whether it has its own say
-over the training routing (`reroutes`), and whether it balances through a loss (`prices`). Its buffers are its state: registered with `register_buffer`, they are saved in
-the model's `state_dict` and so in checkpoints. After each optimizer step the router calls
+own settings (`params`, among them the shared `BIAS_RATE` and `BIAS_FREEZE` where it reads them)
+and its facts: the selection rules it can steer (`selections`; None: any), the score functions it
+has a meaning for (`score_funcs`; None: any), whether it sets the budget of a rule that needs one
+(`sets_budget`, threshold selection) and whether it moves the bias at all (`moves_bias`). Each phase
+of a forward is a hook with a default that does nothing, and the router calls every hook without
+asking what the controller is: `initial_bias` (the bias to start from, from the first batch),
+`observe` (each training forward's scores before they route), `selection_scores` (what the rule
+ranks or thresholds), `reroute` (its own say over the training routing) and `loss` (balancing
+through the gradient). Its buffers are its state: registered with `register_buffer`, they are
+saved in the model's `state_dict` and so in checkpoints. After each optimizer step the router calls
 `step` with the step's counts, summed over micro-batches and ranks. See docs/methods.md.
 
 Legend: T = tokens, E = routed experts.
@@ -40,10 +42,6 @@ class BiasController(nn.Module, ABC):
     selections: tuple[str, ...] | None = ("topk",)  # the selection rules it can steer (None: any)
     score_funcs: tuple[str, ...] | None = None  # the router.score_func values it has a meaning for (None: any)
     sets_budget = False  # it can steer a rule that needs a controller (threshold)
-    init_from_scores = False  # `initial_bias` from the first batch's scores (every rank's)
-    observes = False  # `observe` every training forward's scores
-    reroutes = False  # `reroute` the rule's selection in training
-    prices = False  # add a `loss` in training (balancing through the gradient, not the bias)
     moves_bias = True  # False for the control arm and for controllers that only price (phi)
     params: dict[str, Param] = {}  # its own settings, set as router.<name>
 
@@ -83,21 +81,30 @@ class BiasController(nn.Module, ABC):
         """One of its own settings in its router's config."""
         return self.setting(self.cfg, name)
 
-    def initial_bias(self, scores_TE: torch.Tensor) -> torch.Tensor:
-        """[E] the bias to start from (init_from_scores only)."""
-        raise NotImplementedError(f"{type(self).__name__} sets init_from_scores but has no initial_bias")
+    def initial_bias(self, scores_TE: torch.Tensor, logits_TE: torch.Tensor) -> torch.Tensor | None:
+        """[E] the bias to start from, given the first forward's scores and logits [T, E] (this rank's:
+        a controller that starts from them gathers every rank's, `distributed.all_cat`, so that every
+        rank starts at the same bias); None: start from 0."""
+        return None
 
     def observe(self, scores_TE: torch.Tensor, logits_TE: torch.Tensor, bias_E: torch.Tensor) -> torch.Tensor | None:
         """See one training forward's scores and logits [T, E] before it routes, with the bias [E] it
-        would route with (observes only; no gradient); a new bias returned is the one it routes with."""
+        would route with (no gradient); a new bias returned is the one it routes with."""
+        return None
+
+    def selection_scores(self, rule, logits_TE: torch.Tensor, scores_TE: torch.Tensor, bias_E: torch.Tensor,
+                         training: bool) -> torch.Tensor:
+        """What the selection `rule` ranks or thresholds [T, E] (no gradient): the rule's own choice
+        (scores plus bias), unless the controller decides in another space (Expert Threshold: logits)."""
+        return rule.selection_scores(logits_TE, scores_TE, bias_E, self.cfg, training)
 
     def reroute(self, biased_TE: torch.Tensor, mask_TE: torch.Tensor) -> torch.Tensor:
-        """The training forward's routing [T, E] (bool) in place of the rule's `mask_TE` (reroutes only)."""
+        """The training forward's routing [T, E] (bool); `mask_TE` itself (the rule's) to leave it."""
         return mask_TE
 
-    def loss(self, scores_TE: torch.Tensor) -> torch.Tensor:
-        """A training forward's balancing loss, already weighted (prices only); it reaches the router weights."""
-        raise NotImplementedError(f"{type(self).__name__} sets prices but has no loss")
+    def loss(self, scores_TE: torch.Tensor) -> torch.Tensor | None:
+        """A training forward's balancing loss, already weighted, that reaches the router weights; None: none."""
+        return None
 
     def step(self, bias_E: torch.Tensor, counts_E: torch.Tensor, num_tokens: int, progress: float):
         """The new bias after an optimizer step (None leaves it): `update`, unless the bias is frozen

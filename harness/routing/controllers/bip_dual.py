@@ -57,7 +57,6 @@ def solve(scores_TE: torch.Tensor, q_E: torch.Tensor, top_k: int, iters: int) ->
 
 @register_controller("bip_dual")
 class BipDual(BiasController):
-    observes = True
     params = {
         "bip_iters": Param(int, 2, "coordinate steps of the dual per update (the paper's T; unknown, 1-4)", low=1,
                            high=32),

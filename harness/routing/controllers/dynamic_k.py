@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from harness import distributed
 from harness.routing.controllers.base import BIAS_FREEZE, BIAS_RATE, BiasController, register_controller
 from harness.routing.params import Param
 
@@ -46,9 +47,9 @@ class DynamicK(BiasController):
     }
     selections = ("threshold",)
     sets_budget = True
-    init_from_scores = True
 
-    def initial_bias(self, scores_TE):
+    def initial_bias(self, scores_TE, logits_TE):
+        scores_TE = distributed.all_cat(scores_TE)  # NOTE: every rank's first batch: every rank starts the same
         return torch.full((self.num_experts,), threshold_init_bias(scores_TE, self.top_k), dtype=torch.float32,
                           device=scores_TE.device)
 

@@ -34,7 +34,6 @@ def price(ema_E: torch.Tensor, potential: str) -> torch.Tensor:
 @register_controller("phi_balance")
 class PhiBalance(BiasController):
     selections = None
-    prices = True
     moves_bias = False
     params = {
         "phi_weight": Param(float, 1e-3, "w: the loss is w n sum_i pbar_i pi_i", low=0.0),

@@ -55,8 +55,7 @@ class Quantile(BiasController):
               "bias_freeze_frac": BIAS_FREEZE}
     selections = ("topk", "threshold")
     sets_budget = True
-    init_from_scores = True
-    observes = True
+
     @classmethod
     def rate(cls, cfg) -> None:
         return None  # NOTE: an EMA toward a target, not steps of a rate: no travel in units of u
@@ -80,8 +79,9 @@ class Quantile(BiasController):
         # this step's scores, every micro-batch, per expert (summed over ranks at the update)
         self.register_buffer("step_hist", torch.zeros(num_experts, QB_BINS, dtype=torch.float64), persistent=False)
 
-    def initial_bias(self, scores_TE):
-        return -expert_quantiles(scores_TE, self.top_k)
+    def initial_bias(self, scores_TE, logits_TE):
+        # NOTE: every rank's first batch, so every rank starts at the same bias
+        return -expert_quantiles(distributed.all_cat(scores_TE), self.top_k)
 
     def observe(self, scores_TE, logits_TE, bias_E):
         histogram_add_(self.step_hist, scores_TE)
