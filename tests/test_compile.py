@@ -16,7 +16,7 @@ import torch
 
 from harness import tables
 from harness.engine.compile import WARMUP_STEPS
-from harness.engine.config import resolve
+from harness.suites.keys import resolve
 from harness.engine.families import FAMILIES
 from harness.engine.train import run
 from harness.routing import router_names

@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from harness import tables
-from harness.engine.config import resolve
+from harness.suites.keys import resolve
 from harness.engine.train import Trainer, corpus_for
 from tests.conftest import TINY_BASE, kill_mid_run, process_tree, wait_until
 

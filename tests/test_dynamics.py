@@ -55,7 +55,7 @@ def test_a_steady_drift_never_flips_and_travels_its_spread_in_units_of_u():
 
 
 def test_every_controller_run_has_the_dynamics_columns(tiny_settings):
-    from harness.engine.config import resolve
+    from harness.suites.keys import resolve
     from harness.engine.train import run
 
     record = run(resolve({**tiny_settings, "router": "loss_free", "router.bias_rate": 0.01,
@@ -78,7 +78,7 @@ def presets_by_controller():
 
 @pytest.mark.parametrize("mode, preset", presets_by_controller())
 def test_every_controller_records_its_speed_in_its_own_units(tiny_settings, mode, preset):
-    from harness.engine.config import resolve
+    from harness.suites.keys import resolve
     from harness.routing.controllers import get_controller
     from harness.engine.train import run
 

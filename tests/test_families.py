@@ -13,7 +13,8 @@ pytest.importorskip("transformers")
 
 from harness import tables  # noqa: E402
 from harness.cli import main  # noqa: E402
-from harness.engine.config import family_router, resolve  # noqa: E402
+from harness.engine.families.resolve import family_router  # noqa: E402
+from harness.suites.keys import resolve  # noqa: E402
 from harness.engine.families import FAMILIES, FamilyLM, transformers_module  # noqa: E402
 from harness.engine.model import model_config  # noqa: E402
 from harness.engine.train import run  # noqa: E402
@@ -37,7 +38,7 @@ def test_the_harness_router_as_the_familys_own_routing_equals_the_untouched_mode
     model = model_config("tiny", family=name, **{k.removeprefix("model."): v for k, v in SMALL.items()})
     cfg = family_router("native", model, {})  # the family's own routing, written as a harness router
     torch.manual_seed(0)
-    swapped = FamilyLM(FAMILIES.lookup(name), model, cfg).double()
+    swapped = FamilyLM(model, cfg).double()
     torch.manual_seed(0)
     reference = untouched(name, model).double()
     for config in (swapped.hf.config, reference.config):  # NOTE: the fast expert paths take no float64
@@ -74,7 +75,7 @@ def test_a_fixed_k_router_hands_its_routing_over_unpadded_and_the_rest_are_maske
     """Fixed k: the family's experts get [T, k] views and skip their masking of empty slots; variable
     k, drops and rerouting pad and keep it. The unmasked fixed-k block equals the masked one."""
     model = model_config("tiny", family=name, **{k.removeprefix("model."): v for k, v in SMALL.items()})
-    lm = FamilyLM(FAMILIES.lookup(name), model, family_router(router, model, {}))
+    lm = FamilyLM(model, family_router(router, model, {}))
     fixed = router == "loss_free"
     blocks = [b for b in lm.hf.modules() if getattr(b, "gate", None) in lm.gates]
     assert blocks and all(b.gate.fixed_k == fixed for b in blocks)
@@ -100,7 +101,7 @@ def test_every_size_runs_on_the_familys_fast_expert_path(name):
         assert widths and all(v % 8 == 0 for v in widths.values()), (size, widths)
     for size in ("tiny", "small"):
         model = model_config(size, family=name)
-        lm = FamilyLM(family, model, family_router("loss_free", model, {}))
+        lm = FamilyLM(model, family_router("loss_free", model, {}))
         assert lm.hf.config._experts_implementation not in (None, "eager")
         lm(torch.randint(0, model.vocab_size, (2, 16))).sum().backward()
 
@@ -121,7 +122,8 @@ def test_a_family_runs_from_a_suite_and_its_table_is_the_proxys_plus_the_family(
 
 @pytest.mark.parametrize("settings, message", [
     ({"model.family": "llama"}, r"model.family = 'llama' is not allowed; choose one of \['harness', 'deepseek_v3'"),
-    ({"model.family": "deepseek_v3", "model.num_layers": 1}, r"has no MoE layer \(its first layer is dense\)"),
+    ({"model.family": "deepseek_v3", "model.num_layers": 1},
+     r"has no MoE layer \(the family.s first 1 layer\(s\) are dense\): use model.num_layers >= 2"),
     ({"model.family": "mixtral", "router": "expert_choice"},
      r"needs a causal selection rule; router.selection = 'expert_choice' is not. Choose one of \['threshold', 'topk'"),
     ({"router": "native"}, r"router = 'native' runs a model family's own router: set model.family"),

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch._dynamo as dynamo
 
-from harness.engine.config import resolve
+from harness.suites.keys import resolve
 from harness.engine.model import MoETransformer
 from harness.routing import get_router_config, router_names
 from harness.engine.train import Trainer, corpus_for, run

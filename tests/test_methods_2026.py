@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from harness.engine.config import resolve
+from harness.suites.keys import resolve
 from harness.engine.train import run
 from harness.routing import Router, get_router_config
 from harness.routing.controllers.bip_dual import capacity_rank, solve

@@ -199,7 +199,7 @@ def test_a_model_setting_a_family_does_not_honour_is_refused(make_suite, tmp_pat
 
 @needs_transformers
 def test_a_size_that_carries_shared_experts_sizes_a_familys_yardstick_from_the_family():
-    from harness.engine.config import resolve
+    from harness.suites.keys import resolve
     from harness.engine.families import FAMILIES
 
     cfg = resolve({"size": "base", "model.family": "mixtral", "router": "loss_free"})

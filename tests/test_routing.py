@@ -515,7 +515,7 @@ def test_expert_choice_refuses_what_it_cannot_combine_with(bad, match):
 
 
 def test_expert_choice_chunk_must_divide_the_micro_batch():
-    from harness.engine.config import resolve
+    from harness.suites.keys import resolve
 
     with pytest.raises(ValueError, match=r"router.ec_chunk = 100 must divide the 2048 tokens.*batch_size 16"):
         resolve({"router": "expert_choice", "router.ec_chunk": 100, "model.seq_len": 128})

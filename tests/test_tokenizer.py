@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from harness.data import tokenizer
-from harness.engine.config import resolve
+from harness.suites.keys import resolve
 from harness.data.corpus import load_corpus
 from harness.engine.train import run
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from harness.engine import metrics
-from harness.engine.config import resolve
+from harness.suites.keys import resolve
 from harness.data.corpus import load_corpus, sample_batch, validation_batches
 from harness.engine.model import MoETransformer, model_config
 from harness.routing import get_router_config

@@ -1,11 +1,5 @@
-"""One run's configuration, resolved from flat dotted keys.
-
-Keys a suite, a sweep or `--set` may use:
-  router, size, seed, variant            the preset name, model size, seed and label
-  model.<field>, router.<field>, train.<field>, data.<field>, metrics.<field>
-Every value is type-checked against its field; a bad key or value raises ValueError naming it
-and the allowed keys or values.
-"""
+"""One run's configuration: the training section, the whole run's config (its run row and ids)
+and what only the whole config can check. Flat dotted keys are parsed into it by suites/keys.py."""
 
 from __future__ import annotations
 
@@ -14,21 +8,18 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
 import torch
 
-from harness._compat import tomllib
 from harness.data.corpus import DataConfig
 from harness.engine.livelog import check_log_to
 from harness.engine.metrics import MetricsConfig
-from harness.engine.model import ModelConfig, model_config
-from harness.engine.families import FAMILIES, HARNESS, family_names, transformers_module
-from harness.engine.families.base import NATIVE
-from harness.routing import ROUTERS, RouterConfig, get_router_config, router_fields
-from harness.routing.selection import SELECTIONS
+from harness.engine.model import ModelConfig
+from harness.engine.families import HARNESS
+from harness.engine.families.resolve import check_family
+from harness.routing import RouterConfig, router_fields
 from harness.routing.resolve import declared
-from harness.data.tokenizer import check_tokenizer
 
 
 def check_number(key: str, value: float, low: float | None = None, high: float | None = None,
@@ -157,72 +148,6 @@ def _digest(flat: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-INT64 = 2 ** 63
-SECTIONS = {"model": ModelConfig, "router": RouterConfig, "train": TrainConfig, "data": DataConfig,
-            "metrics": MetricsConfig}
-TOP_LEVEL = {"router": str, "size": str, "seed": int, "variant": str}  # router: a preset, or native (a family's own)
-
-
-def allowed_keys() -> list[str]:
-    keys = list(TOP_LEVEL)
-    for prefix, cls in SECTIONS.items():
-        names = router_fields() if prefix == "router" else [f.name for f in dataclasses.fields(cls)]
-        keys += [f"{prefix}.{name}" for name in names]
-    return keys + [f"router.{name}" for name in sorted(declared())]
-
-
-def parse_value(raw: str) -> Any:
-    """A `--set` value: TOML syntax (1e-3, true, [1, 2], "text"), else the plain string."""
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    out = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set {pair!r} must look like KEY=VALUE, e.g. --set train.steps=50")
-        out[key.strip()] = parse_value(raw.strip())
-    return out
-
-
-def _field_type(key: str):
-    if key in TOP_LEVEL:
-        return TOP_LEVEL[key]
-    prefix, _, name = key.partition(".")
-    if prefix == "router" and name in declared():  # a rule's or controller's own setting (routing/params.py)
-        return declared()[name].type
-    if prefix not in SECTIONS or name not in get_type_hints(SECTIONS[prefix]) or (
-            prefix == "router" and name not in router_fields()):
-        raise ValueError(f"unknown key {key!r}; allowed keys: {', '.join(allowed_keys())}")
-    return get_type_hints(SECTIONS[prefix])[name]
-
-
-def coerce(key: str, value: Any) -> Any:
-    """Check `value` against the type of `key`; ints are accepted where floats are expected."""
-    typ = _field_type(key)
-    if get_origin(typ) is Literal:
-        if value not in get_args(typ):
-            raise ValueError(f"{key} = {value!r} is not allowed; choose one of {list(get_args(typ))}")
-        return value
-    ok = {
-        bool: isinstance(value, bool),
-        int: isinstance(value, int) and not isinstance(value, bool),
-        float: isinstance(value, (int, float)) and not isinstance(value, bool),
-        str: isinstance(value, str),
-    }.get(typ, True)
-    if not ok:
-        hint = " (a whole number, e.g. 1000, not 1e3)" if typ is int and isinstance(value, float) else ""
-        raise ValueError(f"{key} expects a value of type {typ.__name__}{hint}, got {value!r}")
-    if typ is int and not -INT64 <= value < INT64:  # NOTE: every run-row column is a parquet int64
-        raise ValueError(f"{key} = {value} does not fit a 64-bit integer column; allowed: whole numbers of magnitude "
-                         f"below 2**63 ({INT64:.3g})")
-    return float(value) if typ is float else value
-
-
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -231,53 +156,11 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def family_router(preset: str, model: ModelConfig, overrides: dict[str, Any]) -> RouterConfig:
-    """The run's router: the preset with the user's router.* settings; in a family, the family's traits
-    first (its gate normalisation and scaling, DeepSeek's group limits) and the user's settings over
-    them; `router = "native"`, the family's own routing (the family's module runs it untouched)."""
-    if model.family == HARNESS:
-        if preset == NATIVE:
-            raise ValueError(f"router = 'native' runs a model family's own router: set model.family to one of "
-                             f"{family_names()[1:]}")
-        return get_router_config(preset, **overrides)
-    transformers_module()  # NOTE: a family needs the extra: say so before any run starts
-    family = FAMILIES.lookup(model.family)
-    if preset == NATIVE and overrides:
-        raise ValueError(f"router = 'native' is the family's router untouched: router.* settings do not apply; got "
-                         f"{sorted(f'router.{k}' for k in overrides)}")
-    base = family.native_preset if preset == NATIVE else preset
-    selection = overrides.get("selection", ROUTERS.lookup(base)().selection)
-    imposed = {k: v for k, v in family.router_traits(selection, model).items() if k not in overrides}
-    try:
-        return get_router_config(base, **{**imposed, **overrides})
-    except ValueError as err:  # NOTE: say which of the offending values the family set, not the user
-        named = {k: v for k, v in imposed.items() if k in str(err)}
-        if not named:
-            raise
-        raise ValueError(f"{err} (model.family = {family.name!r} sets "
-                         f"{', '.join(f'router.{k} = {v!r}' for k, v in named.items())} on every router swapped into "
-                         "it; set the key yourself to override it)") from None
-
-
-def check_family(cfg: RunConfig) -> None:
-    """A family evaluates token by token and needs at least one sparse layer."""
-    if cfg.model.family == HARNESS:
-        return
-    family = FAMILIES.lookup(cfg.model.family)
-    if family.moe_layers(cfg.model) < 1:
-        raise ValueError(f"model.family = {family.name!r} with model.num_layers = {cfg.model.num_layers} has no MoE "
-                         "layer (its first layer is dense): use model.num_layers >= 2")
-    if not cfg.router_cfg.rule.causal:
-        raise ValueError(f"model.family = {family.name!r} routes each token by itself at evaluation, so it needs a causal "
-                         f"selection rule; router.selection = {cfg.router_cfg.selection!r} is not. Choose one of "
-                         f"{sorted(n for n, r in SELECTIONS.items() if r.causal)}")
-
-
 def check_run(cfg: RunConfig, explicit_ep_sizes: bool) -> None:
     """What only the whole config can check: the router against the model's experts and the
     micro-batch, a family against the router, and simulated EP sizes the user named against the
     expert count."""
-    check_family(cfg)
+    check_family(cfg.model, cfg.router_cfg)
     experts, rule = cfg.model.num_experts, cfg.router_cfg.rule
     rule.check_layer(cfg.router_cfg, experts, cfg.model.top_k)
     rule.check_batch(cfg.router_cfg, cfg.train.batch_size * cfg.model.seq_len,
@@ -287,42 +170,3 @@ def check_run(cfg: RunConfig, explicit_ep_sizes: bool) -> None:
     if bad_sizes:
         raise ValueError(f"metrics.ep_sizes = {cfg.metrics.ep_sizes!r}: {bad_sizes} do not divide model.num_experts = "
                          f"{experts}; choose sizes among {[n for n in range(1, experts + 1) if experts % n == 0]}")
-
-
-def resolve(settings: dict[str, Any]) -> RunConfig:
-    """Build a validated RunConfig from flat dotted keys (defaults: softmax_topk, tiny, seed 0)."""
-    values = {key: coerce(key, value) for key, value in settings.items()}
-    sections: dict[str, dict[str, Any]] = {p: {} for p in SECTIONS}
-    for key, value in values.items():
-        if "." in key:
-            prefix, _, name = key.partition(".")
-            sections[prefix][name] = value
-    router = values.get("router", "softmax_topk")
-    data = DataConfig(**sections["data"])
-    bpe_vocab = check_tokenizer(data.tokenizer)
-    if bpe_vocab is not None:  # NOTE: the embedding follows the tokenizer unless the user sized it
-        given = sections["model"].setdefault("vocab_size", bpe_vocab)
-        if given < bpe_vocab:
-            raise ValueError(f"model.vocab_size = {given} is smaller than data.tokenizer = {data.tokenizer!r}'s "
-                             f"{bpe_vocab} tokens; leave model.vocab_size out (it follows the tokenizer) or set it "
-                             f">= {bpe_vocab}")
-    if values.get("seed", 0) < 0:
-        raise ValueError(f"seed = {values['seed']!r} must be a whole number >= 0")
-    train = TrainConfig(**sections["train"])
-    train = dataclasses.replace(train, device=resolve_device(train.device))
-    model = model_config(values.get("size", "tiny"), **sections["model"])
-    if model.family != HARNESS:
-        model = FAMILIES.lookup(model.family).fit_model(model, sections["model"])
-    cfg = RunConfig(
-        variant=values.get("variant", router),
-        router=router,
-        size=values.get("size", "tiny"),
-        seed=values.get("seed", 0),
-        model=model,
-        router_cfg=family_router(router, model, sections["router"]),
-        train=train,
-        data=data,
-        metrics=MetricsConfig(**sections["metrics"]),
-    )
-    check_run(cfg, explicit_ep_sizes="ep_sizes" in sections["metrics"])
-    return cfg

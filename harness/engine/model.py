@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.engine.families import FAMILIES, HARNESS, FamilyLM, family_names
+from harness.engine.families import HARNESS, FamilyLM
+from harness.engine.families.resolve import resolve_family
 from harness.engine.moe import DenseFFN, ExpertImpl, MoELayer
 from harness.routing import RouterConfig
 
@@ -52,8 +53,8 @@ class ModelConfig:
     family: str = HARNESS
 
     def __post_init__(self) -> None:
-        if self.family not in family_names():
-            raise ValueError(f"model.family = {self.family!r} is not allowed; choose one of {family_names()}")
+        # NOTE: resolved once, here; a plain attribute, not a field: the run row and run id are the fields'
+        self.family_class = resolve_family(self.family)
         for name in ("vocab_size", "dim", "num_layers", "num_heads", "seq_len", "num_experts", "top_k", "expert_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name} = {getattr(self, name)!r} must be >= 1")
@@ -179,13 +180,13 @@ class MoETransformer(nn.Module):
 
 def build_model(cfg: ModelConfig, router_cfg: RouterConfig, native: bool = False) -> nn.Module:
     """The run's model: the proxy, or a family's model with the router swapped in (its own if `native`)."""
-    if cfg.family == HARNESS:
+    if cfg.family_class is None:
         return MoETransformer(cfg, router_cfg)
-    return FamilyLM(FAMILIES.lookup(cfg.family), cfg, router_cfg, native=native)
+    return FamilyLM(cfg, router_cfg, native=native)
 
 
 def build_dense(cfg: ModelConfig, router_cfg: RouterConfig) -> nn.Module:
     """The dense twin of equal active width: the throughput yardstick, in the run's own architecture."""
-    if cfg.family == HARNESS:
+    if cfg.family_class is None:
         return MoETransformer(dataclasses.replace(cfg, ffn="dense"), router_cfg)
-    return FamilyLM(FAMILIES.lookup(cfg.family), cfg, router_cfg, dense=True)
+    return FamilyLM(cfg, router_cfg, dense=True)

@@ -1,6 +1,6 @@
 """One run: a RunConfig in, a flat record + step rows + load rows out.
 
-    from harness.engine.config import resolve
+    from harness.suites.keys import resolve
     from harness.engine.train import run
     result = run(resolve({"router": "loss_free", "train.steps": 50}))
 

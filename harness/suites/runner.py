@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from harness import distributed, metric_registry, tables
 from harness.analysis import sequential, stats
 from harness.engine.checkpoint import CheckpointMismatch
-from harness.engine.config import RunConfig, parse_overrides
+from harness.engine.config import RunConfig
+from harness.suites.keys import parse_overrides
 from harness.engine.train import RunResult, run
 from harness.errors import RunsFailed
 from harness.suites import workqueue

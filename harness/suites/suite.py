@@ -30,7 +30,8 @@ from typing import Any
 
 from harness import metric_registry
 from harness.analysis import sequential
-from harness.engine.config import RunConfig, resolve
+from harness.engine.config import RunConfig
+from harness.suites.keys import resolve
 from harness.engine.train import corpus_for
 from harness.suites import specfile
 from harness.suites.specfile import flatten, read_toml

@@ -37,7 +37,8 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from harness import tables
-from harness.engine.config import TrainConfig, parse_overrides, resolve
+from harness.engine.config import TrainConfig
+from harness.suites.keys import parse_overrides, resolve
 from harness.errors import RunsFailed
 from harness.suites.runner import run_or_fail
 from harness.analysis.report.sweep import best_trial

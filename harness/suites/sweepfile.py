@@ -10,7 +10,7 @@ from typing import Any
 
 import optuna
 
-from harness.engine.config import coerce, resolve
+from harness.suites.keys import coerce, resolve
 from harness.metric_registry import objectives
 from harness.suites import specfile
 from harness.suites.specfile import read_toml

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from harness.engine.compile import WARMUP_STEPS
-from harness.engine.config import resolve
+from harness.suites.keys import resolve
 from harness.engine.train import Trainer, corpus_for
 from tests.benchmarks.conftest import sync, tag
 

@@ -22,7 +22,7 @@ from tests.benchmarks.conftest import tag
 STEPS = 300
 RUN = """
 import json, sys
-from harness.engine.config import resolve
+from harness.suites.keys import resolve
 from harness.engine.train import run
 cfg = resolve({"size": "tiny", "router": "loss_free", "router.bias_rate": 0.01, "variant": sys.argv[2],
                "train.steps": int(sys.argv[1]), "train.eval_every": 0, "train.device": "cpu"})

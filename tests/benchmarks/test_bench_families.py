@@ -16,7 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from harness.engine.config import family_router, resolve
+from harness.engine.families.resolve import family_router
+from harness.suites.keys import resolve
 from harness.engine.families import FAMILIES, FamilyLM, sparse_blocks, transformers_module
 from harness.engine.model import model_config
 from harness.engine.train import Trainer, corpus_for
@@ -59,7 +60,7 @@ def block_of(family: str, router: str, device) -> tuple[nn.Module, torch.Tensor]
     model = model_config(SIZE, family=family)
     torch.manual_seed(0)
     if router == "harness":
-        lm = FamilyLM(FAMILIES.lookup(family), model, family_router("native", model, {}))
+        lm = FamilyLM(model, family_router("native", model, {}))
     else:
         transformers, spec = transformers_module(), FAMILIES.lookup(family)
         lm = getattr(transformers, spec.model_class)(getattr(transformers, spec.config_class)(**spec.hf_config(model)))

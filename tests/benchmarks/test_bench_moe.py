@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from harness.engine.config import resolve
+from harness.suites.keys import resolve
 from harness.data.corpus import sample_batch
 from harness.engine.model import MoETransformer
 from harness.engine.moe import DenseFFN, MoELayer

@@ -12,6 +12,7 @@ from torch import nn
 
 from harness.engine.families.base import FAMILIES, HARNESS, Family, family_names, transformers_module
 from harness.engine.families.gates import NativeGate, SwappedGate
+from harness.engine.families.resolve import check_moe_layers
 
 __all__ = ["FAMILIES", "HARNESS", "Family", "FamilyLM", "family_names", "transformers_module"]
 
@@ -25,8 +26,11 @@ class FamilyLM(nn.Module):
     """A family's causal LM with its gates swapped (or its own kept): token ids [B, L] in, logits
     [B, L, V] out, and `moe_layers` as the harness's proxy has them."""
 
-    def __init__(self, family: type[Family], model_cfg, router_cfg, native: bool = False, dense: bool = False):
+    def __init__(self, model_cfg, router_cfg, native: bool = False, dense: bool = False):
         super().__init__()
+        family = model_cfg.family_class
+        if not dense:
+            check_moe_layers(model_cfg)
         transformers = transformers_module()
         config = getattr(transformers, family.config_class)(
             **(family.dense_config(model_cfg) if dense else family.hf_config(model_cfg)))
@@ -45,9 +49,6 @@ class FamilyLM(nn.Module):
                 # 10-20 % of the block (a copy and two masked fills per call, in a profile)
                 block.experts._is_expert_parallel = True
             self.gates.append(gate)
-        if not dense and not self.gates:
-            raise ValueError(f"model.family = {family.name!r} with model.num_layers = {model_cfg.num_layers} has no MoE "
-                             "layer (its first layers are dense): use more layers")
 
     @property
     def moe_layers(self) -> list[nn.Module]:
@@ -61,5 +62,5 @@ class FamilyLM(nn.Module):
 
 # NOTE: every other module of this folder is a family that registers itself
 for _module in pkgutil.iter_modules(__path__):
-    if _module.name not in ("base", "gates"):
+    if _module.name not in ("base", "gates", "resolve"):
         importlib.import_module(f"{__name__}.{_module.name}")
