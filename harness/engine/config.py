@@ -128,11 +128,14 @@ class RunConfig:
 # NOTE: the router columns every run row has carried since 0.1, in their order: the router's fields
 # and the settings of the shipped methods; a setting the run's methods do not read shows its
 # declared default. A method's other settings follow, in the rows of its runs only. Run ids hash
-# these columns, so this list keeps them.
+# these columns, so this list keeps them; a router field added later is written only where it is set.
 ROUTER_COLUMNS = ("score_func", "selection", "ec_chunk", "route_norm", "route_scale", "capacity_factor", "drop_policy",
                   "sinkhorn_iters", "n_group", "topk_group", "output_form", "aux_alpha", "aux_scope", "aux_counts",
                   "z_loss_beta", "bias_mode", "bias_rate", "bias_update", "bias_center", "bias_freeze_frac", "qb_ema",
                   "dynamic_k_rule")
+
+
+ROUTER_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RouterConfig) if f.init and f.name != "params"}
 
 
 def router_columns(cfg: RouterConfig) -> dict[str, Any]:
@@ -141,7 +144,10 @@ def router_columns(cfg: RouterConfig) -> dict[str, Any]:
     every = declared()
     out = {name: getattr(cfg, name) if name in router_fields() else cfg.param(name) if name in mine
            else every[name].default for name in ROUTER_COLUMNS}
-    return {**out, **{name: cfg.param(name) for name in mine if name not in out}}
+    # NOTE: a router field added since 0.1 is written where it is set off its default, as a method's settings are
+    later = {name: getattr(cfg, name) for name in router_fields() if name not in out
+             and getattr(cfg, name) != ROUTER_DEFAULTS[name]}
+    return {**out, **later, **{name: cfg.param(name) for name in mine if name not in out}}
 
 
 def _digest(flat: dict[str, Any]) -> str:

@@ -27,6 +27,9 @@ DropPolicy = Literal["probs", "position"]
 class RouterConfig:
     # --- score function h: scores s = h(z), z = x W_r
     score_func: ScoreFunc = "softmax"
+    # a bias term in the router's linear map, z = x W_r + c (gpt-oss); it enters the logits, so the
+    # gates and the gradient too: not the selection-only bias of a controller
+    gate_bias: bool = False
     # --- selection rule, a registered name (selection/): topk (top-k of s + b), threshold (every
     # expert with s + b > 0: dynamic k), expert_choice (each expert takes its best tokens; not
     # causal), or one a user registered

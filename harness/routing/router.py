@@ -12,6 +12,7 @@ made by the driver after `optimizer.step()` with the counts of the whole step.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,13 @@ class Router(nn.Module):
         cfg = cfg if cfg.rule is not None else resolve_router(cfg)
         cfg.rule.check_layer(cfg, num_experts, top_k)
         self.cfg, self.num_experts, self.top_k = cfg, num_experts, top_k
-        self.gate = nn.Linear(dim, num_experts, bias=False)
+        self.gate = nn.Linear(dim, num_experts, bias=cfg.gate_bias)
+        if cfg.gate_bias:
+            nn.init.zeros_(self.gate.bias)
+        if cfg.route_norm and top_k == 1 and not cfg.rule.variable_k:
+            warnings.warn("router.route_norm = true with top_k = 1 makes every gate exactly 1 (so does gpt-oss's "
+                          "softmax over the top-k logits at k = 1): the LM loss gives the router weights no "
+                          "gradient, and only a balancing loss trains them", stacklevel=2)
         self.selection = cfg.rule
         self.causal_rule = self.selection if self.selection.causal else get_selection(CAUSAL_RULE)
         self.controller = cfg.controller(num_experts, top_k, cfg)  # its buffers: its state

@@ -17,9 +17,9 @@ from harness.engine.families.resolve import check_moe_layers
 __all__ = ["FAMILIES", "HARNESS", "Family", "FamilyLM", "family_names", "transformers_module"]
 
 
-def sparse_blocks(model: nn.Module) -> list[nn.Module]:
-    """The family's MoE blocks, in layer order: the modules with a `gate` and `experts`."""
-    return [m for m in model.modules() if hasattr(m, "gate") and hasattr(m, "experts")]
+def sparse_blocks(model: nn.Module, gate_name: str = "gate") -> list[nn.Module]:
+    """The family's MoE blocks, in layer order: the modules with `experts` and a router at `gate_name`."""
+    return [m for m in model.modules() if hasattr(m, gate_name) and hasattr(m, "experts")]
 
 
 class FamilyLM(nn.Module):
@@ -37,10 +37,11 @@ class FamilyLM(nn.Module):
         self.hf = getattr(transformers, family.model_class)(config).float()
         self.cfg, self.family = model_cfg, family
         self.gates = []
-        for block in [] if dense else sparse_blocks(self.hf):
-            gate = NativeGate(block.gate, model_cfg.num_experts, family.native_preset) if native else SwappedGate(
-                block.gate, model_cfg.dim, model_cfg.num_experts, model_cfg.top_k, router_cfg)
-            block.gate = gate
+        for block in [] if dense else sparse_blocks(self.hf, family.gate_name):
+            own = getattr(block, family.gate_name)
+            gate = NativeGate(family.own_gate(own, model_cfg), model_cfg.num_experts, family.native_preset) if native \
+                else SwappedGate(own, model_cfg.dim, model_cfg.num_experts, model_cfg.top_k, router_cfg)
+            setattr(block, family.gate_name, family.gate_in_block(gate, model_cfg))
             if not native and not gate.fixed_k and hasattr(block.experts, "_is_expert_parallel"):
                 # NOTE: transformers' fast expert paths (grouped_mm, batched_mm) leave a slot with no
                 # expert (id n) uninitialised unless this flag is on; it turns on only their masking of

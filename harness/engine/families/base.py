@@ -45,6 +45,19 @@ class Family:
     native_preset = "softmax_topk"  # the harness preset the family's own routing starts from
     traits: dict[str, Any] = {}  # router fields the family imposes on any router swapped in
     honours: frozenset[str] = COMMON  # the model.* settings it builds from; any other is refused
+    gate_name = "gate"  # the MoE block's attribute that holds its router
+    grouped_experts = True  # its experts take transformers' fast paths (grouped_mm, batched_mm)
+
+    @classmethod
+    def own_gate(cls, gate, model):
+        """The family's own gate as a module that answers (logits, weights [T, k], ids [T, k])."""
+        return gate
+
+    @classmethod
+    def gate_in_block(cls, gate, model):
+        """What the block holds at `gate_name` around a gate that answers (logits or scores, weights
+        [T, K], ids [T, K], id n: no expert): the call the family's block makes of its router."""
+        return gate
 
     @classmethod
     def fit_model(cls, model, explicit: dict[str, Any]):
@@ -87,6 +100,15 @@ def common(model) -> dict:
             "max_position_embeddings": model.seq_len, "rope_theta": model.rope_theta, "tie_word_embeddings": False,
             "num_experts_per_tok": model.top_k, "use_cache": False, "output_router_logits": False,
             "pad_token_id": None, "bos_token_id": None, "eos_token_id": None}
+
+
+ALIGN = 8  # elements: 16 bytes in bf16, which torch's grouped matmul needs of every stride
+
+
+def shared_width(model) -> int:
+    """The width of each of k routed experts and one shared expert that together cost what the proxy's
+    k experts of width expert_hidden cost a token: k h / (k + 1), a multiple of ALIGN."""
+    return max(ALIGN, ALIGN * round(model.top_k * model.expert_hidden / (model.top_k + 1) / ALIGN))
 
 
 def _instance(name: str, cls: type[Family]) -> type[Family]:

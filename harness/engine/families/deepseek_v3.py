@@ -12,14 +12,7 @@ layer fewer than the proxy of the same depth, and fewer parameters in all (its p
 
 from __future__ import annotations
 
-from harness.engine.families.base import Family, common, register_family
-
-
-ALIGN = 8  # elements: 16 bytes in bf16, which torch's grouped matmul needs of every stride
-
-
-def expert_width(model) -> int:
-    return max(ALIGN, ALIGN * round(model.top_k * model.expert_hidden / (model.top_k + 1) / ALIGN))
+from harness.engine.families.base import Family, common, register_family, shared_width as expert_width
 
 
 def groups(num_experts: int, top_k: int) -> tuple[int, int]:

@@ -46,6 +46,8 @@ class SwappedGate(nn.Module):
         self.router = Router(dim, num_experts, top_k, cfg)
         with torch.no_grad():
             self.router.gate.weight.copy_(native.weight)
+            if self.router.gate.bias is not None and getattr(native, "bias", None) is not None:
+                self.router.gate.bias.copy_(native.bias)  # gpt-oss's router bias term
         self.num_experts, self.dim = num_experts, dim
         # exactly k experts per token, token-major, whatever the batch: the ids and weights go to the
         # family's experts as views, with no padded slot for them to mask
