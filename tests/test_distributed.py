@@ -168,12 +168,14 @@ def test_torchrun_suite_writes_one_row_per_run_with_world_size_2(make_suite, tmp
     suite = make_suite([{"router": "loss_free"}, {"router": "dynamic_k"}])
     if importlib.util.find_spec("transformers"):  # a family under torchrun: its counts summed over the ranks too
         suite = make_suite([{"router": "loss_free"}, {"router": "dynamic_k"},
-                            {"router": "loss_free", "model.family": "mixtral", "label": "mixtral"}])
+                            {"router": "loss_free", "model.family": "mixtral", "label": "mixtral"},
+                            {"router": "loss_free", "model.family": "glm4_moe", "label": "glm4_moe"},
+                            {"router": "native", "model.family": "qwen3_5_moe", "label": "qwen3_5_moe"}])
     proc = subprocess.run(torchrun("run", suite, "--out", tmp_path, "--device", "cpu", "--no-progress"),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = tables.read(tmp_path / "tiny", "runs")
-    count = 3 if importlib.util.find_spec("transformers") else 2
+    count = 5 if importlib.util.find_spec("transformers") else 2
     assert len(runs) == count and set(runs["world_size"]) == {2} and runs["maxvio_compute"].notna().all()
     assert (runs["status"] == "ok").all() and proc.stdout.count(f"tiny: {count} runs in") == 1  # only rank 0 prints
 
@@ -201,8 +203,10 @@ KILLED = {"loss_free": {"router.bias_rate": 0.01}, "dynamic_k": {"router.bias_ra
           "expert_threshold": {"router.et_warmup_steps": 5},  # its thresholds, updates and warm-up count
           "bip_dual": {}, "dual_ascent": {"router.da_schedule": "inverse"},  # the schedule's count
           "phi_balance": {"router.phi_weight": 0.05},  # its EMA of the probabilities
-          "loss_free@qwen3_moe": {"model.family": "qwen3_moe", "model.dim": 32, "model.num_heads": 2,
-                                  "model.expert_hidden": 32}}  # a transformers family with the router swapped in
+          # transformers families, with the router swapped in and with their own
+          **{f"{router}@{family}": {"model.family": family, "model.dim": 32, "model.num_heads": 2,
+                                    "model.expert_hidden": 32}
+             for router, family in (("loss_free", "qwen3_moe"), ("loss_free", "llama4"), ("native", "gpt_oss"))}}
 
 
 @pytest.mark.parametrize("case", list(KILLED))

@@ -21,6 +21,7 @@ from harness.engine.families import FAMILIES, FamilyLM, sparse_blocks, transform
 from harness.engine.model import model_config  # noqa: E402
 from harness.engine.train import run  # noqa: E402
 
+NEW_2026 = ("glm4_moe", "qwen3_5_moe", "gpt_oss", "llama4")  # the families of issue 34
 SMALL = {"model.dim": 32, "model.num_heads": 2, "model.seq_len": 16, "model.expert_hidden": 32, "model.num_layers": 2}
 
 
@@ -158,7 +159,9 @@ def test_a_family_suite_under_jobs_2_gives_the_rows_of_one_process(make_suite, t
     import subprocess
     import sys
 
-    suite = make_suite([{"router": "loss_free", "model.family": "olmoe"}, {"router": "smebu", "model.family": "olmoe"}],
+    suite = make_suite([{"router": "loss_free", "model.family": "olmoe"}, {"router": "smebu", "model.family": "olmoe"},
+                        *({"router": router, "model.family": family, "label": f"{router}@{family}"}
+                          for family in NEW_2026 for router in ("loss_free", "native"))],
                        base={**SMALL, "train.steps": 4})
     frames = []
     for jobs, folder in (("1", "one"), ("2", "two")):
@@ -168,6 +171,6 @@ def test_a_family_suite_under_jobs_2_gives_the_rows_of_one_process(make_suite, t
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
         frames.append(tables.read(tmp_path / folder / "tiny").sort_values("variant").reset_index(drop=True))
     one, two = frames
-    assert set(one["model.family"]) == {"olmoe"} and (one["status"] == "ok").all()
+    assert set(one["model.family"]) == {"olmoe", *NEW_2026} and (one["status"] == "ok").all()
     for column in ("run_id", "val_loss", "maxvio_global", "train_loss"):
         assert one[column].tolist() == two[column].tolist(), column

@@ -1,6 +1,7 @@
 """Router behaviour a user would notice, parametrized over every registered preset."""
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -521,3 +522,36 @@ def test_expert_choice_chunk_must_divide_the_micro_batch():
         resolve({"router": "expert_choice", "router.ec_chunk": 100, "model.seq_len": 128})
     with pytest.raises(ValueError, match="ec_chunk = 24 must divide the 32 tokens"):
         make_router("expert_choice", ec_chunk=24)(torch.randn(32, DIM))
+
+
+def test_a_router_bias_term_moves_the_logits_and_trains_and_its_column_is_written_only_where_set(tiny_settings):
+    """router.gate_bias (gpt-oss's router bias): z = x W + c, c starting at 0 and reaching the gradient;
+    a run that leaves it off keeps the row, and so the run id, it had before the field existed."""
+    from harness.engine.train import run
+    from harness.suites.keys import resolve
+
+    router = make_router("softmax_topk", gate_bias=True)
+    assert router.gate.bias is not None and not router.gate.bias.any()
+    with torch.no_grad():
+        router.gate.bias.copy_(torch.arange(NUM_EXPERTS, dtype=torch.float32))
+    x = torch.randn(32, DIM)
+    out = router(x)
+    torch.testing.assert_close(out.scores_TE, torch.softmax(x @ router.gate.weight.T + router.gate.bias, -1))
+    out.gate_A.sum().backward()
+    assert router.gate.bias.grad is not None and router.gate.bias.grad.abs().sum() > 0
+    plain, biased = (resolve({**tiny_settings, "router": "loss_free", **extra}) for extra in ({}, {"router.gate_bias": True}))
+    assert "router.gate_bias" not in plain.flat() and biased.flat()["router.gate_bias"] is True
+    assert plain.run_id != biased.run_id
+    record = run(resolve({**tiny_settings, "router": "loss_free", "router.gate_bias": True, "train.steps": 3})).record
+    assert record["status"] == "ok" and record["router.gate_bias"] is True
+
+
+def test_route_norm_at_k_1_warns_that_the_router_gets_no_gradient():
+    with pytest.warns(UserWarning, match="top_k = 1 makes every gate exactly 1"):
+        router = Router(DIM, NUM_EXPERTS, 1, get_router_config("softmax_topk", route_norm=True))
+    out = router(torch.randn(8, DIM))
+    assert torch.equal(out.gate_A, torch.ones_like(out.gate_A))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Router(DIM, NUM_EXPERTS, 2, get_router_config("softmax_topk", route_norm=True))
+        Router(DIM, NUM_EXPERTS, 1, get_router_config("softmax_topk", route_norm=False))
