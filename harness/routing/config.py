@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-ScoreFunc = Literal["softmax", "sigmoid", "relu", "softplus"]
+ScoreFunc = Literal["softmax", "sigmoid", "relu", "softplus", "sqrtsoftplus"]
 OutputForm = Literal["plain", "magnitude"]
 AuxScope = Literal["micro_batch", "sequence", "global_batch"]
 AuxCounts = Literal["dispatched", "unbiased"]

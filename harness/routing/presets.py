@@ -166,3 +166,45 @@ def dual_ascent() -> RouterConfig:
 def phi_balance() -> RouterConfig:
     """phi-balancing, reconstructed (2605.15403): softmax top-k, experts priced at an EMA of their probabilities."""
     return softmax_topk().replace(bias_mode="phi_balance")
+
+
+# --- the routers of the 2026 models as released, as far as their reports and configs pin them down
+# (docs/methods.md says how sure each is); inside their own family (model.family) the family's
+# traits are added, outside it they run on the proxy
+
+
+@register_router("deepseek_v4")
+def deepseek_v4() -> RouterConfig:
+    """DeepSeek-V4-like: sqrt(softplus) scores, Loss-Free sign bias u = 1e-3, gates renormalised x 1.5; no hash layers."""
+    return loss_free().replace(score_func="sqrtsoftplus", route_scale=1.5)
+
+
+@register_router("glm5")
+def glm5() -> RouterConfig:
+    """GLM-4.5/5-like: sigmoid top-k, Loss-Free sign bias u = 1e-3, sequence aux 1e-4, gates renormalised x 2.5."""
+    return deepseek_v3().replace(route_scale=2.5)
+
+
+@register_router("qwen3_5")
+def qwen3_5() -> RouterConfig:
+    """Qwen3.5-like: softmax top-k, gates renormalised, global-batch aux loss, alpha 1e-3 (F/k convention)."""
+    return softmax_topk().replace(aux_alpha=1e-3, aux_scope="global_batch")
+
+
+@register_router("kimi_k3")
+def kimi_k3() -> RouterConfig:
+    """Kimi-K3-like: sigmoid top-k, gates renormalised, correction bias set by quantile balancing (Su), EMA 0.9."""
+    return quantile_balancing()
+
+
+@register_router("gpt_oss")
+def gpt_oss() -> RouterConfig:
+    """gpt-oss-like: a router bias term, softmax over the top-k logits (renormalised softmax top-k), aux 1e-3."""
+    return softmax_topk().replace(gate_bias=True, aux_alpha=1e-3)
+
+
+@register_router("llama4")
+def llama4() -> RouterConfig:
+    """Llama-4-like: sigmoid top-k, gates not renormalised, aux 1e-3; the llama4 family scales the expert input."""
+    return sigmoid_topk().replace(route_norm=False, aux_alpha=1e-3)
+

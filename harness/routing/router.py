@@ -29,6 +29,7 @@ SCORE_FUNCS = {
     "sigmoid": torch.sigmoid,
     "relu": F.relu,
     "softplus": F.softplus,
+    "sqrtsoftplus": lambda z: F.softplus(z).sqrt(),  # DeepSeek-V4's
 }
 
 

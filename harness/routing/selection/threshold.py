@@ -14,7 +14,7 @@ class Threshold(SelectionRule):
     needs_controller = True
     # NOTE: softmax scores sum to 1 over the experts, so one threshold on them is a budget shared by
     # every expert, not a per-expert cut: no sensible meaning
-    score_funcs = ("sigmoid", "relu", "softplus")
+    score_funcs = ("sigmoid", "relu", "softplus", "sqrtsoftplus")
 
     def select(self, biased_TE: torch.Tensor, top_k: int, cfg) -> Selected:
         mask_TE = biased_TE > 0
