@@ -106,8 +106,8 @@ class Router(nn.Module):
 
     def _route(self, logits_TE: torch.Tensor, scores_TE: torch.Tensor):
         """Which experts each token goes to: the bias made ready (from the first batch; by a controller
-        that watches each training forward), the rule's selection, then, in training, a controller's
-        own say over the routing (Expert Threshold's warm-up and capacity clamp)."""
+        that watches each training forward), the rule's selection, then, in training, the rule's and the
+        controller's own say over the routing (token rounding; Expert Threshold's warm-up and clamp)."""
         if not self._bias_ready_seen and not self._check_bias_ready():
             self._init_bias(scores_TE, logits_TE)
         if self.training:
@@ -118,12 +118,14 @@ class Router(nn.Module):
         with torch.no_grad():
             selection_TE = self.controller.selection_scores(self.selection, logits_TE, scores_TE, self.expert_bias,
                                                             self.training)
-        token_idx_A, expert_idx_A, mask_TE = self._select(selection_TE)
-        if self.training and not self.causal_topk:
-            rerouted_TE = self.controller.reroute(selection_TE, mask_TE)
-            if rerouted_TE is not mask_TE:
-                mask_TE = rerouted_TE
-                token_idx_A, expert_idx_A = mask_TE.nonzero(as_tuple=True)
+        selected = self._select(selection_TE)
+        if not self.training or self.causal_topk:
+            return selected
+        token_idx_A, expert_idx_A, mask_TE = self.selection.reroute(selection_TE, selected, self.top_k, self.cfg)
+        rerouted_TE = self.controller.reroute(selection_TE, mask_TE)
+        if rerouted_TE is not mask_TE:
+            mask_TE = rerouted_TE
+            token_idx_A, expert_idx_A = mask_TE.nonzero(as_tuple=True)
         return token_idx_A, expert_idx_A, mask_TE
 
     def _select(self, biased_TE: torch.Tensor):

@@ -3,7 +3,9 @@
 A rule is one registered class in a file of its own. It declares its traits (`causal`: a
 token's experts depend on that token and earlier ones only; `variable_k`: the number of experts
 per token varies; `needs_controller`: something must set the bias that steers it), its own
-settings (`params`), the score functions it has a meaning for (`score_funcs`), its checks on a config, and `select`s. The router dispatches to the rule its
+settings (`params`), the score functions it has a meaning for (`score_funcs`), its checks on a config, and `select`s;
+it may also rank other scores than the biased ones (`selection_scores`) and, in training only, change
+what it selected (`reroute`: token rounding). The router dispatches to the rule its
 resolved config holds; the allowed values of `router.selection` are the registered names.
 
 Legend: T = tokens, E = routed experts, A = (token, expert) assignments, token-major order.
@@ -52,6 +54,11 @@ class SelectionRule(ABC):
     @abstractmethod
     def select(self, biased_TE: torch.Tensor, top_k: int, cfg: RouterConfig) -> Selected:
         """Which experts each token goes to, from the scores plus the bias [T, E]."""
+
+    def reroute(self, biased_TE: torch.Tensor, selected: Selected, top_k: int, cfg: RouterConfig) -> Selected:
+        """A training forward's routing in place of `select`'s (evaluation keeps `select`'s); `selected`
+        itself to leave it (the default)."""
+        return selected
 
 
 def _instance(name: str, cls: type[SelectionRule]) -> SelectionRule:
