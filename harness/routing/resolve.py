@@ -90,7 +90,7 @@ def check_settings(cfg: RouterConfig, given: dict, mine: dict[str, Param]) -> di
 def check_fit(cfg: RouterConfig) -> None:
     """What only the rule, the controller and the fields together can check."""
     steers = cfg.controller.selections
-    if steers is not None and cfg.selection not in steers:
+    if steers is not None and cfg.rule.steered_as not in steers:
         raise ValueError(f"router.bias_mode = {cfg.bias_mode!r} steers selection in {list(steers)}, not "
                          f"router.selection = {cfg.selection!r}")
     if cfg.rule.needs_controller and not cfg.controller.sets_budget:

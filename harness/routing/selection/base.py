@@ -30,8 +30,15 @@ class SelectionRule(ABC):
     causal = True  # a token's experts depend on it and earlier tokens only
     variable_k = False  # the number of experts per token varies
     needs_controller = False  # threshold-like rules fire nothing sensible without a bias that sets a budget
+    refines: str | None = None  # the rule it changes in training only (token rounding: topk): controllers
+    #                             that steer that rule steer this one, and `select` is that rule's
     score_funcs: tuple[str, ...] | None = None  # the router.score_func values it has a meaning for (None: any)
     params: dict[str, Param] = {}  # its own settings, set as router.<name>
+
+    @property
+    def steered_as(self) -> str:
+        """The rule name a controller's `selections` are matched against."""
+        return self.refines or self.name
 
     def param(self, cfg: RouterConfig, name: str):
         """One of its own settings in `cfg`: as set, else its declared default."""
