@@ -16,6 +16,7 @@ pytest.importorskip("transformers")
 from harness import tables  # noqa: E402
 from harness.cli import main  # noqa: E402
 from harness.engine.families.resolve import family_router  # noqa: E402
+from harness.routing.selection import SELECTIONS  # noqa: E402
 from harness.suites.keys import resolve  # noqa: E402
 from harness.engine.families import FAMILIES, FamilyLM, sparse_blocks, transformers_module  # noqa: E402
 from harness.engine.model import model_config  # noqa: E402
@@ -131,7 +132,8 @@ def test_a_family_runs_from_a_suite_and_its_table_is_the_proxys_plus_the_family(
     ({"model.family": "deepseek_v3", "model.num_layers": 1},
      r"has no MoE layer \(the family.s first 1 layer\(s\) are dense\): use model.num_layers >= 2"),
     ({"model.family": "mixtral", "router": "expert_choice"},
-     r"needs a causal selection rule; router.selection = 'expert_choice' is not. Choose one of \['threshold', 'topk'"),
+     r"needs a causal selection rule; router.selection = 'expert_choice' is not. Choose one of "
+     + re.escape(str(sorted(n for n, rule in SELECTIONS.items() if rule.causal)))),
     ({"router": "native"}, r"router = 'native' runs a model family's own router: set model.family"),
 ])
 def test_a_bad_family_exits_2_and_writes_nothing(make_suite, tmp_path, capsys, settings, message):
