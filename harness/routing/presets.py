@@ -208,3 +208,9 @@ def llama4() -> RouterConfig:
     """Llama-4-like: sigmoid top-k, gates not renormalised, aux 1e-3; the llama4 family scales the expert input."""
     return sigmoid_topk().replace(route_norm=False, aux_alpha=1e-3)
 
+
+@register_router("token_rounding")
+def token_rounding() -> RouterConfig:
+    """Token rounding (SonicMoE): softmax top-k whose training counts are rounded to tiles of 16 tokens."""
+    return softmax_topk().replace(selection="token_rounding", tr_tile=16)
+
