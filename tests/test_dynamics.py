@@ -90,9 +90,10 @@ def test_every_controller_records_its_speed_in_its_own_units(tiny_settings, mode
         return
     assert record["controller_speed_of"] == controller.speed_of(cfg.router_cfg)
     assert record["controller_speed"] == pytest.approx(controller.speed(cfg.router_cfg))
-    expected = {"quantile": lambda c: 1 - c.param("qb_ema"), "expert_threshold": lambda c: 1 - c.param("et_beta"),
-                "dual_ascent": lambda c: c.param("da_eps"), "bip_dual": lambda c: c.param("bip_iters")}.get(
-        mode, lambda c: c.param("bias_rate"))(cfg.router_cfg)
+    # NOTE: the controller says what its speed is ("router.x" or "1 - router.x"); the run records that setting
+    said = controller.speed_of(cfg.router_cfg)
+    setting = cfg.router_cfg.param(said.split("router.")[1])
+    expected = 1 - setting if said.startswith("1 - ") else setting
     assert record["controller_speed"] == pytest.approx(expected) and expected > 0
     assert (controller.rate(cfg.router_cfg) is None) == pd.isna(record["bias_travel"])  # travel in u where u drives it
 
