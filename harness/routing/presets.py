@@ -214,3 +214,9 @@ def token_rounding() -> RouterConfig:
     """Token rounding (SonicMoE): softmax top-k whose training counts are rounded to tiles of 16 tokens."""
     return softmax_topk().replace(selection="token_rounding", tr_tile=16)
 
+
+@register_router("capacity_price")
+def capacity_price() -> RouterConfig:
+    """Capacity pricing (Megatron): sigmoid top-k of logits less a price that rises only above 1.1x balanced load."""
+    return sigmoid_topk().replace(bias_mode="capacity_price")
+
