@@ -7,6 +7,7 @@ from harness.engine.moe import MoELayer, swiglu, unit_rms
 from harness.routing import get_router_config, router_names
 
 DIM, HIDDEN, NUM_EXPERTS, TOP_K = 16, 32, 8, 2
+IDS = torch.arange(12).view(2, 6) * 7  # the tokens' ids, for a rule that routes by them (hash)
 
 
 def make_layer(name: str, impl: str = "loop", num_shared: int = 0, seed: int = 0) -> MoELayer:
@@ -17,7 +18,7 @@ def make_layer(name: str, impl: str = "loop", num_shared: int = 0, seed: int = 0
 def reference_forward(layer: MoELayer, x_BLD: torch.Tensor) -> torch.Tensor:
     """Token by token, expert by expert, with the selection and gates the router chose."""
     x_TD = x_BLD.reshape(-1, DIM)
-    route = layer.router(x_TD, seq_len=x_BLD.shape[1])
+    route = layer.router(x_TD, seq_len=x_BLD.shape[1], token_ids=IDS.reshape(-1))
     e = layer.experts
     rows = []
     for t in range(x_TD.shape[0]):
@@ -43,9 +44,9 @@ def grads(layer: MoELayer) -> dict[str, torch.Tensor]:
 def test_layer_equals_per_token_reference(name, impl):
     layer = make_layer(name, impl, num_shared=1)
     x = torch.randn(2, 6, DIM, requires_grad=True)
-    layer(x)  # the first call initialises a dynamic-k bias; compare from the second on
+    layer(x, token_ids=IDS)  # the first call initialises a dynamic-k bias; compare from the second on
     layer.zero_grad()
-    out = layer(x)
+    out = layer(x, token_ids=IDS)
     (x_grad,) = torch.autograd.grad(out.square().sum(), x, retain_graph=True)
     out.square().sum().backward()
     fast_grads = grads(layer)

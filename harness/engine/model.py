@@ -145,9 +145,9 @@ class Block(nn.Module):
             self.ffn = MoELayer(cfg.dim, cfg.expert_hidden, cfg.num_experts, cfg.top_k, router_cfg,
                                 cfg.num_shared, cfg.expert_impl)
 
-    def forward(self, x, cos, sin):
+    def forward(self, x, cos, sin, idx_BL=None):
         x = x + self.attn(self.attn_norm(x), cos, sin)
-        return x + self.ffn(self.ffn_norm(x))
+        return x + self.ffn(self.ffn_norm(x), token_ids=idx_BL)  # NOTE: a rule may route by token id (hash)
 
 
 class MoETransformer(nn.Module):
@@ -174,7 +174,7 @@ class MoETransformer(nn.Module):
     def forward(self, idx_BL: torch.Tensor) -> torch.Tensor:
         x = self.embed(idx_BL)
         for block in self.blocks:
-            x = block(x, self.rope_cos, self.rope_sin)
+            x = block(x, self.rope_cos, self.rope_sin, idx_BL)
         return self.head(self.norm(x))  # [B, L, vocab]
 
 

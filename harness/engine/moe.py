@@ -92,7 +92,7 @@ class DenseFFN(nn.Module):
         self.w3 = nn.Linear(dim, hidden, bias=False)
         self.w2 = nn.Linear(hidden, dim, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
@@ -116,9 +116,11 @@ class MoELayer(nn.Module):
         self.normalize_output = router_cfg.output_form == "magnitude"
         self.last_route: RouterOutput | None = None  # read by the driver for counts and losses
 
-    def forward(self, x_BLD: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BLD: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """`token_ids` [B, L] (or [T]): the tokens' ids, for a rule that routes by them (hash)."""
         x_TD = x_BLD.reshape(-1, x_BLD.shape[-1])
-        route = self.router(x_TD, seq_len=x_BLD.shape[1] if x_BLD.dim() == 3 else None)
+        route = self.router(x_TD, seq_len=x_BLD.shape[1] if x_BLD.dim() == 3 else None,
+                            token_ids=None if token_ids is None else token_ids.reshape(-1))
         self.last_route = route
         order_A = route.expert_idx_A.argsort(stable=True)
         token_A = route.token_idx_A[order_A]

@@ -76,11 +76,13 @@ class Router(nn.Module):
         # for a second validation pass, val_loss_causal)
         self.causal_topk = False
 
-    def forward(self, x_TD: torch.Tensor, seq_len: int | None = None) -> RouterOutput:
+    def forward(self, x_TD: torch.Tensor, seq_len: int | None = None,
+                token_ids: torch.Tensor | None = None) -> RouterOutput:
+        """`token_ids` [T]: the tokens' ids, which a rule may route by (hash selection); None: not known."""
         cfg = self.cfg
         logits_TE = self.gate(x_TD).float()
         scores_TE = SCORE_FUNCS[cfg.score_func](logits_TE)
-        token_idx_A, expert_idx_A, mask_TE = self._route(logits_TE, scores_TE)
+        token_idx_A, expert_idx_A, mask_TE = self._route(logits_TE, scores_TE, token_ids)
         gate_A = scores_TE[token_idx_A, expert_idx_A]
         if cfg.route_norm:
             denom_T = torch.zeros_like(scores_TE[:, 0]).index_add(0, token_idx_A, gate_A)
@@ -104,7 +106,7 @@ class Router(nn.Module):
         dispatch_E = counts_E.long() if num_dropped is None else torch.bincount(expert_idx_A, minlength=self.num_experts)
         return RouterOutput(token_idx_A, expert_idx_A, gate_A, counts_E, scores_TE, aux, num_dropped, dispatch_E)
 
-    def _route(self, logits_TE: torch.Tensor, scores_TE: torch.Tensor):
+    def _route(self, logits_TE: torch.Tensor, scores_TE: torch.Tensor, token_ids: torch.Tensor | None = None):
         """Which experts each token goes to: the bias made ready (from the first batch; by a controller
         that watches each training forward), the rule's selection, then, in training, the rule's and the
         controller's own say over the routing (token rounding; Expert Threshold's warm-up and clamp)."""
@@ -118,7 +120,7 @@ class Router(nn.Module):
         with torch.no_grad():
             selection_TE = self.controller.selection_scores(self.selection, logits_TE, scores_TE, self.expert_bias,
                                                             self.training)
-        selected = self._select(selection_TE)
+        selected = self._select(selection_TE, token_ids)
         if not self.training or self.causal_topk:
             return selected
         token_idx_A, expert_idx_A, mask_TE = self.selection.reroute(selection_TE, selected, self.top_k, self.cfg)
@@ -128,9 +130,9 @@ class Router(nn.Module):
             token_idx_A, expert_idx_A = mask_TE.nonzero(as_tuple=True)
         return token_idx_A, expert_idx_A, mask_TE
 
-    def _select(self, biased_TE: torch.Tensor):
+    def _select(self, biased_TE: torch.Tensor, token_ids: torch.Tensor | None = None):
         rule = self.causal_rule if self.causal_topk else self.selection
-        return rule.select(biased_TE, self.top_k, self.cfg)
+        return rule.select_tokens(biased_TE, token_ids, self.top_k, self.cfg)
 
     def _aux_losses(self, logits_TE, scores_TE, mask_TE, counts_E, seq_len) -> dict[str, torch.Tensor]:
         cfg, losses = self.cfg, {}

@@ -57,7 +57,7 @@ class FamilyLM(nn.Module):
 
     def forward(self, idx_BL: torch.Tensor) -> torch.Tensor:
         for gate in self.gates:
-            gate.seq_len = idx_BL.shape[1]
+            gate.seq_len, gate.token_ids = idx_BL.shape[1], idx_BL
         return self.hf(input_ids=idx_BL, use_cache=False).logits
 
 

@@ -53,11 +53,13 @@ class SwappedGate(nn.Module):
         # family's experts as views, with no padded slot for them to mask
         self.fixed_k = not (cfg.capacity_factor > 0 or self.router.selection.variable_k)
         self.seq_len: int | None = None  # the batch's sequence length (the family passes [T, D] tokens)
+        self.token_ids: torch.Tensor | None = None  # the batch's token ids [B, L], for a rule that routes by them
         self.last_route: RouterOutput | None = None
 
     def forward(self, hidden):
         x_TD = hidden.reshape(-1, self.dim)
-        route = self.router(x_TD, seq_len=self.seq_len)
+        ids = None if self.token_ids is None else self.token_ids.reshape(-1)
+        route = self.router(x_TD, seq_len=self.seq_len, token_ids=ids)
         self.last_route = route
         if self.fixed_k:  # NOTE: a view fails loudly if a route ever breaks the promise
             ids_TK = route.expert_idx_A.view(x_TD.shape[0], self.router.top_k)

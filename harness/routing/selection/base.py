@@ -30,6 +30,7 @@ class SelectionRule(ABC):
     causal = True  # a token's experts depend on it and earlier tokens only
     variable_k = False  # the number of experts per token varies
     needs_controller = False  # threshold-like rules fire nothing sensible without a bias that sets a budget
+    by_token_id = False  # its experts come from the tokens' ids, not the scores (hash: `select_tokens`)
     refines: str | None = None  # the rule it changes in training only (token rounding: topk): controllers
     #                             that steer that rule steer this one, and `select` is that rule's
     score_funcs: tuple[str, ...] | None = None  # the router.score_func values it has a meaning for (None: any)
@@ -61,6 +62,12 @@ class SelectionRule(ABC):
     @abstractmethod
     def select(self, biased_TE: torch.Tensor, top_k: int, cfg: RouterConfig) -> Selected:
         """Which experts each token goes to, from the scores plus the bias [T, E]."""
+
+    def select_tokens(self, biased_TE: torch.Tensor, token_ids_T: torch.Tensor | None, top_k: int,
+                      cfg: RouterConfig) -> Selected:
+        """`select`, given the tokens' ids [T] too (None where the caller does not know them): a rule
+        that routes by token id (hash) overrides this; every other rule ignores them."""
+        return self.select(biased_TE, top_k, cfg)
 
     def reroute(self, biased_TE: torch.Tensor, selected: Selected, top_k: int, cfg: RouterConfig) -> Selected:
         """A training forward's routing in place of `select`'s (evaluation keeps `select`'s); `selected`
