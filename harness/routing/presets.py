@@ -220,3 +220,9 @@ def capacity_price() -> RouterConfig:
     """Capacity pricing (Megatron): sigmoid top-k of logits less a price that rises only above 1.1x balanced load."""
     return sigmoid_topk().replace(bias_mode="capacity_price")
 
+
+@register_router("hash")
+def hash_routing() -> RouterConfig:
+    """Hash routing (DeepSeek-V4's first layers): each token's k experts fixed by its id (round-robin), no balancing."""
+    return RouterConfig(score_func="sqrtsoftplus", selection="hash", route_norm=True, route_scale=1.5)
+
