@@ -4,7 +4,7 @@ positive by nature, number format, and one line of meaning.
 The bottom layer of the package: it imports nothing of the harness, so the report, the suite
 summary, the paired statistics, the sweep objectives and the live log read it without pulling
 in the trainer or torch. The built-in columns are declared at the end of this file, grouped by
-the engine module that computes them; a plugin declares its own with `register_metric`. A family
+the engine module that computes them; a plugin declares its own with `register_metric`. A series
 of columns (one per EP size, one per capacity factor) is one registration with a pattern:
 `ep{N}_efficiency`.
 
@@ -28,8 +28,8 @@ BALANCED_MAXVIO = 0.3
 
 @dataclass(frozen=True)
 class Metric:
-    name: str  # the run-row column (a pattern with {N} for a family)
-    label: str  # as tables and plots show it ({N} filled in for a family)
+    name: str  # the run-row column (a pattern with {N} for a series)
+    label: str  # as tables and plots show it ({N} filled in for a series)
     better: Better = None  # which way is better; None: neither (a description, not a score)
     positive: bool = False  # positive by nature: intervals of its mean are taken on the log scale
     log_scale: bool = False  # skewed: paired comparisons, TOST and sequential seeds work on log ratios
@@ -43,7 +43,7 @@ class Metric:
 
 
 METRICS: dict[str, Metric] = {}
-FAMILIES: list[tuple[re.Pattern, Metric]] = []
+SERIES: list[tuple[re.Pattern, Metric]] = []
 ORIGINS: dict[str, str] = {}  # metric name -> the file that declared it
 
 
@@ -54,25 +54,25 @@ def _caller_file() -> str:
 
 
 def register_metric(name: str, label: str, **fields) -> Metric:
-    """Declare a metric (or, with `{N}` in the name, a family of columns); a second declaration of
+    """Declare a metric (or, with `{N}` in the name, a numbered series of columns); a second declaration of
     one name is an error."""
     metric = Metric(name, label, **fields)
-    if name in METRICS or any(m.name == name for _, m in FAMILIES):
+    if name in METRICS or any(m.name == name for _, m in SERIES):
         raise ValueError(f"metric {name!r} is already registered (by {ORIGINS.get(name, '?')}); choose another name")
     ORIGINS[name] = _caller_file()
     if "{N}" in name:
         pattern = re.compile(re.escape(name).replace(r"\{N\}", r"([\d.]+)"))
-        FAMILIES.append((pattern, metric))
+        SERIES.append((pattern, metric))
     else:
         METRICS[name] = metric
     return metric
 
 
 def get_metric(column: str) -> Metric | None:
-    """The declaration of a run-row column, a family's filled in; None for an undeclared column."""
+    """The declaration of a run-row column, a series' filled in; None for an undeclared column."""
     if column in METRICS:
         return METRICS[column]
-    for pattern, metric in FAMILIES:
+    for pattern, metric in SERIES:
         if m := pattern.fullmatch(column):
             return replace(metric, name=column, label=metric.label.replace("{N}", m[1]))
     return None
@@ -94,7 +94,7 @@ def summary_metrics() -> list[Metric]:
 
 
 def cost_metrics(columns) -> list[Metric]:
-    """The report's second table, as the runs have its columns: families by their number."""
+    """The report's second table, as the runs have its columns: series by their number."""
     found = [get_metric(c) for c in columns]
     found = [m for m in found if m is not None and m.cost is not None]
     return sorted(found, key=lambda m: (m.cost, float(re.sub(r"[^\d.]", "", m.name) or 0), m.name))

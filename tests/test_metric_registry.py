@@ -42,7 +42,7 @@ def test_a_declared_metric_reaches_every_consumer(a_new_metric):
     assert stats.is_positive_metric("my_score")  # log-scale intervals
 
 
-def test_families_fill_in_their_number():
+def test_series_fill_in_their_number():
     assert get_metric("ep8_efficiency").label == "EP8 efficiency"
     assert get_metric("drop_frac_cf1.25").label == "drops at c=1.25"
     assert get_metric("ep8_imbalance").positive and get_metric("no_such_column") is None
@@ -54,7 +54,7 @@ def test_a_metric_is_declared_once():
 
 
 def test_every_summary_and_cost_metric_says_what_it_is():
-    declared = [*metric_registry.METRICS.values(), *(m for _, m in metric_registry.FAMILIES)]
+    declared = [*metric_registry.METRICS.values(), *(m for _, m in metric_registry.SERIES)]
     for metric in declared:
         assert metric.label and metric.fmt.format(1.0)
         assert metric.better in (None, "min", "max")

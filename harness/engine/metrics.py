@@ -34,8 +34,8 @@ class MetricsConfig:
                              "numbers > 0")
         self.capacity_factors = [float(c) for c in self.capacity_factors]
 
-    def family_columns(self, num_experts: int) -> list[str]:
-        """The columns of the metric families (ep{N}_..., drop_frac_cf{N}) a run of `num_experts`
+    def series_columns(self, num_experts: int) -> list[str]:
+        """The columns of the numbered metric series (ep{N}_..., drop_frac_cf{N}) a run of `num_experts`
         experts records under these settings: `cost_metrics` makes exactly these."""
         sizes = [n for n in self.ep_sizes if num_experts % n == 0]
         return ([f"ep{n}_{what}" for n in sizes for what in ("imbalance", "efficiency")]

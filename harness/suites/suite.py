@@ -147,13 +147,13 @@ def primary_of(value: Any, labels: list[str], baseline: str, fronts: set[str], f
 
 
 def check_recorded(what: str, metric: str, runs: list[RunConfig], source: Path) -> None:
-    """A metric of a family of columns (ep{N}_efficiency, drop_frac_cf{N}) that some run does not
+    """A metric of a numbered series of columns (ep{N}_efficiency, drop_frac_cf{N}) that some run does not
     record (N not among its metrics.ep_sizes or capacity_factors, or not dividing its experts)
     would make the verdicts on it fail after training, or vanish: refused before any run starts."""
     if metric in metric_registry.METRICS:
         return
     for cfg in runs:
-        columns = cfg.metrics.family_columns(cfg.model.num_experts)
+        columns = cfg.metrics.series_columns(cfg.model.num_experts)
         if metric not in columns:
             raise ValueError(f"{source}: {what} names {metric!r}, which the runs of variant {cfg.variant!r} do not "
                              f"record (metrics.ep_sizes = {cfg.metrics.ep_sizes}, metrics.capacity_factors = "
