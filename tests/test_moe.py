@@ -31,6 +31,8 @@ def reference_forward(layer: MoELayer, x_BLD: torch.Tensor) -> torch.Tensor:
             y = y + route.gate_A[a] * out
         if layer.shared is not None:
             y = y + layer.shared(x_TD[t])
+        if route.identity_T is not None:  # zero-computation experts return the token, gated
+            y = y + route.identity_T[t] * x_TD[t]
         rows.append(y)
     return torch.stack(rows).view_as(x_BLD)
 

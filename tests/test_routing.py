@@ -12,9 +12,11 @@ from harness.routing import balancing
 from harness.engine.metrics import maxvio
 
 DIM, NUM_EXPERTS, TOP_K = 16, 8, 2
-# NOTE: a capacity preset drops assignments by design, so it is not held to exactly k per token
+# NOTE: a capacity preset drops assignments by design, and zero-computation experts take some of a token's
+# k, so neither is held to exactly k FFN experts per token
 TOPK_PRESETS = [n for n in router_names() if get_router_config(n).selection == "topk"
-                and not get_router_config(n).capacity_factor]
+                and not get_router_config(n).capacity_factor
+                and not get_router_config(n).controller.zero_experts(get_router_config(n))]  # k of n + Z
 THRESHOLD_PRESETS = [n for n in router_names() if get_router_config(n).selection == "threshold"]
 
 

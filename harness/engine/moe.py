@@ -134,4 +134,6 @@ class MoELayer(nn.Module):
         out_TD = torch.zeros_like(x_TD).index_add_(0, token_A, y_AD.to(x_TD.dtype))
         if self.shared is not None:
             out_TD = out_TD + self.shared(x_TD)
+        if route.identity_T is not None:  # zero-computation experts: the input, gated
+            out_TD = out_TD + route.identity_T[:, None].to(x_TD.dtype) * x_TD
         return out_TD.view_as(x_BLD)

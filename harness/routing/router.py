@@ -43,6 +43,25 @@ class RouterOutput:
     aux_losses: dict[str, torch.Tensor] = field(default_factory=dict)  # already multiplied by coefficients
     num_dropped: torch.Tensor | None = None  # 0-d: assignments dropped over capacity (None: dropless)
     dispatch_E: torch.Tensor | None = None  # [E] long: assignments each expert computes (counts_E less drops)
+    identity_T: torch.Tensor | None = None  # [T]: each token's gate on zero-computation experts (None: none)
+
+
+def gates(scores_TE, token_idx_A, expert_idx_A, cfg: RouterConfig) -> torch.Tensor:
+    """[A] the gates: the unbiased scores of the chosen, renormalised per token where route_norm, scaled."""
+    gate_A = scores_TE[token_idx_A, expert_idx_A]
+    if cfg.route_norm:
+        denom_T = torch.zeros_like(scores_TE[:, 0]).index_add(0, token_idx_A, gate_A)
+        gate_A = gate_A / denom_T[token_idx_A].clamp_min(1e-20)
+    return gate_A * cfg.route_scale
+
+
+def split_zero(token_idx_A, expert_idx_A, gate_A, num_experts: int, num_tokens: int):
+    """The assignments to the FFN experts (ids below `num_experts`), and [T] each token's gate mass on
+    the zero-computation experts (ids from `num_experts` on), which return the token."""
+    real_A = expert_idx_A < num_experts
+    identity_T = torch.zeros(num_tokens, dtype=gate_A.dtype, device=gate_A.device).index_add(
+        0, token_idx_A[~real_A], gate_A[~real_A])
+    return token_idx_A[real_A], expert_idx_A[real_A], gate_A[real_A], identity_T
 
 
 class Router(nn.Module):
@@ -54,7 +73,9 @@ class Router(nn.Module):
         cfg = cfg if cfg.rule is not None else resolve_router(cfg)
         cfg.rule.check_layer(cfg, num_experts, top_k)
         self.cfg, self.num_experts, self.top_k = cfg, num_experts, top_k
-        self.gate = nn.Linear(dim, num_experts, bias=cfg.gate_bias)
+        # zero-computation experts (LongCat's): Z more columns that route like experts and return their input
+        self.zero_experts = cfg.controller.zero_experts(cfg)
+        self.gate = nn.Linear(dim, num_experts + self.zero_experts, bias=cfg.gate_bias)
         if cfg.gate_bias:
             nn.init.zeros_(self.gate.bias)
         if cfg.route_norm and top_k == 1 and not cfg.rule.variable_k:
@@ -83,11 +104,12 @@ class Router(nn.Module):
         logits_TE = self.gate(x_TD).float()
         scores_TE = SCORE_FUNCS[cfg.score_func](logits_TE)
         token_idx_A, expert_idx_A, mask_TE = self._route(logits_TE, scores_TE, token_ids)
-        gate_A = scores_TE[token_idx_A, expert_idx_A]
-        if cfg.route_norm:
-            denom_T = torch.zeros_like(scores_TE[:, 0]).index_add(0, token_idx_A, gate_A)
-            gate_A = gate_A / denom_T[token_idx_A].clamp_min(1e-20)
-        gate_A = gate_A * cfg.route_scale
+        gate_A = gates(scores_TE, token_idx_A, expert_idx_A, cfg)
+        identity_T = None
+        if self.zero_experts:  # NOTE: the gates were normalised over every chosen expert, zero ones included
+            token_idx_A, expert_idx_A, gate_A, identity_T = split_zero(token_idx_A, expert_idx_A, gate_A,
+                                                                       self.num_experts, x_TD.shape[0])
+            logits_TE, scores_TE, mask_TE = (t[:, :self.num_experts] for t in (logits_TE, scores_TE, mask_TE))
         counts_E = mask_TE.sum(dim=0, dtype=torch.float32)  # NOTE: routed, before any drop: what balancing sees
         num_dropped = None
         if cfg.capacity_factor > 0:  # NOTE: after the gates are normalised over the k chosen, as Megatron does
@@ -104,7 +126,8 @@ class Router(nn.Module):
                                seq_len)
         # NOTE: without drops, the mask counts: a static shape, so torch.compile does not break there
         dispatch_E = counts_E.long() if num_dropped is None else torch.bincount(expert_idx_A, minlength=self.num_experts)
-        return RouterOutput(token_idx_A, expert_idx_A, gate_A, counts_E, scores_TE, aux, num_dropped, dispatch_E)
+        return RouterOutput(token_idx_A, expert_idx_A, gate_A, counts_E, scores_TE, aux, num_dropped, dispatch_E,
+                            identity_T)
 
     def _route(self, logits_TE: torch.Tensor, scores_TE: torch.Tensor, token_ids: torch.Tensor | None = None):
         """Which experts each token goes to: the bias made ready (from the first batch; by a controller
@@ -118,7 +141,8 @@ class Router(nn.Module):
                 if new_bias is not None:  # a controller that sets the bias from this very batch (BIP's "before")
                     self.expert_bias.copy_(new_bias)
         with torch.no_grad():
-            selection_TE = self.controller.selection_scores(self.selection, logits_TE, scores_TE, self.expert_bias,
+            bias_E = self.expert_bias if not self.zero_experts else F.pad(self.expert_bias, (0, self.zero_experts))
+            selection_TE = self.controller.selection_scores(self.selection, logits_TE, scores_TE, bias_E,
                                                             self.training)
         selected = self._select(selection_TE, token_ids)
         if not self.training or self.causal_topk:

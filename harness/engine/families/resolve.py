@@ -66,6 +66,9 @@ def check_family(model, router_cfg: RouterConfig) -> None:
     if family is None:
         return
     check_moe_layers(model)
+    if router_cfg.controller.zero_experts(router_cfg):
+        raise ValueError(f"model.family = {family.name!r} has no zero-computation experts: router.bias_mode = "
+                         f"{router_cfg.bias_mode!r} routes to some, so it runs in model.family = 'harness' only")
     if not router_cfg.rule.causal:
         raise ValueError(f"model.family = {family.name!r} routes each token by itself at evaluation, so it needs a causal "
                          f"selection rule; router.selection = {router_cfg.selection!r} is not. Choose one of "

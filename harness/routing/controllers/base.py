@@ -10,7 +10,7 @@ of a forward is a hook with a default that does nothing, and the router calls ev
 asking what the controller is: `initial_bias` (the bias to start from, from the first batch),
 `observe` (each training forward's scores before they route), `selection_scores` (what the rule
 ranks or thresholds), `reroute` (its own say over the training routing) and `loss` (balancing
-through the gradient). Its buffers are its state: registered with `register_buffer`, they are
+through the gradient); `zero_experts` adds identity experts beside the FFN ones. Its buffers are its state: registered with `register_buffer`, they are
 saved in the model's `state_dict` and so in checkpoints. After each optimizer step the router calls
 `step` with the step's counts, summed over micro-batches and ranks. See docs/methods.md.
 
@@ -52,6 +52,12 @@ class BiasController(nn.Module, ABC):
     @classmethod
     def check(cls, cfg) -> None:
         """ValueError for a router config this controller cannot steer (naming the keys and what is allowed)."""
+
+    @classmethod
+    def zero_experts(cls, cfg) -> int:
+        """How many zero-computation experts (identity: they return their input) it routes beside the
+        FFN experts (LongCat's); their bias stays 0, and the router records the FFN experts only."""
+        return 0
 
     @classmethod
     def rate(cls, cfg) -> float | None:
