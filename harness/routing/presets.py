@@ -226,3 +226,9 @@ def hash_routing() -> RouterConfig:
     """Hash routing (DeepSeek-V4's first layers): each token's k experts fixed by its id (round-robin), no balancing."""
     return RouterConfig(score_func="sqrtsoftplus", selection="hash", route_norm=True, route_scale=1.5)
 
+
+@register_router("longcat")
+def longcat() -> RouterConfig:
+    """LongCat-Flash-like: softmax top-k over FFN and 4 zero-computation experts, a bias holding 2/3 k FFN experts per token."""
+    return softmax_topk().replace(route_norm=False, bias_mode="longcat", bias_rate=1.0)
+
