@@ -170,12 +170,13 @@ def test_torchrun_suite_writes_one_row_per_run_with_world_size_2(make_suite, tmp
         suite = make_suite([{"router": "loss_free"}, {"router": "dynamic_k"},
                             {"router": "loss_free", "model.family": "mixtral", "label": "mixtral"},
                             {"router": "loss_free", "model.family": "glm4_moe", "label": "glm4_moe"},
-                            {"router": "native", "model.family": "qwen3_5_moe", "label": "qwen3_5_moe"}])
+                            {"router": "native", "model.family": "qwen3_5_moe", "label": "qwen3_5_moe"},
+                            {"router": "loss_free", "model.family": "deepseek_v4", "label": "deepseek_v4"}])
     proc = subprocess.run(torchrun("run", suite, "--out", tmp_path, "--device", "cpu", "--no-progress"),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = tables.read(tmp_path / "tiny", "runs")
-    count = 5 if importlib.util.find_spec("transformers") else 2
+    count = 6 if importlib.util.find_spec("transformers") else 2
     assert len(runs) == count and set(runs["world_size"]) == {2} and runs["maxvio_compute"].notna().all()
     assert (runs["status"] == "ok").all() and proc.stdout.count(f"tiny: {count} runs in") == 1  # only rank 0 prints
 

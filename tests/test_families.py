@@ -19,17 +19,20 @@ from harness.engine.families.resolve import family_router  # noqa: E402
 from harness.routing.selection import SELECTIONS  # noqa: E402
 from harness.suites.keys import resolve  # noqa: E402
 from harness.engine.families import FAMILIES, FamilyLM, sparse_blocks, transformers_module  # noqa: E402
+from harness.engine.families.gates import SwappedGate  # noqa: E402
 from harness.engine.model import model_config  # noqa: E402
 from harness.engine.train import run  # noqa: E402
 
-NEW_2026 = ("glm4_moe", "qwen3_5_moe", "gpt_oss", "llama4")  # the families of issue 34
+NEW_2026 = ("glm4_moe", "qwen3_5_moe", "gpt_oss", "llama4", "deepseek_v4")  # the families of issue 34
 SMALL = {"model.dim": 32, "model.num_heads": 2, "model.seq_len": 16, "model.expert_hidden": 32, "model.num_layers": 2}
 
 
 def untouched(name: str, model) -> torch.nn.Module:
     transformers = transformers_module()
     family = FAMILIES.lookup(name)
-    return getattr(transformers, family.model_class)(getattr(transformers, family.config_class)(**family.hf_config(model)))
+    hf = getattr(transformers, family.model_class)(getattr(transformers, family.config_class)(**family.hf_config(model)))
+    family.prepare(hf, model)  # NOTE: what the family settles after init (DeepSeek-V4's table), as FamilyLM does
+    return hf
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -55,11 +58,15 @@ def test_the_harness_router_as_the_familys_own_routing_equals_the_untouched_mode
     (theirs * upstream).sum().backward()
     # NOTE: the swapped router's weight sits at <block>.<gate_name>[.gate].router.gate (gate: Llama 4's wrapper)
     own = f".{model.family_class.gate_name}."
-    grads = {re.sub(rf"{re.escape(own)}(gate\.)?router\.gate\.", own, n): p.grad
+    # (a gate the family keeps, DeepSeek-V4's hash layers', at <block>.<gate_name>.native)
+    grads = {re.sub(rf"{re.escape(own)}((gate\.)?router\.gate|native)\.", own, n): p.grad
              for n, p in swapped.hf.named_parameters()}
     compared = 0
     for n, p in reference.named_parameters():  # NOTE: DeepSeek's own router runs in float32 even in a float64 model
-        assert relative(grads[n], p.grad) < 1e-6, f"gradient of {n}"
+        if p.grad is None:  # NOTE: a part this input does not reach (DeepSeek-V4's indexer at a short context)
+            assert grads[n] is None, f"gradient of {n}"
+        else:
+            assert relative(grads[n], p.grad) < 1e-6, f"gradient of {n}"
         compared += 1
     assert compared == len(grads) and any(own in n for n in grads)  # the router's weight too
 
@@ -73,7 +80,7 @@ def test_any_router_trains_inside_every_family(tiny_settings, name, router):
     assert record["status"] == "ok" and pd.notna(record["val_loss"]) and record["model.family"] == name
     assert record["maxvio_global"] >= 0 and record["num_params"] > 0
     if router == "loss_free":
-        assert max(map(abs, record["expert_bias"][0])) > 0  # the swapped router's bias moved
+        assert max(max(map(abs, layer)) for layer in record["expert_bias"]) > 0  # a swapped router's bias moved
 
 
 @pytest.mark.parametrize("name", FAMILIES.names())
@@ -85,7 +92,10 @@ def test_a_fixed_k_router_hands_its_routing_over_unpadded_and_the_rest_are_maske
     lm = FamilyLM(model, family_router(router, model, {}))
     fixed = router == "loss_free"
     blocks = sparse_blocks(lm.hf, model.family_class.gate_name)
-    assert len(blocks) == len(lm.gates) > 0 and all(gate.fixed_k == fixed for gate in lm.gates)
+    assert len(blocks) == len(lm.gates) > 0
+    # NOTE: a gate the family keeps under any router (DeepSeek-V4's hash layers) is not swapped
+    blocks = [b for b, gate in zip(blocks, lm.gates) if isinstance(gate, SwappedGate)]
+    assert blocks and all(gate.fixed_k == fixed for gate in lm.gates if isinstance(gate, SwappedGate))
     assert all(getattr(b.experts, "_is_expert_parallel", not fixed) == (not fixed) for b in blocks)
     if fixed:
         x = torch.randint(0, model.vocab_size, (2, model.seq_len))

@@ -60,7 +60,9 @@ def data_parallel(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
         return model
     # NOTE: buffers (the expert bias) are not broadcast: every rank computes the same bias from the
     # same all-reduced counts, which a test checks, and a broadcast would hide a bug
+    # NOTE: a family with parts a short context leaves without a gradient (DeepSeek-V4's indexer) says so
     return DistributedDataParallel(model, device_ids=[device.index] if device.index is not None else None,
+                                   find_unused_parameters=getattr(model, "unused_parameters", False),
                                    **NO_BUFFER_SYNC)
 
 

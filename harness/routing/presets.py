@@ -48,6 +48,12 @@ def sigmoid_topk() -> RouterConfig:
     return RouterConfig(score_func="sigmoid", selection="topk", route_norm=True)
 
 
+@register_router("sqrtsoftplus_topk")
+def sqrtsoftplus_topk() -> RouterConfig:
+    """Sqrt-softplus top-k (DeepSeek-V4's score), gates renormalised, no balancing: the control for its router."""
+    return RouterConfig(score_func="sqrtsoftplus", selection="topk", route_norm=True)
+
+
 @register_router("softmax_topk_aux")
 def softmax_topk_aux() -> RouterConfig:
     """Softmax top-k with micro-batch auxiliary loss, alpha 1e-3 (F/k convention)."""

@@ -96,12 +96,16 @@ class Router(nn.Module):
         # expert choice only: route by a causal top-k of the same scores instead (the driver sets it
         # for a second validation pass, val_loss_causal)
         self.causal_topk = False
+        self.float64_logits = False
 
     def forward(self, x_TD: torch.Tensor, seq_len: int | None = None,
                 token_ids: torch.Tensor | None = None) -> RouterOutput:
         """`token_ids` [T]: the tokens' ids, which a rule may route by (hash selection); None: not known."""
         cfg = self.cfg
-        logits_TE = self.gate(x_TD).float()
+        logits_TE = self.gate(x_TD)
+        # NOTE: float32, also under bf16 (as Megatron routes); a float64 model (the equivalence tests) stays
+        # float64 where `float64_logits` is set (a family whose own router runs in the model's dtype)
+        logits_TE = logits_TE if self.float64_logits and logits_TE.dtype == torch.float64 else logits_TE.float()
         scores_TE = SCORE_FUNCS[cfg.score_func](logits_TE)
         token_idx_A, expert_idx_A, mask_TE = self._route(logits_TE, scores_TE, token_ids)
         gate_A = gates(scores_TE, token_idx_A, expert_idx_A, cfg)

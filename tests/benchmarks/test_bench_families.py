@@ -64,6 +64,7 @@ def block_of(family: str, router: str, device) -> tuple[nn.Module, torch.Tensor]
     else:
         transformers, spec = transformers_module(), FAMILIES.lookup(family)
         lm = getattr(transformers, spec.model_class)(getattr(transformers, spec.config_class)(**spec.hf_config(model)))
+        spec.prepare(lm, model)
     block = sparse_blocks(lm.hf if router == "harness" else lm)[0].float().to(device)
     if router == "harness":
         block.gate.seq_len = model.seq_len

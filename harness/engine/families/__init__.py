@@ -35,14 +35,19 @@ class FamilyLM(nn.Module):
         config = getattr(transformers, family.config_class)(
             **(family.dense_config(model_cfg) if dense else family.hf_config(model_cfg)))
         self.hf = getattr(transformers, family.model_class)(config).float()
+        family.prepare(self.hf, model_cfg)
         self.cfg, self.family = model_cfg, family
+        self.unused_parameters = family.unused_parameters  # NOTE: DDP must then look for them (train.py)
         self.gates = []
         for block in [] if dense else sparse_blocks(self.hf, family.gate_name):
             own = getattr(block, family.gate_name)
-            gate = NativeGate(family.own_gate(own, model_cfg), model_cfg.num_experts, family.native_preset) if native \
+            keep = native or family.keeps_own(block)
+            gate = NativeGate(family.own_gate(own, model_cfg), model_cfg.num_experts, family.native_preset) if keep \
                 else SwappedGate(own, model_cfg.dim, model_cfg.num_experts, model_cfg.top_k, router_cfg)
+            if not keep:  # NOTE: a float64 model then routes in float64, as the family's own router does
+                gate.router.float64_logits = family.routes_in_model_dtype
             setattr(block, family.gate_name, family.gate_in_block(gate, model_cfg))
-            if not native and not gate.fixed_k and hasattr(block.experts, "_is_expert_parallel"):
+            if not keep and not gate.fixed_k and hasattr(block.experts, "_is_expert_parallel"):
                 # NOTE: transformers' fast expert paths (grouped_mm, batched_mm) leave a slot with no
                 # expert (id n) uninitialised unless this flag is on; it turns on only their masking of
                 # such slots (its expert parallelism sets it for the same reason), which a swapped

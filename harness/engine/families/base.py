@@ -47,11 +47,22 @@ class Family:
     honours: frozenset[str] = COMMON  # the model.* settings it builds from; any other is refused
     gate_name = "gate"  # the MoE block's attribute that holds its router
     grouped_experts = True  # its experts take transformers' fast paths (grouped_mm, batched_mm)
+    routes_in_model_dtype = False  # its own router computes in the model's dtype, not float32 (DeepSeek-V4)
+    unused_parameters = False  # parts of it a short context leaves without a gradient (DeepSeek-V4's indexer)
 
     @classmethod
     def own_gate(cls, gate, model):
         """The family's own gate as a module that answers (logits, weights [T, k], ids [T, k])."""
         return gate
+
+    @classmethod
+    def keeps_own(cls, block) -> bool:
+        """Whether this block keeps its own gate under any router (DeepSeek-V4's hash layers)."""
+        return False
+
+    @classmethod
+    def prepare(cls, hf_model, model) -> None:
+        """Settle what the family's random init leaves degenerate (DeepSeek-V4's token-id table)."""
 
     @classmethod
     def gate_in_block(cls, gate, model):

@@ -19,7 +19,8 @@ from torch import nn
 
 from harness.routing import Router, RouterConfig, RouterOutput
 
-NATIVE_SCORES = {"softmax_topk": lambda z: torch.softmax(z.float(), dim=-1), "sigmoid_topk": torch.sigmoid}
+NATIVE_SCORES = {"softmax_topk": lambda z: torch.softmax(z.float(), dim=-1), "sigmoid_topk": torch.sigmoid,
+                 "sqrtsoftplus_topk": lambda z: torch.nn.functional.softplus(z.float()).sqrt()}
 
 
 def padded(route: RouterOutput, num_tokens: int, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,8 +94,8 @@ class NativeGate(nn.Module):
         self.seq_len: int | None = None
         self.last_route: RouterOutput | None = None
 
-    def forward(self, hidden):
-        logits, weights_TK, ids_TK = self.native(hidden)
+    def forward(self, hidden, *extra):  # NOTE: extra: what the block hands its gate beside (the token ids)
+        logits, weights_TK, ids_TK = self.native(hidden, *extra)
         tokens, k = ids_TK.shape
         expert_A = ids_TK.reshape(-1)
         counts_E = torch.bincount(expert_A, minlength=self.num_experts).float()
