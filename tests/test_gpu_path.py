@@ -43,9 +43,11 @@ def test_grouped_mm_backward_always_gets_a_contiguous_output_gradient(tiny_setti
 @pytest.mark.slow
 def test_top_k_routers_compile_to_one_graph_on_the_grouped_mm_path():
     """No graph break in the top-k path: static counts, no data-dependent Python reads. (Capacity
-    dropping keeps a data-dependent number of assignments, so it breaks, like threshold selection.)"""
+    dropping keeps a data-dependent number of assignments, so it breaks, like threshold selection, and
+    so do zero-computation experts, which take a data-dependent share of the k.)"""
     for name in [n for n in router_names() if get_router_config(n).selection == "topk"
-                 and not get_router_config(n).capacity_factor]:
+                 and not get_router_config(n).capacity_factor
+                 and not get_router_config(n).controller.zero_experts(get_router_config(n))]:
         cfg = resolve({"router": name, "train.device": "cpu", **GPU_LIKE})
         torch.manual_seed(0)
         model = MoETransformer(cfg.model, cfg.router_cfg)
