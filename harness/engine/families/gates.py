@@ -17,11 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.routing import Router, RouterConfig, RouterOutput
-
-NATIVE_SCORES = {"softmax_topk": lambda z: torch.softmax(z.float(), dim=-1), "sigmoid_topk": torch.sigmoid,
-                 "sqrtsoftplus_topk": lambda z: torch.nn.functional.softplus(z.float()).sqrt()}
-
+from harness.routing import Router, RouterConfig, RouterOutput, get_router_config
+from harness.routing.router import SCORE_FUNCS
 
 def padded(route: RouterOutput, num_tokens: int, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
     """([T, K] expert ids, [T, K] weights) of a route's assignments, token-major; K the most any token
@@ -89,7 +86,9 @@ class NativeGate(nn.Module):
 
     def __init__(self, native: nn.Module, num_experts: int, scores: str):
         super().__init__()
-        self.native, self.num_experts, self.scores = native, num_experts, NATIVE_SCORES[scores]
+        # NOTE: the score function of the preset the family's own routing is written as (its native_preset)
+        self.native, self.num_experts = native, num_experts
+        self.scores = SCORE_FUNCS[get_router_config(scores).score_func]
         self.router = NativeRouter(num_experts)
         self.seq_len: int | None = None
         self.last_route: RouterOutput | None = None
