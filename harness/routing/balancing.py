@@ -106,3 +106,11 @@ def sinkhorn(logits_TE: torch.Tensor, iters: int) -> torch.Tensor:
 def z_loss(logits_TE: torch.Tensor) -> torch.Tensor:
     """ST-MoE router z-loss without beta: mean_t logsumexp(z_t)^2."""
     return torch.logsumexp(logits_TE.float(), dim=-1).square().mean()
+
+
+def recomputing() -> bool:
+    """Whether this forward runs inside backward: activation recomputation (torch.utils.checkpoint),
+    which must not count the step's tokens a second time (Megatron issue 1330)."""
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._current_graph_task_id() != -1

@@ -20,6 +20,7 @@ from torch import nn
 
 from harness import distributed
 import harness.routing.balancing as balancing
+from harness.routing.balancing import recomputing
 from harness.routing.config import RouterConfig
 from harness.routing.resolve import resolve_router
 from harness.routing.selection import CAUSAL_RULE, get_selection
@@ -44,6 +45,7 @@ class RouterOutput:
     num_dropped: torch.Tensor | None = None  # 0-d: assignments dropped over capacity (None: dropless)
     dispatch_E: torch.Tensor | None = None  # [E] long: assignments each expert computes (counts_E less drops)
     identity_T: torch.Tensor | None = None  # [T]: each token's gate on zero-computation experts (None: none)
+    logits_TE: torch.Tensor | None = None  # [T, E] float32: the gate's logits z, before the score function
 
 
 def gates(scores_TE, token_idx_A, expert_idx_A, cfg: RouterConfig) -> torch.Tensor:
@@ -62,6 +64,17 @@ def split_zero(token_idx_A, expert_idx_A, gate_A, num_experts: int, num_tokens: 
     identity_T = torch.zeros(num_tokens, dtype=gate_A.dtype, device=gate_A.device).index_add(
         0, token_idx_A[~real_A], gate_A[~real_A])
     return token_idx_A[real_A], expert_idx_A[real_A], gate_A[real_A], identity_T
+
+
+def gate_logits(gate: nn.Linear, x_TD: torch.Tensor, float64_logits: bool = False) -> torch.Tensor:
+    """[T, E] the gate's logits in float32, also under bf16 autocast (Megatron's fp32 router): a bf16
+    gate flips the top-k at near-ties (marin issue 8435). A float64 model (the equivalence tests) stays
+    float64 where `float64_logits` is set (a family whose own router runs in the model's dtype)."""
+    with torch.autocast(x_TD.device.type, enabled=False):
+        x_TD = x_TD if x_TD.dtype == torch.float64 else x_TD.float()
+        bias = None if gate.bias is None else gate.bias.to(x_TD.dtype)
+        logits_TE = F.linear(x_TD, gate.weight.to(x_TD.dtype), bias)
+    return logits_TE if float64_logits and logits_TE.dtype == torch.float64 else logits_TE.float()
 
 
 class Router(nn.Module):
@@ -102,10 +115,7 @@ class Router(nn.Module):
                 token_ids: torch.Tensor | None = None) -> RouterOutput:
         """`token_ids` [T]: the tokens' ids, which a rule may route by (hash selection); None: not known."""
         cfg = self.cfg
-        logits_TE = self.gate(x_TD)
-        # NOTE: float32, also under bf16 (as Megatron routes); a float64 model (the equivalence tests) stays
-        # float64 where `float64_logits` is set (a family whose own router runs in the model's dtype)
-        logits_TE = logits_TE if self.float64_logits and logits_TE.dtype == torch.float64 else logits_TE.float()
+        logits_TE = gate_logits(self.gate, x_TD, self.float64_logits)
         scores_TE = SCORE_FUNCS[cfg.score_func](logits_TE)
         token_idx_A, expert_idx_A, mask_TE = self._route(logits_TE, scores_TE, token_ids)
         gate_A = gates(scores_TE, token_idx_A, expert_idx_A, cfg)
@@ -131,7 +141,7 @@ class Router(nn.Module):
         # NOTE: without drops, the mask counts: a static shape, so torch.compile does not break there
         dispatch_E = counts_E.long() if num_dropped is None else torch.bincount(expert_idx_A, minlength=self.num_experts)
         return RouterOutput(token_idx_A, expert_idx_A, gate_A, counts_E, scores_TE, aux, num_dropped, dispatch_E,
-                            identity_T)
+                            identity_T, logits_TE)
 
     def _route(self, logits_TE: torch.Tensor, scores_TE: torch.Tensor, token_ids: torch.Tensor | None = None):
         """Which experts each token goes to: the bias made ready (from the first batch; by a controller
@@ -139,7 +149,7 @@ class Router(nn.Module):
         controller's own say over the routing (token rounding; Expert Threshold's warm-up and clamp)."""
         if not self._bias_ready_seen and not self._check_bias_ready():
             self._init_bias(scores_TE, logits_TE)
-        if self.training:
+        if self.training and not recomputing():
             with torch.no_grad():
                 new_bias = self.controller.observe(scores_TE, logits_TE, self.expert_bias)
                 if new_bias is not None:  # a controller that sets the bias from this very batch (BIP's "before")
@@ -172,8 +182,10 @@ class Router(nn.Module):
                 value = balancing.sequence_aux_loss(probs_TE.view(shape), mask_TE.view(shape))
             elif cfg.aux_scope == "global_batch" and self.training:
                 # NOTE: F over the whole step: every micro-batch so far, summed over data-parallel
-                # ranks (Megatron's global aux loss); P stays local, and DDP averages the gradients
-                self.step_counts += distributed.all_sum_(counts_E.clone())
+                # ranks (Megatron's global aux loss); P stays local, and DDP averages the gradients.
+                # Activation recomputation repeats a forward, not its tokens: they are counted once
+                if not recomputing():
+                    self.step_counts += distributed.all_sum_(counts_E.clone())
                 value = balancing.aux_loss(probs_TE, self.step_counts.clone())
             else:
                 value = balancing.aux_loss(probs_TE, counts_E)
