@@ -22,6 +22,7 @@ import torch
 
 from harness import distributed
 from harness.routing.controllers.base import BiasController, register_controller
+from harness.routing.balancing import recomputing
 from harness.routing.params import Param
 
 
@@ -58,9 +59,10 @@ class PhiBalance(BiasController):
 
     def loss(self, scores_TE):
         pbar_E = (scores_TE / scores_TE.sum(dim=-1, keepdim=True).clamp_min(1e-20)).mean(dim=0)
-        with torch.no_grad():
-            self.step_pbar[:-1] += pbar_E.double()
-            self.step_pbar[-1] += 1
+        if not recomputing():  # NOTE: a forward recomputed in the backward adds no second pbar (Megatron issue 1330)
+            with torch.no_grad():
+                self.step_pbar[:-1] += pbar_E.double()
+                self.step_pbar[-1] += 1
         weight = self.param("phi_weight") * self.num_experts
         return weight * (pbar_E * price(self.ema, self.param("phi_potential"))).sum()
 
