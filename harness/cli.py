@@ -1,4 +1,4 @@
-"""The `moe-harness` command line: list, run, sweep, plan, plot, report, export, convert, rate, reference.
+"""The `moe-harness` command line: list, run, sweep, plan, plot, report, export, convert, rate, reference, check.
 
     moe-harness list
     moe-harness run experiments/smoke.toml [--out results] [--device auto] [--set key=value ...]
@@ -113,6 +113,25 @@ def cmd_reference(args: argparse.Namespace) -> None:
                              "build` and read the diff, or fix the data")
 
 
+def cmd_check(args: argparse.Namespace) -> None:
+    import torch
+
+    from harness.check import run_checks
+    from harness.check.report import report_paths, table, write_report
+    from harness.check.targets import factory
+
+    paths = report_paths(args.report) if args.report else None
+    make = factory(args.target)
+    results = run_checks(make, args.only, torch.float32 if args.dtype == "float32" else torch.bfloat16)
+    print(table(args.target, results))
+    if paths:
+        write_report(paths, args.target, results, args.dtype)
+        print(f"wrote {paths[0]} and {paths[1]}")
+    failed = [r.name for r in results if r.verdict == "fail"]
+    if failed:
+        raise RunsFailed(f"{len(failed)} check(s) failed: {', '.join(failed)}")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from harness.analysis import report
 
@@ -218,6 +237,18 @@ def add_answers(sub) -> None:
     ref.set_defaults(fn=cmd_reference)
 
 
+def add_check(sub) -> None:
+    check = sub.add_parser("check", help="run a router (a preset, a family's own gate, or your module) through "
+                                         "the bug classes users keep reporting")
+    check.add_argument("target", help="a router preset (loss_free), family:NAME (a transformers family's own gate) "
+                                      "or module:path/to/file.py:factory (your adapter; see examples/my_router.py)")
+    check.add_argument("--report", default=None, metavar="FILE", help="also write FILE.md and FILE.json")
+    check.add_argument("--only", nargs="+", default=None, metavar="CLASS", help="only these classes (default: all)")
+    check.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
+                       help="the precision of the autocast classes (float32: they are n/a)")
+    check.set_defaults(fn=cmd_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moe-harness", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -226,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep(sub)
     add_readers(sub)
     add_answers(sub)
+    add_check(sub)
     return parser
 
 

@@ -1,6 +1,7 @@
 """The package's layers (issue 26): imports only go down, and no module imports its caller.
 
     cli                      the command line
+    check/                   `moe-harness check`: someone else's router through the bug classes
     suites/                  suite and sweep files, the run queue, Optuna storages
     engine/   analysis/      one run | what the tables say (neither imports the other)
     routing/  data/          the methods | the corpora
@@ -24,7 +25,8 @@ ALLOWED = {  # layer -> the layers it may import
     "engine": {"engine", "routing", "data", "bottom"},
     "analysis": {"analysis", "bottom"},
     "suites": {"suites", "engine", "analysis", "routing", "data", "bottom"},
-    "cli": {"cli", "suites", "engine", "analysis", "routing", "data", "bottom"},
+    "check": {"check", "engine", "routing", "data", "bottom"},
+    "cli": {"cli", "check", "suites", "engine", "analysis", "routing", "data", "bottom"},
 }
 
 
