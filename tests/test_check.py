@@ -24,7 +24,7 @@ EXAMPLE = ROOT / "examples" / "my_router.py"
 BF16_GATE = "got other experts under bf16 autocast (logits torch.bfloat16)"
 KNOWN = {f"family:{name}": {"logits_fp32": BF16_GATE}
          for name in ("deepseek_v3", "deepseek_v4", "glm4_moe", "gpt_oss", "llama4", "mixtral", "olmoe",
-                      "qwen3_5_moe", "qwen3_moe")}
+                      "qwen3_5_moe", "qwen3_moe", "longcat_flash")}
 
 
 def family_targets():

@@ -23,7 +23,7 @@ from harness.engine.families.gates import SwappedGate  # noqa: E402
 from harness.engine.model import model_config  # noqa: E402
 from harness.engine.train import run  # noqa: E402
 
-NEW_2026 = ("glm4_moe", "qwen3_5_moe", "gpt_oss", "llama4", "deepseek_v4")  # the families of issue 34
+NEW_2026 = ("glm4_moe", "qwen3_5_moe", "gpt_oss", "llama4", "deepseek_v4", "longcat_flash")  # the families of issue 34
 SMALL = {"model.dim": 32, "model.num_heads": 2, "model.seq_len": 16, "model.expert_hidden": 32, "model.num_layers": 2}
 
 
@@ -59,7 +59,10 @@ def test_the_harness_router_as_the_familys_own_routing_equals_the_untouched_mode
     # NOTE: the swapped router's weight sits at <block>.<gate_name>[.gate].router.gate (gate: Llama 4's wrapper)
     own = f".{model.family_class.gate_name}."
     # (a gate the family keeps, DeepSeek-V4's hash layers', at <block>.<gate_name>.native)
-    grads = {re.sub(rf"{re.escape(own)}((gate\.)?router\.gate|native)\.", own, n): p.grad
+    # (LongCat's router holds its Linear at .classifier: the swapped weight maps there)
+    linear = f"{own}{model.family_class.gate_linear}." if model.family_class.gate_linear else own
+    grads = {re.sub(rf"{re.escape(own)}((gate\.)?router\.gate\.|native\.)",
+                    lambda found: own if found.group(1) == "native." else linear, n): p.grad
              for n, p in swapped.hf.named_parameters()}
     compared = 0
     for n, p in reference.named_parameters():  # NOTE: DeepSeek's own router runs in float32 even in a float64 model
@@ -114,7 +117,7 @@ def test_every_size_runs_on_the_familys_fast_expert_path(name):
     family = FAMILIES.lookup(name)
     for size in SIZES:
         config = family.hf_config(model_config(size, family=name))
-        widths = {k: v for k, v in config.items() if k.endswith("intermediate_size")}
+        widths = {k: v for k, v in config.items() if k.endswith(("intermediate_size", "ffn_hidden_size"))}
         assert widths and all(v % 8 == 0 for v in widths.values()), (size, widths)
     for size in ("tiny", "small"):
         model = model_config(size, family=name)
@@ -186,3 +189,15 @@ def test_a_family_suite_under_jobs_2_gives_the_rows_of_one_process(make_suite, t
     assert set(one["model.family"]) == {"olmoe", *NEW_2026} and (one["status"] == "ok").all()
     for column in ("run_id", "val_loss", "maxvio_global", "train_loss"):
         assert one[column].tolist() == two[column].tolist(), column
+
+
+def test_zero_experts_route_inside_longcat_flash_and_only_there(tiny_settings):
+    """LongCat's zero-computation experts: the longcat preset swapped into LongCat-Flash trains with
+    fewer FFN experts per token than k (the identity experts take the rest); a family without such
+    experts refuses it, naming the one that has them."""
+    settings = {**tiny_settings, **SMALL, "router": "longcat", "train.steps": 4, "train.eval_every": 2}
+    record = run(resolve({**settings, "model.family": "longcat_flash"})).record
+    assert record["status"] == "ok" and pd.notna(record["val_loss"])
+    assert 0 < record["mean_k"] < record["model.top_k"]
+    with pytest.raises(ValueError, match=r"has no zero-computation experts.*'longcat_flash'"):
+        resolve({**settings, "model.family": "qwen3_moe"})

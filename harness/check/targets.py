@@ -86,22 +86,24 @@ class FamilyAdapter:
 
         model = model_config("tiny", family=family, dim=DIM, num_heads=2, seq_len=16, expert_hidden=32, num_layers=2)
         cfg = family_router("native", model, {})
-        self.module = FamilyLM(model, cfg, native=True).gates[-1].native
+        self.gate = FamilyLM(model, cfg, native=True).gates[-1]  # NOTE: a NativeGate: what it chose, recorded
+        self.module = self.gate.native
         self.num_experts, self.top_k, self.dim = model.num_experts, model.top_k, model.dim
         self.score_func, self.route_norm, self.route_scale = cfg.score_func, cfg.route_norm, cfg.route_scale
         groups = (getattr(self.module, "num_group", 1), getattr(self.module, "topk_group", 1))
         self.groups = groups if groups[0] > 1 else None
+        self.fixed_k = not model.family_class.zero_experts  # NOTE: zero experts take some of a token's k
         self.bias = getattr(self.module, "e_score_correction_bias", None)
         self.set_bias = self._set_bias if self.bias is not None else None
 
     def _set_bias(self, b_E: torch.Tensor) -> None:
         with torch.no_grad():
-            self.bias.copy_(b_E)
+            self.bias[:self.num_experts].copy_(b_E)  # NOTE: the FFN experts' (LongCat's zero experts' stay)
 
     def route(self, x_TD: torch.Tensor, seq_len: int | None = None) -> Routed:
-        logits_TE, weights_TK, ids_TK = self.module(x_TD)
-        counts_E = torch.bincount(ids_TK.reshape(-1), minlength=self.num_experts).float()
-        return Routed(ids_TK, weights_TK, logits_TE, counts_E)
+        logits_TE, weights_TK, ids_TK = self.gate(x_TD)
+        out = self.gate.last_route
+        return Routed(ids_TK, weights_TK, logits_TE[:, :self.num_experts], out.counts_E, None, out.identity_T)
 
 
 def load_module(spec: str) -> Callable[[], object]:

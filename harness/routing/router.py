@@ -66,12 +66,15 @@ def split_zero(token_idx_A, expert_idx_A, gate_A, num_experts: int, num_tokens: 
     return token_idx_A[real_A], expert_idx_A[real_A], gate_A[real_A], identity_T
 
 
-def gate_logits(gate: nn.Linear, x_TD: torch.Tensor, float64_logits: bool = False) -> torch.Tensor:
+def gate_logits(gate: nn.Linear, x_TD: torch.Tensor, float64_logits: bool = False,
+                float32_inputs: bool = False) -> torch.Tensor:
     """[T, E] the gate's logits in float32, also under bf16 autocast (Megatron's fp32 router): a bf16
-    gate flips the top-k at near-ties (marin issue 8435). A float64 model (the equivalence tests) stays
-    float64 where `float64_logits` is set (a family whose own router runs in the model's dtype)."""
+    gate flips the top-k at near-ties (marin issue 8435). A float64 model (the equivalence tests)
+    computes them in float64, and keeps them so where `float64_logits` is set (a family whose own
+    router runs in the model's dtype), or in float32 from the start where `float32_inputs` is (one
+    whose router casts its input to float32 first)."""
     with torch.autocast(x_TD.device.type, enabled=False):
-        x_TD = x_TD if x_TD.dtype == torch.float64 else x_TD.float()
+        x_TD = x_TD if x_TD.dtype == torch.float64 and not float32_inputs else x_TD.float()
         bias = None if gate.bias is None else gate.bias.to(x_TD.dtype)
         logits_TE = F.linear(x_TD, gate.weight.to(x_TD.dtype), bias)
     return logits_TE if float64_logits and logits_TE.dtype == torch.float64 else logits_TE.float()
@@ -109,13 +112,13 @@ class Router(nn.Module):
         # expert choice only: route by a causal top-k of the same scores instead (the driver sets it
         # for a second validation pass, val_loss_causal)
         self.causal_topk = False
-        self.float64_logits = False
+        self.float64_logits = self.float32_inputs = False  # a family's precision (gate_logits)
 
     def forward(self, x_TD: torch.Tensor, seq_len: int | None = None,
                 token_ids: torch.Tensor | None = None) -> RouterOutput:
         """`token_ids` [T]: the tokens' ids, which a rule may route by (hash selection); None: not known."""
         cfg = self.cfg
-        logits_TE = gate_logits(self.gate, x_TD, self.float64_logits)
+        logits_TE = gate_logits(self.gate, x_TD, self.float64_logits, self.float32_inputs)
         scores_TE = SCORE_FUNCS[cfg.score_func](logits_TE)
         token_idx_A, expert_idx_A, mask_TE = self._route(logits_TE, scores_TE, token_ids)
         gate_A = gates(scores_TE, token_idx_A, expert_idx_A, cfg)

@@ -42,10 +42,13 @@ class FamilyLM(nn.Module):
         for block in [] if dense else sparse_blocks(self.hf, family.gate_name):
             own = getattr(block, family.gate_name)
             keep = native or family.keeps_own(block)
-            gate = NativeGate(family.own_gate(own, model_cfg), model_cfg.num_experts, family.native_preset) if keep \
-                else SwappedGate(own, model_cfg.dim, model_cfg.num_experts, model_cfg.top_k, router_cfg)
+            gate = NativeGate(family.own_gate(own, model_cfg), model_cfg.num_experts, family.native_preset,
+                              family.zero_experts) if keep \
+                else SwappedGate(getattr(own, family.gate_linear) if family.gate_linear else own, model_cfg.dim,
+                                 model_cfg.num_experts, model_cfg.top_k, router_cfg)
             if not keep:  # NOTE: a float64 model then routes in float64, as the family's own router does
                 gate.router.float64_logits = family.routes_in_model_dtype
+                gate.router.float32_inputs = family.routes_from_float32
             setattr(block, family.gate_name, family.gate_in_block(gate, model_cfg))
             if not keep and not gate.fixed_k and hasattr(block.experts, "_is_expert_parallel"):
                 # NOTE: transformers' fast expert paths (grouped_mm, batched_mm) leave a slot with no

@@ -46,8 +46,11 @@ class Family:
     traits: dict[str, Any] = {}  # router fields the family imposes on any router swapped in
     honours: frozenset[str] = COMMON  # the model.* settings it builds from; any other is refused
     gate_name = "gate"  # the MoE block's attribute that holds its router
+    gate_linear = ""  # the router's attribute that holds its Linear ("": the router is one, or has its weight)
+    zero_experts = 0  # Z zero-computation (identity) experts its block takes beside the FFN ones (LongCat's)
     grouped_experts = True  # its experts take transformers' fast paths (grouped_mm, batched_mm)
     routes_in_model_dtype = False  # its own router computes in the model's dtype, not float32 (DeepSeek-V4)
+    routes_from_float32 = False  # its own router casts its input to float32 first, in any model (LongCat)
     unused_parameters = False  # parts of it a short context leaves without a gradient (DeepSeek-V4's indexer)
 
     @classmethod

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from harness.routing import Router, RouterConfig, RouterOutput, get_router_config
-from harness.routing.router import SCORE_FUNCS
+from harness.routing.router import SCORE_FUNCS, split_zero
 
 def padded(route: RouterOutput, num_tokens: int, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
     """([T, K] expert ids, [T, K] weights) of a route's assignments, token-major; K the most any token
@@ -42,14 +42,15 @@ class SwappedGate(nn.Module):
     def __init__(self, native: nn.Module, dim: int, num_experts: int, top_k: int, cfg: RouterConfig):
         super().__init__()
         self.router = Router(dim, num_experts, top_k, cfg)
-        with torch.no_grad():
-            self.router.gate.weight.copy_(native.weight)
+        with torch.no_grad():  # NOTE: the FFN experts' rows, then as many zero experts' as both have (LongCat's)
+            rows = min(len(native.weight), len(self.router.gate.weight))
+            self.router.gate.weight[:rows].copy_(native.weight[:rows])
             if self.router.gate.bias is not None and getattr(native, "bias", None) is not None:
                 self.router.gate.bias.copy_(native.bias)  # gpt-oss's router bias term
         self.num_experts, self.dim = num_experts, dim
         # exactly k experts per token, token-major, whatever the batch: the ids and weights go to the
         # family's experts as views, with no padded slot for them to mask
-        self.fixed_k = not (cfg.capacity_factor > 0 or self.router.selection.variable_k)
+        self.fixed_k = not (cfg.capacity_factor > 0 or self.router.selection.variable_k or self.router.zero_experts)
         self.seq_len: int | None = None  # the batch's sequence length (the family passes [T, D] tokens)
         self.token_ids: torch.Tensor | None = None  # the batch's token ids [B, L], for a rule that routes by them
         self.last_route: RouterOutput | None = None
@@ -84,10 +85,10 @@ class NativeRouter(nn.Module):
 class NativeGate(nn.Module):
     """A family's own gate, untouched, with what it chose recorded as a RouterOutput."""
 
-    def __init__(self, native: nn.Module, num_experts: int, scores: str):
+    def __init__(self, native: nn.Module, num_experts: int, scores: str, zero_experts: int = 0):
         super().__init__()
         # NOTE: the score function of the preset the family's own routing is written as (its native_preset)
-        self.native, self.num_experts = native, num_experts
+        self.native, self.num_experts, self.zero_experts = native, num_experts, zero_experts
         self.scores = SCORE_FUNCS[get_router_config(scores).score_func]
         self.router = NativeRouter(num_experts)
         self.seq_len: int | None = None
@@ -96,9 +97,13 @@ class NativeGate(nn.Module):
     def forward(self, hidden, *extra):  # NOTE: extra: what the block hands its gate beside (the token ids)
         logits, weights_TK, ids_TK = self.native(hidden, *extra)
         tokens, k = ids_TK.shape
-        expert_A = ids_TK.reshape(-1)
+        token_A, expert_A = torch.arange(tokens, device=ids_TK.device).repeat_interleave(k), ids_TK.reshape(-1)
+        gate_A, identity_T = weights_TK.reshape(-1).float(), None
+        scores_TE = self.scores(logits.float())
+        if self.zero_experts:  # NOTE: ids >= E are identity experts (LongCat's): their mass, not an assignment
+            token_A, expert_A, gate_A, identity_T = split_zero(token_A, expert_A, gate_A, self.num_experts, tokens)
+            scores_TE = scores_TE[:, :self.num_experts]
         counts_E = torch.bincount(expert_A, minlength=self.num_experts).float()
-        self.last_route = RouterOutput(torch.arange(tokens, device=ids_TK.device).repeat_interleave(k), expert_A,
-                                       weights_TK.reshape(-1).float(), counts_E, self.scores(logits.float()), {},
-                                       None, counts_E.long())
+        self.last_route = RouterOutput(token_A, expert_A, gate_A, counts_E, scores_TE, {}, None, counts_E.long(),
+                                       identity_T)
         return logits, weights_TK, ids_TK

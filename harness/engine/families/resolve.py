@@ -66,9 +66,11 @@ def check_family(model, router_cfg: RouterConfig) -> None:
     if family is None:
         return
     check_moe_layers(model)
-    if router_cfg.controller.zero_experts(router_cfg):
+    if router_cfg.controller.zero_experts(router_cfg) and not family.zero_experts:
+        with_zero = sorted(n for n, f in FAMILIES.items() if f.zero_experts)
         raise ValueError(f"model.family = {family.name!r} has no zero-computation experts: router.bias_mode = "
-                         f"{router_cfg.bias_mode!r} routes to some, so it runs in model.family = 'harness' only")
+                         f"{router_cfg.bias_mode!r} routes to some, so it runs in model.family = 'harness' or "
+                         f"{with_zero} only")
     if not router_cfg.rule.causal:
         raise ValueError(f"model.family = {family.name!r} routes each token by itself at evaluation, so it needs a causal "
                          f"selection rule; router.selection = {router_cfg.selection!r} is not. Choose one of "
