@@ -14,7 +14,9 @@ global-batch aux loss, so every rank holds the same bias. Only rank 0 writes and
 
 from __future__ import annotations
 
+import gc
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -99,3 +101,52 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def failures(error: BaseException | None) -> list[str]:
+    """Every rank's failure of the run just ended, the first to fail first ("Type: message (rank R)");
+    [] where none failed. A rank that failed aborts the process group, so the others fail too, in
+    the collective they wait in or in this one, instead of hanging there; then every rank joins a
+    fresh group on the same store for the next run. In one process: its own error."""
+    if not is_distributed():
+        return [] if error is None else [f"{type(error).__name__}: {error}"]
+    failed_at = time.time() if error is not None else None
+    if error is None:
+        box = [None] * world_size()
+        try:  # NOTE: every rank meets here after each run; a rank that failed has aborted the group
+            dist.all_gather_object(box, None)
+            return []
+        except Exception as err:  # noqa: BLE001 - another rank failed and aborted the group
+            error, failed_at = err, time.time()
+    text = f"{type(error).__name__}: {error}"
+    # NOTE: the failed run's frames hold its DDP model, and so the process group: a Gloo group closes
+    # its connections, which is what wakes a waiting peer, only once nothing holds it
+    error.__traceback__ = None
+    del error
+    gc.collect()
+    _rejoin()
+    box = [None] * world_size()
+    dist.all_gather_object(box, (failed_at, rank(), text))
+    return [f"{text} (rank {r})" for _, r, text in sorted(b for b in box if b[0] is not None)]
+
+
+_rejoins = [0]
+
+
+def _rejoin() -> None:
+    """Abort this rank's process group (a peer waiting in one of its collectives then raises at once)
+    and join a new one under a prefix of its own: under the old keys a rank that rejoined first would
+    reconnect to its peer's old group, which would then wait on."""
+    c10d = dist.distributed_c10d
+    backend, me, world = dist.get_backend(), rank(), world_size()
+    store = c10d._get_default_store()
+    try:
+        abort = getattr(c10d, "_abort_process_group", None)
+        abort() if abort else dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - a group a peer already broke
+        pass
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _rejoins[0] += 1
+    dist.init_process_group(backend, store=dist.PrefixStore(f"moe_harness_rejoin_{_rejoins[0]}", store), rank=me,
+                            world_size=world)

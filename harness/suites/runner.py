@@ -147,15 +147,23 @@ def execute_runs(suite: Suite, folder: Path, progress: bool = True, storage=None
 def run_or_fail(cfg: RunConfig, progress: bool, **kwargs):
     """A run; an exception inside it is recorded as status 'failed' and the suite goes on.
 
-    A checkpoint of another config is bad input, not a failed run: it stops the command."""
+    Under torchrun the ranks agree on the outcome: a run that raised on one rank fails on every rank
+    at once (distributed.failures), recorded once with the first error. A checkpoint of another
+    config is bad input, not a failed run: it stops the command."""
+    result, error = None, None
     try:
-        return run(cfg, progress=progress, **kwargs)
+        result = run(cfg, progress=progress, **kwargs)
     except (KeyboardInterrupt, SystemExit, CheckpointMismatch):
         raise
     except Exception as err:  # noqa: BLE001 - one broken run must not stop a suite
-        record = {"run_id": cfg.run_id, "config_id": cfg.config_id, **cfg.flat(), "status": "failed", "error": f"{type(err).__name__}: {err}",
-                  "val_loss": math.nan}
-        return RunResult(record)
+        error = err
+    failed = distributed.failures(error)
+    if not failed:
+        return result
+    message = failed[0] + (f"; then on the other ranks: {'; '.join(failed[1:])}" if len(failed) > 1 else "")
+    record = {"run_id": cfg.run_id, "config_id": cfg.config_id, **cfg.flat(), "status": "failed", "error": message,
+              "val_loss": math.nan}
+    return RunResult(record)
 
 
 def run_suite_file(path: str, out_dir: str = "results", device: str = "auto",
