@@ -356,3 +356,32 @@ def test_the_storage_can_come_from_the_environment(make_suite, tmp_path, monkeyp
 def test_without_storage_drops_every_spelling_of_the_option():
     argv = ["run", "s.toml", "--storage", "u1", "--out", "o", "--storage=u2", "--stor", "u3", "--sto=u4", "--set", "x=1"]
     assert workqueue.without_storage(argv) == ["run", "s.toml", "--out", "o", "--set", "x=1"]
+
+
+@pytest.mark.parametrize("visible, expected", [("2,3", ["2", "3", "2"]), (None, ["0", "1", "0"]),
+                                               ("GPU-aa, GPU-bb", ["GPU-aa", "GPU-bb", "GPU-aa"])])
+def test_jobs_deal_out_only_the_gpus_this_process_was_given(monkeypatch, tmp_path, capsys, visible, expected):
+    """Issue 37: a parent on GPUs 2,3 put workers on GPUs 0, 1, 0. Simulated: 2 devices visible,
+    --jobs 3; each worker's CUDA_VISIBLE_DEVICES is one of the parent's, and the sharing is said."""
+    import torch
+
+    started = []
+
+    class Finished:
+        returncode = 0
+
+        def __init__(self, cmd, env):
+            started.append(env["CUDA_VISIBLE_DEVICES"])
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(subprocess, "Popen", Finished)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert workqueue.local_workers(["run", "s.toml"], 3, "sqlite:///q.db", tmp_path, set(), progress=False) == 0
+    assert started == expected
+    assert "--jobs 3 on 2 GPU(s): workers share them" in capsys.readouterr().err

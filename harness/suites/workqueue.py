@@ -237,22 +237,34 @@ def without_storage(argv: list[str]) -> list[str]:
     return out
 
 
+def worker_gpus(jobs: int, gpus: int, visible: str | None) -> list[str]:
+    """Each worker's CUDA_VISIBLE_DEVICES: the devices this process was given (its own
+    CUDA_VISIBLE_DEVICES, ids or UUIDs; else 0 .. gpus - 1), dealt out in turn, so a worker never
+    sees a device outside them; more workers than devices share them."""
+    given = [d.strip() for d in visible.split(",") if d.strip()] if visible else [str(i) for i in range(gpus)]
+    given = given[:gpus] or [str(i) for i in range(gpus)]  # NOTE: what CUDA opened of the list
+    return [given[i % len(given)] for i in range(jobs)]
+
+
 def local_workers(argv: list[str], jobs: int, storage_url: str, folder: Path, run_ids: set[str],
                   progress: bool = True) -> int:
     """Start `jobs` worker processes of the same command on one storage, with a progress bar of the
     suite's completed runs; returns the worst exit status.
 
-    One GPU each when there are GPUs (CUDA_VISIBLE_DEVICES); on CPU, the cores split between them.
+    One GPU each of those this process was given (worker_gpus); on CPU, the cores split between them.
     """
     import torch
 
     gpus = torch.cuda.device_count()
+    devices = worker_gpus(jobs, gpus, os.environ.get("CUDA_VISIBLE_DEVICES")) if gpus else []
+    if jobs > gpus > 0:
+        print(f"--jobs {jobs} on {gpus} GPU(s): workers share them ({', '.join(devices)})", file=sys.stderr)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     procs = []
     for i in range(jobs):
         env = dict(os.environ, MOE_HARNESS_WORKER=str(i))
         if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+            env["CUDA_VISIBLE_DEVICES"] = devices[i]
         else:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
         # NOTE: the URL goes through the environment, never argv: any user can read a command line
