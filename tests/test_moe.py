@@ -137,3 +137,27 @@ def test_cpu_autocast_runs_the_experts_in_bfloat16():
     out.float().sum().backward()
     assert torch.isfinite(out).all() and layer.experts.w1.grad.dtype == torch.float32
     assert layer.router.expert_bias.dtype == torch.float32
+
+
+@pytest.mark.parametrize("capability, dtype, ok", [((9, 0), torch.bfloat16, True), ((10, 0), torch.bfloat16, True),
+                                                   ((12, 0), torch.bfloat16, False), ((8, 0), torch.bfloat16, False),
+                                                   ((9, 0), torch.float32, False)])
+def test_grouped_mm_is_taken_on_sm90_and_sm100_only(monkeypatch, capability, dtype, ok):
+    """Issue 37: sm120 passed a `>= (9, 0)` check into torch's hidden fallback; an A100 (sm80) raised."""
+    from harness.engine.moe import grouped_mm_unsupported
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    why = grouped_mm_unsupported(torch.device("cuda"), dtype, 64, 64)
+    assert (why is None) == ok and (ok or f"sm{capability[0]}{capability[1]}" in why or "bfloat16" in why)
+
+
+def test_grouped_mm_where_it_cannot_run_says_why_and_runs_the_loop():
+    from harness.engine.moe import Experts
+
+    torch.manual_seed(0)
+    forced, loop = Experts(4, 12, 10, impl="grouped_mm"), Experts(4, 12, 10, impl="loop")
+    loop.load_state_dict(forced.state_dict())
+    x, counts = torch.randn(9, 12), torch.tensor([3, 0, 4, 2])
+    with pytest.warns(UserWarning, match=r"cannot run here \(the expert widths \[12, 10\] are not multiples of 4"):
+        out = forced(x, counts)
+    torch.testing.assert_close(out, loop(x, counts))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,16 +30,23 @@ def unit_rms(y: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return y * torch.rsqrt(y.float().square().mean(dim=-1, keepdim=True) + eps).to(y.dtype)
 
 
-def grouped_mm_supported(device: torch.device, dtype: torch.dtype, *dims: int) -> bool:
-    """Whether torch._grouped_mm runs here: strides of 16 bytes; on CUDA, bf16 on sm90+."""
+def grouped_mm_unsupported(device: torch.device, dtype: torch.dtype, *dims: int) -> str | None:
+    """Why torch._grouped_mm cannot run here (None: it can): strides of 16 bytes; on CUDA, bf16 on
+    sm90 or sm100 (torch falls back to a slow path elsewhere, sm120 included)."""
     # NOTE: on this CPU build _grouped_mm is correct but slower than the loop below (measured
     # interleaved: 142 vs 134 ms at the reference shape), so `auto` uses it on CUDA only.
     align = 16 // torch.empty((), dtype=dtype).element_size()
-    if not hasattr(torch, "_grouped_mm") or any(d % align for d in dims):
-        return False
+    if not hasattr(torch, "_grouped_mm"):
+        return f"this torch {torch.__version__} has no _grouped_mm"
+    if any(d % align for d in dims):
+        return f"the expert widths {list(dims)} are not multiples of {align} ({dtype}: 16-byte strides)"
     if device.type == "cuda":
-        return dtype == torch.bfloat16 and torch.cuda.get_device_capability(device) >= (9, 0)
-    return True
+        major, minor = torch.cuda.get_device_capability(device)
+        if major not in (9, 10):
+            return f"this card is sm{major}{minor}; torch's grouped matmul kernels are sm90 and sm100"
+        if dtype != torch.bfloat16:
+            return f"on CUDA it takes bfloat16, not {dtype}"
+    return None
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -77,10 +86,11 @@ class Experts(nn.Module):
     def _use_grouped_mm(self, x_AD: torch.Tensor) -> bool:
         if self.impl == "loop":
             return False
-        ok = grouped_mm_supported(x_AD.device, x_AD.dtype, self.w1.shape[1], self.w1.shape[2])
-        if self.impl == "grouped_mm" and not ok:
-            raise ValueError(f"expert_impl='grouped_mm' is not supported for {x_AD.dtype} at these widths")
-        return ok and (self.impl == "grouped_mm" or x_AD.is_cuda)
+        why = grouped_mm_unsupported(x_AD.device, x_AD.dtype, self.w1.shape[1], self.w1.shape[2])
+        if self.impl == "grouped_mm" and why:  # NOTE: the loop computes the same; one line says why
+            warnings.warn(f"model.expert_impl = 'grouped_mm' cannot run here ({why}): the experts run as a loop",
+                          stacklevel=3)
+        return why is None and (self.impl == "grouped_mm" or x_AD.is_cuda)
 
 
 class DenseFFN(nn.Module):

@@ -111,6 +111,8 @@ class SpeedMeter:
         self.ratios: list[float] = []  # per probe: run tokens/s over dense tokens/s (all ranks)
         self.dense_rates: list[float] = []  # per probe: dense tokens/s, all ranks
         self.wall = self.cpu = self.thread_seconds = 0.0  # inside run steps
+        if device.type == "cuda":  # NOTE: peak_mem_mb is this run's, not the process's (a suite runs many)
+            torch.cuda.reset_peak_memory_stats(device)
 
     def step(self, step: int, seconds: float, cpu_seconds: float) -> None:
         """Account one run step (`seconds` wall, `cpu_seconds` of the process); probe when due."""
