@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from harness.errors import RunsFailed
+from harness.errors import EXIT_POISONED, DevicePoisoned, RunsFailed
 from harness.metric_registry import BALANCED_MAXVIO
 
 STORAGE_ENV = "MOE_HARNESS_STORAGE"  # harness.suites.storage.ENV (not imported here: it pulls in Optuna)
@@ -282,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunsFailed as err:
         print(f"moe-harness {args.command}: {err}", file=sys.stderr)
         return 1
+    except DevicePoisoned as err:
+        print(f"moe-harness {args.command}: {err}", file=sys.stderr)
+        return EXIT_POISONED
     except BrokenPipeError:  # `moe-harness rate ... | head`: the reader left; no traceback for that
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

@@ -342,3 +342,41 @@ def test_a_fault_of_a_sweeps_base_is_not_blamed_on_its_space(tmp_path, capsys):
     code, _, err = cli(["sweep", path, "--out", tmp_path / "out", "--set", "router=native"], capsys)
     refused(code, err, r"\[base\] \(with any --set\): router = 'native' runs a model family's own router")
     assert "[space]" not in err
+
+
+ALWAYS_FAILS = '''
+from harness.routing.controllers import BIAS_RATE, BiasController, register_controller
+
+
+@register_controller("always_fails")
+class AlwaysFails(BiasController):
+    params = {"bias_rate": BIAS_RATE}
+    selections = ("topk",)
+
+    def update(self, bias_E, counts_E, num_tokens):
+        raise RuntimeError("CUDA error: device-side assert triggered (simulated)")
+'''
+
+
+def test_a_poisoned_cuda_context_ends_the_process_and_a_rerun_goes_on(tmp_path, monkeypatch, capsys):
+    """Issue 37: the run that poisoned the context is recorded failed, the command exits with
+    EXIT_POISONED naming what to do, and the same command again runs the rest (simulated: the
+    context probe is made to say so)."""
+    from harness.cli import main
+    from harness.errors import EXIT_POISONED
+    from harness.suites import runner
+
+    (tmp_path / "fails.py").write_text(ALWAYS_FAILS)
+    suite = tmp_path / "tiny.toml"
+    suite.write_text('name = "tiny"\nseeds = [0]\nplugins = ["fails.py"]\n[base]\nsize = "tiny"\n"train.steps" = 4\n'
+                     '[[variants]]\nrouter = "sigmoid_topk"\n"router.bias_mode" = "always_fails"\nlabel = "broken"\n'
+                     '[[variants]]\nrouter = "loss_free"\nlabel = "fine"\n')
+    out = ["run", str(suite), "--out", str(tmp_path / "out"), "--no-progress", "--threads", "1"]
+    monkeypatch.setattr(runner, "device_poisoned", lambda device: True)
+    assert main(out) == EXIT_POISONED
+    assert "CUDA context unusable" in capsys.readouterr().err
+    assert tables.read(tmp_path / "out" / "tiny").set_index("variant")["status"].to_dict() == {"broken": "failed"}
+    monkeypatch.setattr(runner, "device_poisoned", lambda device: False)
+    main(out)
+    runs = tables.read(tmp_path / "out" / "tiny").set_index("variant")
+    assert runs["status"].to_dict() == {"broken": "failed", "fine": "ok"}  # failed runs are retried: it fails again

@@ -385,3 +385,28 @@ def test_jobs_deal_out_only_the_gpus_this_process_was_given(monkeypatch, tmp_pat
     assert workqueue.local_workers(["run", "s.toml"], 3, "sqlite:///q.db", tmp_path, set(), progress=False) == 0
     assert started == expected
     assert "--jobs 3 on 2 GPU(s): workers share them" in capsys.readouterr().err
+
+
+def test_a_worker_whose_cuda_context_is_poisoned_is_started_afresh_on_its_gpu(monkeypatch, tmp_path):
+    """Issue 37: after a device-side assert a worker failed every run it claimed. It now exits with
+    EXIT_POISONED, and --jobs starts a fresh one on the same GPU while runs remain (simulated)."""
+    import torch
+
+    from harness.errors import EXIT_POISONED
+
+    started = []
+
+    class Worker:
+        def __init__(self, cmd, env):
+            started.append(env["CUDA_VISIBLE_DEVICES"])
+            self.returncode = EXIT_POISONED if len(started) == 1 else 0
+
+        def poll(self):
+            return self.returncode
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(subprocess, "Popen", Worker)
+    monkeypatch.setattr(workqueue, "POLL_S", 0.01)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert workqueue.local_workers(["run", "s.toml"], 2, "sqlite:///q.db", tmp_path, {"r1"}, progress=False) == 0
+    assert started == ["2", "3", "2"]  # the poisoned worker on GPU 2, then a fresh one there

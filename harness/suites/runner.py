@@ -30,7 +30,7 @@ from harness.engine.checkpoint import CheckpointMismatch
 from harness.engine.config import RunConfig
 from harness.suites.keys import parse_overrides
 from harness.engine.train import RunResult, run
-from harness.errors import RunsFailed
+from harness.errors import DevicePoisoned, RunsFailed
 from harness.suites import workqueue
 from harness.suites.storage import close_storage, open_storage
 from harness.suites.suite import Suite, load_suite
@@ -130,6 +130,10 @@ def execute_runs(suite: Suite, folder: Path, progress: bool = True, storage=None
                          "seed_plan": suite.plan.to_json() if suite.plan else "", **result.record}
         if lead:
             tables.append_run(folder, result)
+        if result.record["status"] == "failed" and device_poisoned(cfg.train.device):
+            raise DevicePoisoned(f"run {cfg.run_id} ({cfg.variant}) failed with {result.record['error']} and left "
+                                 "this process's CUDA context unusable; it is recorded failed. Run the same command "
+                                 "again to go on in a fresh process (a --jobs worker is restarted)")
         return result.record["status"]
 
     if storage is not None:
@@ -142,6 +146,19 @@ def execute_runs(suite: Suite, folder: Path, progress: bool = True, storage=None
     for cfg in tqdm(todo, desc=suite.name, unit="run", disable=not progress or not lead):
         run_one(cfg)
     return folder
+
+
+def device_poisoned(device: str) -> bool:
+    """Whether this process's CUDA context still runs a kernel (False on CPU, or where it does)."""
+    import torch
+
+    if device == "cpu" or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return False
+    try:
+        torch.ones(1, device="cuda").add_(1).item()
+        return False
+    except RuntimeError:  # NOTE: after a device-side assert every later CUDA call raises
+        return True
 
 
 def run_or_fail(cfg: RunConfig, progress: bool, **kwargs):

@@ -33,9 +33,11 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from harness import tables
+from harness.errors import EXIT_POISONED, DevicePoisoned
 from harness.suites.storage import ENV, heartbeat_enabled
 
 POLL_S = 1.0  # how often an idle worker looks at the queue
+MAX_RESTARTS = 3  # fresh workers in one slot after a CUDA context a run left unusable
 FILL_TIMEOUT_S = 120  # how long a worker waits for another to finish enqueueing
 WORKER = f"{os.uname().nodename}:{os.getpid()}"  # recorded on each claimed trial
 
@@ -196,6 +198,9 @@ def work(suite, folder: Path, storage, run_one, progress: bool = True) -> int:
                     status = run_one(cfg)
                 ran += 1
                 bar.update(1)
+        except DevicePoisoned:  # NOTE: the run is recorded failed; this worker exits, a fresh one goes on
+            status = "failed"
+            raise
         finally:
             queue.finish(trial_id, trial.number, status)
     bar.close()
@@ -246,13 +251,9 @@ def worker_gpus(jobs: int, gpus: int, visible: str | None) -> list[str]:
     return [given[i % len(given)] for i in range(jobs)]
 
 
-def local_workers(argv: list[str], jobs: int, storage_url: str, folder: Path, run_ids: set[str],
-                  progress: bool = True) -> int:
-    """Start `jobs` worker processes of the same command on one storage, with a progress bar of the
-    suite's completed runs; returns the worst exit status.
-
-    One GPU each of those this process was given (worker_gpus); on CPU, the cores split between them.
-    """
+def worker_envs(jobs: int, storage_url: str) -> list[dict[str, str]]:
+    """Each worker's environment: one GPU each of those this process was given (worker_gpus), on CPU
+    the cores split between them; the storage URL, which never goes on a command line."""
     import torch
 
     gpus = torch.cuda.device_count()
@@ -260,22 +261,40 @@ def local_workers(argv: list[str], jobs: int, storage_url: str, folder: Path, ru
     if jobs > gpus > 0:
         print(f"--jobs {jobs} on {gpus} GPU(s): workers share them ({', '.join(devices)})", file=sys.stderr)
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    procs = []
+    envs = []
     for i in range(jobs):
         env = dict(os.environ, MOE_HARNESS_WORKER=str(i))
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = devices[i]
         else:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-        # NOTE: the URL goes through the environment, never argv: any user can read a command line
-        env[ENV] = storage_url
-        cmd = [sys.executable, "-m", "harness.cli", *without_storage(argv), "--jobs", "1", "--no-progress"]
-        # NOTE: workers see the same argv, so a relative --out or suite path resolves the same
-        procs.append(subprocess.Popen(cmd, env=env))
+        env[ENV] = storage_url  # NOTE: any user can read a command line, not another's environment
+        envs.append(env)
+    return envs
+
+
+def local_workers(argv: list[str], jobs: int, storage_url: str, folder: Path, run_ids: set[str],
+                  progress: bool = True) -> int:
+    """Start `jobs` worker processes of the same command on one storage (worker_envs), with a
+    progress bar of the suite's completed runs; returns the worst exit status. A worker whose CUDA
+    context a run left unusable (exit EXIT_POISONED) is started afresh in its slot while runs remain,
+    up to MAX_RESTARTS times."""
+    # NOTE: workers see the same argv, so a relative --out or suite path resolves the same
+    cmd = [sys.executable, "-m", "harness.cli", *without_storage(argv), "--jobs", "1", "--no-progress"]
+    envs = worker_envs(jobs, storage_url)
+    procs, restarts = [subprocess.Popen(cmd, env=env) for env in envs], [0] * jobs
     bar = tqdm(total=len(run_ids), desc=f"{jobs} workers", unit="run", disable=not progress)
     try:
-        while any(p.poll() is None for p in procs):
-            bar.n = len(run_ids & {f.stem for f in tables.run_files(folder, "runs")})
+        while True:
+            done = run_ids & {f.stem for f in tables.run_files(folder, "runs")}
+            for i, p in enumerate(procs):
+                if p.poll() == EXIT_POISONED and restarts[i] < MAX_RESTARTS and done != run_ids:
+                    restarts[i] += 1
+                    print(f"worker {i}: its CUDA context is unusable; starting a fresh one", file=sys.stderr)
+                    procs[i] = subprocess.Popen(cmd, env=envs[i])
+            if all(p.poll() is not None for p in procs):
+                break
+            bar.n = len(done)
             bar.refresh()
             time.sleep(POLL_S)
     except KeyboardInterrupt:
