@@ -3,6 +3,7 @@ training step, the grouped_mm experts, torch.compile, and (on CUDA only) no host
 
 import contextlib
 import functools
+import sys
 
 import pytest
 import torch
@@ -87,3 +88,46 @@ def test_a_cuda_training_step_never_syncs_the_host(router):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+
+
+HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__", "numpy")
+
+
+@contextlib.contextmanager
+def harness_host_reads_raise():
+    """Every read of a tensor's value on the host made by harness code raises: on CUDA each is a
+    sync. The data path (harness/data: batches drawn by a CPU generator) and torch's own code are let
+    through (Adam reads its CPU step counter)."""
+    saved = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+
+    def guarded(name):
+        def read(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if "/harness/" in caller and "/harness/data/" not in caller:
+                raise AssertionError(f"Tensor.{name} read on the host from {caller}:{sys._getframe(1).f_lineno}")
+            return saved[name](self, *args, **kwargs)
+        return read
+
+    try:
+        for name in HOST_READS:
+            setattr(torch.Tensor, name, guarded(name))
+        yield
+    finally:
+        for name, read in saved.items():
+            setattr(torch.Tensor, name, read)
+
+
+@pytest.mark.parametrize("router", [n for n in router_names() if get_router_config(n).selection != "threshold"])
+def test_no_training_step_reads_a_tensor_on_the_host_early_or_late_in_a_run(router):
+    """The CPU stand-in for CUDA's sync check, at step 2 and in the run's second half (where the bias
+    dynamics start comparing update signs). Threshold selection syncs by design: its number of
+    assignments is data-dependent (nonzero)."""
+    cfg = resolve({**TINY_BASE, **GPU_LIKE, "router": router, "train.steps": 8, "train.grad_accum": 2})
+    trainer = Trainer(cfg, corpus_for(cfg), progress=False, on_eval=None)
+    for step in range(7):
+        if step in (1, 6):
+            with harness_host_reads_raise():
+                trainer.train_step(step)
+        else:
+            trainer.train_step(step)
+    assert len(trainer.metrics.costs) == 7 > cfg.train.steps // 2

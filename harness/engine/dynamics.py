@@ -35,7 +35,7 @@ class BiasDynamics:
     def __init__(self, steps: int, rate: float):
         self.steps, self.rate = steps, rate
         self.prev_sign = None  # [L, E] sign of each expert's last nonzero update
-        self.flips = self.compared = 0.0
+        self.flips = self.compared = 0.0  # NOTE: tensors once counted, read in summary(): no host sync per step
         self.q3 = None  # [L, E] the bias at 3/4 of the run
         self.last = None  # [L, E] the bias after the latest update
 
@@ -44,8 +44,8 @@ class BiasDynamics:
         sign = torch.sign(after_LE - before_LE)
         if self.prev_sign is not None and step > self.steps // 2:
             both = (sign != 0) & (self.prev_sign != 0)
-            self.flips += float((both & (sign != self.prev_sign)).sum())
-            self.compared += float(both.sum())
+            self.flips = self.flips + (both & (sign != self.prev_sign)).sum()
+            self.compared = self.compared + both.sum()
         self.prev_sign = torch.where(sign != 0, sign, self.prev_sign) if self.prev_sign is not None else sign
         if step == (3 * self.steps) // 4:
             self.q3 = after_LE.clone()
@@ -60,14 +60,15 @@ class BiasDynamics:
         spread = float((self.last.max(dim=-1).values - self.last.min(dim=-1).values).mean())
         per_u = (lambda x: x / self.rate) if self.rate > 0 else (lambda x: math.nan)
         drift = float((self.last - self.q3).square().mean(dim=-1).sqrt().mean()) if self.q3 is not None else math.nan
+        flips, compared = float(self.flips), float(self.compared)
         out.update(bias_spread=spread, bias_travel=per_u(spread), bias_drift=per_u(drift),
-                   bias_flip_share=self.flips / self.compared if self.compared else math.nan)
+                   bias_flip_share=flips / compared if compared else math.nan)
         return out
 
     def state_dict(self) -> dict:
         on_cpu = {k: None if v is None else v.cpu() for k, v in (("prev_sign", self.prev_sign), ("q3", self.q3),
                                                                    ("last", self.last))}
-        return {"flips": self.flips, "compared": self.compared, **on_cpu}
+        return {"flips": float(self.flips), "compared": float(self.compared), **on_cpu}
 
     def load_state_dict(self, state: dict, device: torch.device) -> None:
         for name, value in state.items():

@@ -98,7 +98,7 @@ class BipDual(BiasController):
             hist_EB = torch.zeros(self.num_experts, QB_BINS, dtype=torch.float64, device=scores_TE.device)
             histogram_add_(hist_EB, scores_TE - token_duals(scores_TE, q_E, self.top_k)[:, None])
             distributed.all_sum_(hist_EB)
-            tokens = float(hist_EB[0].sum())
-            level = (tokens - rank) / max(tokens - 1, 1)  # NOTE: the rank-th largest is the (N - rank + 1)-th smallest
+            tokens = hist_EB[0].sum()  # NOTE: a tensor, never read on the host
+            level = (tokens - rank) / (tokens - 1).clamp_min(1)  # NOTE: the rank-th largest is the (N - rank + 1)-th smallest
             q_E = histogram_quantiles(hist_EB, level).float().clamp_min(0)
         return -q_E

@@ -17,7 +17,6 @@ share saved is 1 - compute_ratio. LongCat-Flash: n = 512, Z = 256, k = 12, K_e a
 
 from __future__ import annotations
 
-import math
 
 import torch
 
@@ -55,6 +54,6 @@ class LongCat(BiasController):
         self.updates += 1
         rate = self.param("bias_rate")
         if self.param("zc_schedule") == "inverse_sqrt":
-            rate = rate / math.sqrt(int(self.updates))
+            rate = rate / self.updates.double().sqrt()  # NOTE: on the device: no host read per step
         budget = self.param("zc_budget") * self.top_k
         return bias_E + rate * longcat_step(counts_E, num_tokens, self.top_k, budget)

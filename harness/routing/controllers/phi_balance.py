@@ -69,7 +69,7 @@ class PhiBalance(BiasController):
     def update(self, bias_E, counts_E, num_tokens):
         pooled = distributed.all_sum_(self.step_pbar.clone())
         self.step_pbar.zero_()
-        if pooled[-1]:
-            rate = self.param("phi_rate")
-            self.ema.mul_(1 - rate).add_((pooled[:-1] / pooled[-1]).float(), alpha=rate)
+        # NOTE: a step with no training forward (pooled[-1] == 0) keeps the EMA, decided on the device
+        rate = self.param("phi_rate") * (pooled[-1] > 0).float()
+        self.ema.mul_(1 - rate).add_((pooled[:-1] / pooled[-1].clamp_min(1)).float() * rate)
         return None

@@ -89,8 +89,7 @@ class Quantile(BiasController):
     def update(self, bias_E, counts_E, num_tokens):
         hist_EB = distributed.all_sum_(self.step_hist.clone())  # NOTE: the one collective of the update
         self.step_hist.zero_()
-        if not hist_EB.sum():
-            return None  # no training forward this step (nothing observed)
         target_E = -histogram_quantiles(hist_EB, 1 - self.top_k / self.num_experts).float()
         ema = self.param("qb_ema")
-        return bias_E * ema + (1 - ema) * target_E
+        # NOTE: a step with no training forward observed nothing and keeps the bias (no host read to ask)
+        return torch.where(hist_EB.sum() > 0, bias_E * ema + (1 - ema) * target_E, bias_E)
