@@ -131,3 +131,20 @@ def test_no_training_step_reads_a_tensor_on_the_host_early_or_late_in_a_run(rout
         else:
             trainer.train_step(step)
     assert len(trainer.metrics.costs) == 7 > cfg.train.steps // 2
+
+
+@pytest.mark.slow
+def test_the_prepared_gpu_probe_runs_clean_in_dry_mode(tmp_path):
+    """tests/gpu_probe.py is the one command a lent GPU runs; its sections must keep working as the
+    code changes, and --dry runs them at tiny shapes on CPU."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    probe = Path(__file__).with_name("gpu_probe.py")
+    done = subprocess.run([sys.executable, str(probe), "--dry", "--out", str(tmp_path), "--budget-s", "400"],
+                          capture_output=True, text=True, timeout=600, cwd=probe.parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sections = json.loads((tmp_path / "gpu_probe.json").read_text())
+    assert {"env", "syncs", "router", "experts", "family", "compile"} <= set(sections)
+    assert not {name: s["error"] for name, s in sections.items() if "error" in s}
