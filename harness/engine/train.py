@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from harness.engine import checkpoint
+from harness.engine import checkpoint, memory
 from harness.engine.compile import CompiledForward
 from harness import distributed
 from harness.engine.config import RunConfig
@@ -241,6 +241,9 @@ def run(cfg: RunConfig, *, progress: bool = False, on_eval: EvalCallback | None 
     start = time.perf_counter()
     corpus = corpus_for(cfg)
     world = distributed.world_size()
+    # NOTE: before anything is allocated: a run that cannot fit fails now with what to change (CUDA only)
+    if (fits := memory.check_fits(cfg, distributed.device_for(cfg.train.device), world)) and distributed.rank() == 0:
+        print(fits, file=sys.stderr)
     meter = SpeedMeter(cfg, corpus, distributed.device_for(cfg.train.device),
                        cfg.train.batch_size * cfg.train.grad_accum * cfg.model.seq_len * world, world)
     live = None

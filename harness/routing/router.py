@@ -108,7 +108,7 @@ class Router(nn.Module):
         self.register_buffer("bias_ready", torch.tensor(False))
         # counts so far in this optimizer step, for the global_batch aux scope (Qwen's buffer)
         self.register_buffer("step_counts", torch.zeros(num_experts), persistent=False)
-        self._bias_ready_seen = bool(self.bias_ready)  # host copy: no device sync per forward
+        self._bias_ready_seen = False  # host copy of bias_ready: no device sync per forward
         # expert choice only: route by a causal top-k of the same scores instead (the driver sets it
         # for a second validation pass, val_loss_causal)
         self.causal_topk = False
