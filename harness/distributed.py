@@ -103,6 +103,15 @@ def broadcast_object(obj):
     return box[0]
 
 
+def all_gather_object(obj) -> list:
+    """Every rank's value of a picklable object, in rank order."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def failures(error: BaseException | None) -> list[str]:
     """Every rank's failure of the run just ended, the first to fail first ("Type: message (rank R)");
     [] where none failed. A rank that failed aborts the process group, so the others fail too, in

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from harness import tables
+from harness import distributed, tables
 from harness.suites.keys import resolve
 from harness.engine.train import Trainer, corpus_for
 from tests.conftest import TINY_BASE, kill_mid_run, process_tree, wait_until
@@ -301,3 +301,34 @@ def test_a_run_that_fails_on_one_rank_fails_on_all_at_once_and_the_suite_goes_on
     assert runs.loc["broken", "status"] == "failed"
     assert runs.loc["broken", "error"].startswith("RuntimeError: planted failure on rank 1 (rank 1)")
     assert runs.loc["fine", "status"] == "ok" and runs.loc["fine", "world_size"] == 2
+
+
+def _resume_rank(rank: int, folder: str, unseen: bool) -> None:
+    from harness.engine import checkpoint
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
+    reads, sent = [], []
+    real_load, real_broadcast = checkpoint.load, distributed.broadcast_object
+    checkpoint.load = lambda *a: reads.append(a[0]) or real_load(*a)
+    distributed.broadcast_object = lambda obj: sent.append(type(obj).__name__) or real_broadcast(obj)
+    try:
+        path = Path(folder) / ("elsewhere.pt" if unseen and rank == 1 else "run.pt")
+        state = checkpoint.load_shared(path, "r1")
+        torch.save({"weights": state["model"]["w"].clone(), "step": state["step"], "reads": len(reads),
+                    "sent": sent}, f"{folder}/resumed_{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("unseen", [False, True])
+def test_each_rank_reads_the_shared_checkpoint_itself_and_only_a_rank_that_cannot_gets_it_sent(tmp_path, unseen):
+    from harness.engine import checkpoint
+
+    weights = torch.randn(64, 64)
+    checkpoint.save(tmp_path / "run.pt", {"format": checkpoint.FORMAT, "run_id": "r1", "step": 7,
+                                          "model": {"w": weights}})
+    mp.spawn(_resume_rank, args=(str(tmp_path), unseen), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"resumed_{r}.pt") for r in (0, 1)]
+    assert all(torch.equal(r["weights"], weights) and r["step"] == 7 for r in ranks)
+    assert ranks[1]["reads"] == (0 if unseen else 1)  # rank 1 read the file itself where it could see it
+    assert ranks[1]["sent"] == (["tuple", "NoneType"] if unseen else ["tuple"])  # the state sent only then

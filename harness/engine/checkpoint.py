@@ -44,11 +44,12 @@ def save(path: Path, state: dict) -> None:
 
 
 def load(path: Path, run_id: str) -> dict | None:
-    """The checkpoint at `path`, or None if there is none or it cannot be read (said on stderr)."""
+    """The checkpoint at `path`, or None if there is none or it cannot be read (said on stderr).
+    Its tensors are mapped from the file, not read into memory: a rank copies each to its device."""
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # noqa: BLE001 - a torn or foreign file: start over, say so
         print(f"moe-harness: ignoring unreadable checkpoint {path} ({type(err).__name__}: {err}); "
               "the run starts from step 0", file=sys.stderr)
@@ -63,21 +64,39 @@ def load(path: Path, run_id: str) -> dict | None:
     return state
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    with contextlib.suppress(OSError):
+        stat = path.stat()
+        return stat.st_size, stat.st_mtime_ns
+    return None
+
+
 def load_shared(path: Path, run_id: str) -> dict | None:
-    """Rank 0's checkpoint, on every rank: all ranks resume from the same step, and ranks on other
-    nodes need not see rank 0's filesystem. A mismatch stops every rank, not only rank 0."""
+    """Rank 0's checkpoint, on every rank: all ranks resume from the same step. Where every rank sees
+    rank 0's file (a shared filesystem), each reads it itself; only where some rank does not is the
+    state sent from rank 0 (one pickled object of the whole checkpoint, said on stderr). A mismatch
+    stops every rank, not only rank 0."""
     if not distributed.is_distributed():
         return load(path, run_id)
-    state, error = None, None
+    state, error, seen = None, None, _file_id(path)
     if distributed.rank() == 0:
         try:
             state = load(path, run_id)
         except CheckpointMismatch as err:
             error = str(err)
-    state, error = distributed.broadcast_object((state, error))
+    step, seen_by_0, error = distributed.broadcast_object((state and state["step"], seen, error))
     if error:
         raise CheckpointMismatch(error)
-    return state
+    if step is None:
+        return None
+    if all(distributed.all_gather_object(seen == seen_by_0)):
+        state = state if distributed.rank() == 0 else load(path, run_id)
+        if not all(distributed.all_gather_object(state is not None and state["step"] == step)):
+            raise RuntimeError(f"checkpoint {path} changed or could not be read on some rank while resuming")
+        return state
+    if distributed.rank() == 0:
+        print(f"moe-harness: some ranks do not see {path}; sending the checkpoint from rank 0", file=sys.stderr)
+    return distributed.broadcast_object(state)
 
 
 def remove(path: Path) -> None:
