@@ -120,3 +120,23 @@ def test_a_plugin_with_python_control_flow_runs_compiled_and_says_what_ran_eager
     assert "Traceback" not in done.stderr and "Graph break" not in done.stderr, done.stderr[-3000:]
     row = tables.read(tmp_path / "plug", "runs").iloc[0]
     assert row["status"] == "ok" and row["compile_recompiles"] == 0
+
+
+def test_the_dense_yardstick_is_compiled_when_the_run_is(monkeypatch):
+    """throughput_ratio compares like with like: a compiled run against a compiled dense twin."""
+    from harness.data.corpus import load_corpus
+    from harness.engine.throughput import DenseProbe
+
+    compiled = []
+
+    def fake_compile(module, **kwargs):
+        compiled.append(module)
+        return lambda *args: module(*args)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    for flag in (False, True):
+        cfg = resolve({**TINY_BASE, "router": "loss_free", "train.compile": flag})
+        probe = DenseProbe(cfg, load_corpus(cfg.data.source, cfg.data.val_fraction, cfg.data.tokenizer),
+                           torch.device("cpu"))
+        assert (probe.forward is not probe.model) == flag
+    assert compiled == [probe.model]

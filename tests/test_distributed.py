@@ -195,7 +195,7 @@ def test_torchrun_with_nccl_on_cpu_exits_2(make_suite, tmp_path):
 # -- checkpoints ---------------------------------------------------------------------------------
 
 RESUME = {"train.steps": 60, "train.eval_every": 20, "train.checkpoint_every": 10, "train.log_every": 5}
-TIMING = {"tokens_per_s", "wall_s", "train_wall_s", "train_cpu_s", "cpu_utilisation", "dense_tokens_per_s",
+TIMING = {"tokens_per_s", "wall_s", "train_wall_s", "warmup_s", "train_cpu_s", "cpu_utilisation", "dense_tokens_per_s",
           "throughput_ratio", "throughput_reliable", "peak_mem_mb", "resumed_from_step", "git_commit"}
 
 

@@ -277,3 +277,26 @@ def test_live_wandb_logging_works_offline(tiny_settings, tmp_path, monkeypatch):
     run(cfg, log_dir=tmp_path / "logs", group="g")
     runs = list((tmp_path / "logs" / "wandb" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_tokens_per_s_leaves_the_warm_up_steps_out_and_times_them_apart(tiny_settings, monkeypatch):
+    """A first step that takes 2 s (compilation, lazy init) is in warmup_s, not in tokens/s."""
+    from harness.engine import throughput
+
+    real_step, calls = throughput.SpeedMeter.step, []
+
+    def slow_first(self, step, seconds, cpu_seconds):
+        calls.append(step)
+        real_step(self, step, seconds + (2.0 if len(calls) == 1 else 0.0), cpu_seconds)
+
+    monkeypatch.setattr(throughput.SpeedMeter, "step", slow_first)
+    record = run(resolve({**tiny_settings, "router": "loss_free", "train.steps": 20})).record
+    warm = 20 - throughput.SpeedMeter.WARMUP_STEPS
+    assert record["warmup_s"] >= 2.0
+    assert record["tokens_per_s"] == pytest.approx(
+        warm * cfg_tokens(tiny_settings) / (record["train_wall_s"] - record["warmup_s"]), rel=1e-9)
+
+
+def cfg_tokens(settings):
+    cfg = resolve({**settings, "router": "loss_free"})
+    return cfg.train.batch_size * cfg.train.grad_accum * cfg.model.seq_len

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import harness
+from harness.engine.compile import WARMUP_STEPS
 from harness.engine.config import RunConfig
 from harness.data.corpus import Corpus, sample_batch
 from harness.engine.model import build_dense
@@ -60,8 +61,8 @@ def environment(device: str) -> dict:
 
 class DenseProbe:
     """The dense-FFN twin of `cfg`'s model (equal active width) with its own optimizer and data
-    stream; `step()` trains it one step and returns the seconds it took. One untimed step at
-    construction warms it up."""
+    stream, built as the run is (under torch.compile when `train.compile`); `step()` trains it one
+    step and returns the seconds it took. Untimed steps at construction warm it up (and compile it)."""
 
     def __init__(self, cfg: RunConfig, corpus: Corpus, device: torch.device):
         torch.manual_seed(cfg.seed)  # NOTE: the run reseeds after this, so the probe changes nothing in it
@@ -69,8 +70,10 @@ class DenseProbe:
         self.optimizer = build_optimizer(self.model, cfg)
         self.cfg, self.corpus, self.device = cfg, corpus, device
         self.gen, self.amp = torch.Generator().manual_seed(0), autocast_for(cfg)
+        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
         self.tokens = cfg.train.batch_size * cfg.model.seq_len
-        self.step()
+        for _ in range(2 if cfg.train.compile else 1):  # NOTE: the first compiled steps compile forward and backward
+            self.step()
 
     def step(self) -> float:
         if self.device.type == "cuda":
@@ -79,7 +82,7 @@ class DenseProbe:
         x, y = (t.to(self.device) for t in sample_batch(self.corpus.train, self.cfg.train.batch_size,
                                                          self.cfg.model.seq_len, self.gen))
         with self.amp:
-            logits = self.model(x)
+            logits = self.forward(x)
         F.cross_entropy(logits.float().flatten(0, 1), y.flatten()).backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -91,6 +94,9 @@ class DenseProbe:
 class SpeedMeter:
     """A run's speed and what it means: tokens/s, the ratio to the dense twin, the CPU it got.
 
+    The first `WARMUP_STEPS` steps each process runs (allocator, lazy init, compilation) are timed
+    apart (`warmup_s`) and left out of `tokens_per_s`, unless the process ran no step after them.
+
     The dense twin is timed (median of 3 steps) at `train.dense_probe_steps` points spread
     through the run, each against the median of the run's few steps just before it, and
     `throughput_ratio` is the median of those ratios: a load that comes and goes then moves
@@ -100,6 +106,7 @@ class SpeedMeter:
     # NOTE: one dense step's time varies by about 8 % on a quiet CPU; the median of 3 per probe
     # brought the spread of identical runs' ratios within a few per cent (issue 17)
     STEPS_PER_PROBE = 3
+    WARMUP_STEPS = WARMUP_STEPS  # NOTE: the steps after which a compiled run's graphs are set (compile.py)
 
     def __init__(self, cfg: RunConfig, corpus: Corpus, device: torch.device, tokens_per_step: int, world: int):
         steps, probes = cfg.train.steps, cfg.train.dense_probe_steps
@@ -111,12 +118,18 @@ class SpeedMeter:
         self.ratios: list[float] = []  # per probe: run tokens/s over dense tokens/s (all ranks)
         self.dense_rates: list[float] = []  # per probe: dense tokens/s, all ranks
         self.wall = self.cpu = self.thread_seconds = 0.0  # inside run steps
+        self.warmup_wall, self.warm_steps, self.steps_here = 0.0, 0, 0  # warm steps: after this process's warm-up
         if device.type == "cuda":  # NOTE: peak_mem_mb is this run's, not the process's (a suite runs many)
             torch.cuda.reset_peak_memory_stats(device)
 
     def step(self, step: int, seconds: float, cpu_seconds: float) -> None:
         """Account one run step (`seconds` wall, `cpu_seconds` of the process); probe when due."""
         self.wall, self.cpu = self.wall + seconds, self.cpu + cpu_seconds
+        self.steps_here += 1
+        if self.steps_here <= self.WARMUP_STEPS:
+            self.warmup_wall += seconds
+        else:
+            self.warm_steps += 1
         self.thread_seconds += seconds * (torch.get_num_threads() if self.device.type == "cpu" else 1)
         self.recent = (self.recent + [seconds])[-self.RECENT:]
         if self.probe and step % self.every == 0 and len(self.ratios) < self.probes:
@@ -129,7 +142,8 @@ class SpeedMeter:
     def summary(self, steps_done: int) -> dict:
         utilisation = self.cpu / max(self.thread_seconds, 1e-9)
         reliable = self.device.type != "cpu" or utilisation >= MIN_CPU_UTILISATION
-        return {"tokens_per_s": steps_done * self.tokens_per_step / max(self.wall, 1e-9),
+        warm = (self.warm_steps, self.wall - self.warmup_wall) if self.warm_steps else (steps_done, self.wall)
+        return {"tokens_per_s": warm[0] * self.tokens_per_step / max(warm[1], 1e-9), "warmup_s": self.warmup_wall,
                 "dense_tokens_per_s": statistics.median(self.dense_rates) if self.dense_rates else math.nan,
                 "throughput_ratio": statistics.median(self.ratios) if self.ratios else math.nan,
                 "train_wall_s": self.wall, "train_cpu_s": self.cpu, "cpu_utilisation": utilisation,
@@ -142,7 +156,8 @@ class SpeedMeter:
 
     def state_dict(self) -> dict:
         return {"recent": self.recent, "ratios": self.ratios, "dense_rates": self.dense_rates, "wall": self.wall,
-                "cpu": self.cpu, "thread_seconds": self.thread_seconds}
+                "cpu": self.cpu, "thread_seconds": self.thread_seconds, "warmup_wall": self.warmup_wall,
+                "warm_steps": self.warm_steps}
 
     def load_state_dict(self, state: dict) -> None:
         for name, value in state.items():
