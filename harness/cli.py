@@ -269,6 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         from harness.suites.specfile import load_env_plugins
 
         load_env_plugins()  # MOE_HARNESS_PLUGINS: methods of the user's own, for every command
+        from harness.engine import determinism
+
+        determinism.apply()  # MOE_HARNESS_DETERMINISTIC=1: deterministic kernels (a bad value stops here)
         if getattr(args, "threads", None) is not None:  # NOTE: the environment carries it to --jobs workers too
             from harness.engine.threads import ENV, fixed_threads
 

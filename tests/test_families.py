@@ -201,3 +201,25 @@ def test_zero_experts_route_inside_longcat_flash_and_only_there(tiny_settings):
     assert 0 < record["mean_k"] < record["model.top_k"]
     with pytest.raises(ValueError, match=r"has no zero-computation experts.*'longcat_flash'"):
         resolve({**settings, "model.family": "qwen3_moe"})
+
+
+@pytest.mark.parametrize("name", FAMILIES.names())
+def test_under_bf16_autocast_a_familys_experts_run_in_bf16_and_train_their_float32_weights(name, monkeypatch):
+    """autocast does not cast transformers' `_grouped_mm`: the family's fused experts ran on their
+    float32 weights under bf16, which on CUDA is torch's slow fallback. Without autocast nothing
+    changes (float32 in, float32 out)."""
+    real, seen = torch._grouped_mm, []
+    monkeypatch.setattr(torch, "_grouped_mm", lambda a, b, **kw: seen.append((a.dtype, b.dtype)) or real(a, b, **kw))
+    model = model_config("tiny", family=name, **{"dim": 32, "num_heads": 2, "expert_hidden": 32})
+    lm = FamilyLM(model, family_router("loss_free", model, {}))
+    x = torch.randint(0, model.vocab_size, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lm(x).float().square().mean().backward()
+    experts = [p for block in sparse_blocks(lm.hf, FAMILIES.lookup(name).gate_name)
+               for p in block.experts.parameters()]
+    assert experts and all(p.dtype == torch.float32 and p.grad is not None for p in experts)
+    if FAMILIES.lookup(name).grouped_experts:
+        assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16)}, set(seen)
+    seen.clear()
+    lm(x)
+    assert set(seen) <= {(torch.float32, torch.float32)}

@@ -56,7 +56,7 @@ def environment(device: str) -> dict:
     name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
     return {"device": device, "device_name": name, "torch_version": torch.__version__,
             "python_version": platform.python_version(), "harness_version": harness.__version__,
-            "git_commit": GIT_COMMIT}
+            "git_commit": GIT_COMMIT, "deterministic": torch.are_deterministic_algorithms_enabled()}
 
 
 class DenseProbe:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import types
 
 import torch
 from torch import nn
@@ -15,6 +16,28 @@ from harness.engine.families.gates import NativeGate, SwappedGate
 from harness.engine.families.resolve import check_moe_layers
 
 __all__ = ["FAMILIES", "HARNESS", "Family", "FamilyLM", "family_names", "transformers_module"]
+
+
+def experts_in_autocast_dtype(experts: nn.Module) -> None:
+    """Run a family's experts in the autocast dtype, as autocast runs every Linear. transformers'
+    fused experts call `_grouped_mm` on their float32 weights, which autocast does not cast: under
+    bf16 they ran in float32 (on CUDA, torch's slow fallback). The float32 weights stay the master
+    copy: each forward casts them, and their gradients flow back through the cast."""
+    if list(experts.parameters(recurse=False)):  # NOTE: per-expert MLPs' Linears are autocast already
+        experts.casting, experts.forward = False, types.MethodType(_cast_forward, experts)
+
+
+def _cast_forward(experts: nn.Module, *args, **kwargs):
+    device = args[0].device.type
+    if experts.casting or not torch.is_autocast_enabled(device):
+        return type(experts).forward(experts, *args, **kwargs)
+    dtype = torch.get_autocast_dtype(device)
+    cast = {n: p.to(dtype) if p.is_floating_point() else p for n, p in experts.named_parameters(recurse=False)}
+    experts.casting = True  # NOTE: functional_call calls this forward again, which then runs the family's
+    try:
+        return torch.func.functional_call(experts, cast, args, kwargs)
+    finally:
+        experts.casting = False
 
 
 def sparse_blocks(model: nn.Module, gate_name: str = "gate") -> list[nn.Module]:
@@ -57,6 +80,7 @@ class FamilyLM(nn.Module):
                 # router's variable k needs. A fixed-k router pads nothing: the masking would cost
                 # 10-20 % of the block (a copy and two masked fills per call, in a profile)
                 block.experts._is_expert_parallel = True
+            experts_in_autocast_dtype(block.experts)
             self.gates.append(gate)
 
     @property
