@@ -46,6 +46,33 @@ def fwd_bwd(module: torch.nn.Module, x: torch.Tensor, extra_loss=None):
     return step
 
 
+MATMULS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::_grouped_mm")
+
+
+def op_profile(step, calls: int = 5) -> dict:
+    """Where one call of `step` spends its time, by torch.profiler (outside the timed rounds):
+    the self time of the matmul kernels and of everything else, in ms per call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            step()
+    events = prof.key_averages()
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMULS) / calls / 1e3
+    total = sum(e.self_cpu_time_total for e in events) / calls / 1e3
+    return {"matmul_ms": matmul, "other_ms": total - matmul,
+            "matmul_calls": sum(e.count for e in events if e.key in MATMULS) // calls}
+
+
+def profile_note(mine: dict, theirs: dict, what: str, detail: str = "") -> str:
+    """A measured reason for a ratio: the matmul and the other time of both sides, per call."""
+    return (f"profile, ms per call: matmuls {mine['matmul_ms']:.1f} in {mine['matmul_calls']} calls, "
+            f"{mine['matmul_ms'] / max(theirs['matmul_ms'], 1e-9):.2f}x {what}'s {theirs['matmul_ms']:.1f} in "
+            f"{theirs['matmul_calls']}{f' ({detail})' if detail else ''}; the rest {mine['other_ms']:.1f} against "
+            f"{theirs['other_ms']:.1f}")
+
+
 def tag(benchmark, key: str, vs: str | None = None, target: float | None = None, **info) -> None:
     benchmark.extra_info.update({"key": key, "vs": vs, "target": target, **info})
 
