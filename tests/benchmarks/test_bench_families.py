@@ -54,29 +54,31 @@ class Outputs(nn.Module):
         return torch.cat([t.flatten() for t in parts if torch.is_tensor(t) and t.is_floating_point()])
 
 
-def block_of(family: str, router: str, device) -> tuple[nn.Module, torch.Tensor]:
-    """The first MoE block of the family's `small` model, with the harness router written as the
-    family's own routing ("harness") or the family's gate untouched ("native"), and its input."""
-    model = model_config(SIZE, family=family)
+def block_of(family: str, router: str, device) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """The first routed MoE block of the family's `small` model (DeepSeek-V4's hash layers route by
+    token id, not by a gate, and are passed over), with the harness router written as the family's
+    own routing ("harness") or the family's gate untouched ("native"); its gate; and its input."""
+    model, spec = model_config(SIZE, family=family), FAMILIES.lookup(family)
     torch.manual_seed(0)
     if router == "harness":
-        lm = FamilyLM(model, family_router("native", model, {}))
+        lm = FamilyLM(model, family_router("native", model, {})).hf
     else:
-        transformers, spec = transformers_module(), FAMILIES.lookup(family)
+        transformers = transformers_module()
         lm = getattr(transformers, spec.model_class)(getattr(transformers, spec.config_class)(**spec.hf_config(model)))
         spec.prepare(lm, model)
-    block = sparse_blocks(lm.hf if router == "harness" else lm)[0].float().to(device)
+    block = [b for b in sparse_blocks(lm, spec.gate_name) if not spec.keeps_own(b)][0].float().to(device)
+    gate = getattr(block, spec.gate_name)
     if router == "harness":
-        block.gate.seq_len = model.seq_len
+        gate.seq_len = model.seq_len
     x = torch.randn(16, model.seq_len, model.dim, device=device)
-    return block, x
+    return block, gate, x
 
 
 @pytest.mark.benchmark(group="family_block")
 @pytest.mark.parametrize("family", FAMILIES.names())
 @pytest.mark.parametrize("router", ["native", "harness"])
 def test_family_moe_block(benchmark, device, family, router):
-    block, x = block_of(family, router, device)
+    block, _, x = block_of(family, router, device)
     out = benchmark(fwd_bwd(Outputs(block), x))
     tag(benchmark, f"moe_block@{family}[{router}]",
         vs=f"moe_block@{family}[native]" if router == "harness" else None,
@@ -88,8 +90,8 @@ def test_family_moe_block(benchmark, device, family, router):
 @pytest.mark.parametrize("family", FAMILIES.names())
 @pytest.mark.parametrize("router", ["native", "harness"])
 def test_family_gate_share(benchmark, device, family, router):
-    block, x = block_of(family, router, device)
-    out = benchmark(fwd_bwd(Outputs(block.gate), x.reshape(-1, x.shape[-1])))
+    _, gate, x = block_of(family, router, device)
+    out = benchmark(fwd_bwd(Outputs(gate), x.reshape(-1, x.shape[-1])))
     tag(benchmark, f"gate@{family}[{router}]", vs=f"moe_block@{family}[{router}]",
         note="the ratio is the gate's share of its block")
     assert torch.isfinite(out).all()

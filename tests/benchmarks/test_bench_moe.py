@@ -64,11 +64,12 @@ def test_router_forward_backward_and_update(benchmark, device, name):
     torch.manual_seed(0)
     router = Router(DIM, EXPERTS, TOP_K, get_router_config(name)).to(device)
     x = torch.randn(TOKENS, DIM, device=device)
-    router(x)  # dynamic k initialises its bias on the first call
+    token_ids = torch.randint(0, 256, (TOKENS,), device=device)  # NOTE: hash selection routes by them
+    router(x, token_ids=token_ids)  # dynamic k initialises its bias on the first call
 
     def step():
         router.zero_grad(set_to_none=True)
-        out = router(x, seq_len=256)
+        out = router(x, seq_len=256, token_ids=token_ids)
         (out.gate_A.sum() + sum(out.aux_losses.values(), torch.zeros((), device=device))).backward()
         router.balance_update(out.counts_E, num_tokens=TOKENS)
         sync(device)
