@@ -73,7 +73,17 @@ def profile_note(mine: dict, theirs: dict, what: str, detail: str = "") -> str:
             f"{theirs['other_ms']:.1f}")
 
 
-def tag(benchmark, key: str, vs: str | None = None, target: float | None = None, **info) -> None:
+PROFILES: dict[str, dict] = {}  # NOTE: by key, this session; a comparator runs before what it is compared with
+
+
+def tag(benchmark, key: str, vs: str | None = None, target: float | None = None, profile=None, **info) -> None:
+    """Name a benchmark, what it is compared with and its goal. With `profile` (the timed step), the
+    step is profiled after its rounds, and a row whose comparator was profiled too gets the split
+    of both as its note, the measured reason of its ratio."""
+    if profile is not None:
+        PROFILES[key] = info["profile"] = op_profile(profile)
+        if vs in PROFILES and "note" not in info:
+            info["note"] = profile_note(PROFILES[key], PROFILES[vs], vs)
     benchmark.extra_info.update({"key": key, "vs": vs, "target": target, **info})
 
 

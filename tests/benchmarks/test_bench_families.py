@@ -79,10 +79,11 @@ def block_of(family: str, router: str, device) -> tuple[nn.Module, nn.Module, to
 @pytest.mark.parametrize("router", ["native", "harness"])
 def test_family_moe_block(benchmark, device, family, router):
     block, _, x = block_of(family, router, device)
-    out = benchmark(fwd_bwd(Outputs(block), x))
+    step = fwd_bwd(Outputs(block), x)
+    out = benchmark(step)
     tag(benchmark, f"moe_block@{family}[{router}]",
         vs=f"moe_block@{family}[native]" if router == "harness" else None,
-        target=BLOCK_GOAL if router == "harness" else None)
+        target=BLOCK_GOAL if router == "harness" else None, profile=step)
     assert torch.isfinite(out).all()
 
 

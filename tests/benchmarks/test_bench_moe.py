@@ -18,7 +18,7 @@ from harness.engine.model import MoETransformer
 from harness.engine.moe import DenseFFN, MoELayer
 from harness.routing import Router, get_router_config, router_names
 from harness.engine.train import build_optimizer
-from tests.benchmarks.conftest import fwd_bwd, op_profile, profile_note, sync, tag
+from tests.benchmarks.conftest import PROFILES, fwd_bwd, op_profile, profile_note, sync, tag
 
 TOKENS, DIM, HIDDEN, EXPERTS, TOP_K = 4096, 256, 512, 16, 2
 
@@ -40,8 +40,9 @@ def check_layer(out, x):
 def test_dense_ffn_ref(benchmark, device):
     x = hidden_states(device)
     ffn = DenseFFN(DIM, TOP_K * HIDDEN).to(device)
-    out = benchmark(fwd_bwd(ffn, x))
-    tag(benchmark, "dense_ffn@ref")
+    step = fwd_bwd(ffn, x)
+    out = benchmark(step)
+    tag(benchmark, "dense_ffn@ref", profile=step)
     check_layer(out, x)
 
 
@@ -50,9 +51,10 @@ def test_dense_ffn_ref(benchmark, device):
 def test_moe_layer_ref(benchmark, device, impl):
     x = hidden_states(device)
     layer = moe_layer(device, impl=impl)
-    out = benchmark(fwd_bwd(layer, x))
+    step = fwd_bwd(layer, x)
+    out = benchmark(step)
     key = "moe_layer@ref" if impl == "loop" else "moe_layer_grouped_mm@ref"
-    tag(benchmark, key, vs="dense_ffn@ref", target=1.2 if impl == "loop" else None)
+    tag(benchmark, key, vs="dense_ffn@ref", target=1.2 if impl == "loop" else None, profile=step)
     check_layer(out, x)
     assert layer.last_route.counts_E.sum().item() == TOKENS * TOP_K
     assert layer.experts.w1.grad is not None and layer.router.gate.weight.grad is not None
@@ -76,7 +78,7 @@ def test_router_forward_backward_and_update(benchmark, device, name):
         return out
 
     out = benchmark(step)
-    tag(benchmark, f"router[{name}]@ref", vs="moe_layer@ref", target=0.05)
+    tag(benchmark, f"router[{name}]@ref", vs="moe_layer@ref", target=0.05, profile=step)
     assert out.counts_E.sum().item() == out.token_idx_A.numel() > 0
 
 
@@ -112,9 +114,6 @@ def copy_bandwidth(device) -> float:
         sync(device)
         best = min(best, time.perf_counter() - start)
     return 2 * src.numel() * src.element_size() / best
-
-
-PROFILES: dict[str, dict] = {}  # NOTE: each baseline runs first (E=8, the dense step), so a later note can compare
 
 
 @pytest.mark.benchmark(group="scaling_experts")
