@@ -80,8 +80,8 @@ def tag(benchmark, key: str, vs: str | None = None, target: float | None = None,
     """Name a benchmark, what it is compared with and its goal. With `profile` (the timed step), the
     step is profiled after its rounds, and a row whose comparator was profiled too gets the split
     of both as its note, the measured reason of its ratio."""
-    if profile is not None:
-        PROFILES[key] = info["profile"] = op_profile(profile)
+    if profile is not None:  # NOTE: the step to profile, or a profile already taken (op_profile)
+        PROFILES[key] = info["profile"] = profile if isinstance(profile, dict) else op_profile(profile)
         if vs in PROFILES and "note" not in info:
             info["note"] = profile_note(PROFILES[key], PROFILES[vs], vs)
     benchmark.extra_info.update({"key": key, "vs": vs, "target": target, **info})
