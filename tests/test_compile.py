@@ -140,3 +140,26 @@ def test_the_dense_yardstick_is_compiled_when_the_run_is(monkeypatch):
                            torch.device("cpu"))
         assert (probe.forward is not probe.model) == flag
     assert compiled == [probe.model]
+
+
+def test_a_compiled_run_keeps_its_thread_count_when_other_processes_load_the_machine(aot_eager, monkeypatch):
+    """Dynamo guards its graphs on torch's thread count: the governor, which cuts threads when other
+    processes take the cores, would make a compiled run compile every graph again mid-run (seen as a
+    flaky recompile in CI). Under a simulated full load an eager run cuts its threads, a compiled one
+    keeps them and compiles nothing after warm-up."""
+    from harness.engine import threads
+
+    clock = iter(range(10**9))
+    monkeypatch.setattr(threads, "busy_seconds", lambda: next(clock) * 1e6)  # every core busy elsewhere
+    monkeypatch.setattr(threads, "INTERVAL_S", 0.0)
+    monkeypatch.delenv(threads.ENV, raising=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        eager = run(resolve({**TINY_BASE, **STEPS, "router": "loss_free"})).record
+        compiled = run(resolve({**TINY_BASE, **STEPS, "router": "loss_free", "train.compile": True})).record
+    finally:
+        torch.set_num_threads(before)
+    assert eager["cpu_thread_changes"] > 0 and eager["cpu_threads_min"] == 1  # the simulated load is felt
+    assert compiled["cpu_thread_changes"] == 0 and compiled["cpu_threads_min"] == 2
+    assert compiled["compile_recompiles"] == 0

@@ -12,7 +12,9 @@ cores they left free: never more than it started with (OMP_NUM_THREADS, torchrun
 `--threads N` (environment MOE_HARNESS_THREADS) fixes N threads instead. It is how a run is
 executed, not what it computes, so it is not part of the run config or its run_id.
 NOTE: a matmul's floating-point sums depend on the thread count, so a run whose thread count
-changed is not bit-identical to one that kept it: fix the count where that matters.
+changed is not bit-identical to one that kept it: fix the count where that matters. A compiled
+run (`train.compile`) keeps the count it starts with: torch.compile's graphs are guarded on it,
+and a new count would compile them all again mid-run.
 """
 
 from __future__ import annotations
@@ -60,15 +62,17 @@ def threads_for(free_cores: float, most: int) -> int:
 class ThreadGovernor:
     """Keeps torch's thread count at the cores other processes leave free; `tick()` once a step."""
 
-    def __init__(self, active: bool = True):
-        """`active`: a CPU run (a GPU run keeps whatever threads it has)."""
+    def __init__(self, active: bool = True, follow_load: bool = True):
+        """`active`: a CPU run (a GPU run keeps whatever threads it has). `follow_load`: False keeps
+        the count it starts with (a compiled run: Dynamo guards on the thread count, so each new
+        count would compile every graph of the run again)."""
         fixed = fixed_threads() if active else 0
         self.original = torch.get_num_threads()
         if fixed:
             torch.set_num_threads(fixed)
         self.most = torch.get_num_threads()
         self.cores = os.cpu_count() or 1
-        self.enabled = active and not fixed and self.most > 1 and busy_seconds() is not None
+        self.enabled = active and follow_load and not fixed and self.most > 1 and busy_seconds() is not None
         self.changes = 0  # times the thread count changed
         self.least = self.most  # the fewest threads used
         self._mark()

@@ -113,7 +113,8 @@ class SpeedMeter:
         self.probe = DenseProbe(cfg, corpus, device) if probes else None
         self.every = max(1, steps // probes) if probes else 0
         self.probes, self.tokens_per_step, self.world, self.device = probes, tokens_per_step, world, device
-        self.governor = ThreadGovernor(active=device.type == "cpu")
+        # NOTE: not under compile: a new thread count recompiles every graph (threads.py)
+        self.governor = ThreadGovernor(active=device.type == "cpu", follow_load=not cfg.train.compile)
         self.recent: list[float] = []  # seconds of the last RECENT run steps
         self.ratios: list[float] = []  # per probe: run tokens/s over dense tokens/s (all ranks)
         self.dense_rates: list[float] = []  # per probe: dense tokens/s, all ranks
