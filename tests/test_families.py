@@ -109,6 +109,30 @@ def test_a_fixed_k_router_hands_its_routing_over_unpadded_and_the_rest_are_maske
 
 
 @pytest.mark.parametrize("name", FAMILIES.names())
+@pytest.mark.parametrize("router", ["loss_free", "dynamic_k", "native"])
+def test_a_swapped_routers_block_sends_its_experts_one_row_per_assignment_and_none_for_an_empty_slot(name, router):
+    """A slot the harness router leaves empty (variable k, LongCat's identity mass) costs the family's
+    experts nothing: the ids they are handed name a real expert exactly as often as the route assigned
+    one. (LongCat's block sent an empty slot at id n to expert 0 with weight 0: 1.6x the matmul time.)"""
+    model = model_config("tiny", family=name, **{k.removeprefix("model."): v for k, v in SMALL.items()})
+    lm = FamilyLM(model, family_router(router, model, {}))
+    pairs = [(b, g) for b, g in zip(sparse_blocks(lm.hf, model.family_class.gate_name), lm.gates)
+             if isinstance(g, SwappedGate)]
+    handed = []
+
+    def count(experts, args, kwargs):
+        ids = [t for t in (*args, *kwargs.values()) if torch.is_tensor(t) and not t.is_floating_point()]
+        handed.append(int((ids[0] < experts.num_experts).sum()) if ids else None)
+
+    for block, _ in pairs:
+        block.experts.register_forward_pre_hook(count, with_kwargs=True)
+    lm(torch.randint(0, model.vocab_size, (2, model.seq_len)))
+    if handed and handed[0] is None:
+        pytest.skip(f"{name}'s experts take every token, weighted, not ids (Llama 4's dense dispatch)")
+    assert handed == [len(g.last_route.expert_idx_A) for _, g in pairs], (handed, name, router)
+
+
+@pytest.mark.parametrize("name", FAMILIES.names())
 def test_every_size_runs_on_the_familys_fast_expert_path(name):
     """transformers' grouped expert matmul needs 16-byte strides: every expert width of every size is
     a multiple of 8 (bf16), and the tiny and small models train a step on that path in float32."""

@@ -20,16 +20,16 @@ from torch import nn
 from harness.routing import Router, RouterConfig, RouterOutput, get_router_config
 from harness.routing.router import SCORE_FUNCS, split_zero
 
-def padded(route: RouterOutput, num_tokens: int, num_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+def padded(route: RouterOutput, num_tokens: int, empty_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """([T, K] expert ids, [T, K] weights) of a route's assignments, token-major; K the most any token
-    has, at least 2; unused slots id E (the experts' "no expert") and weight 0."""
+    has, at least 2; unused slots id `empty_id` (the block's "no expert") and weight 0."""
     per_token_T = torch.bincount(route.token_idx_A, minlength=num_tokens)
     # NOTE: at least 2 slots: a width of 1 is a shape torch.compile specialises on (0/1
     # specialisation), so a step where every token got one expert would compile anew
     width = max(2, int(per_token_T.max())) if len(route.token_idx_A) else 2
     slot_A = torch.arange(len(route.token_idx_A), device=per_token_T.device) - (
         per_token_T.cumsum(0) - per_token_T)[route.token_idx_A]
-    ids_TK = torch.full((num_tokens, width), num_experts, dtype=torch.long, device=per_token_T.device)
+    ids_TK = torch.full((num_tokens, width), empty_id, dtype=torch.long, device=per_token_T.device)
     weights_TK = torch.zeros(num_tokens, width, dtype=route.gate_A.dtype, device=per_token_T.device)
     ids_TK[route.token_idx_A, slot_A] = route.expert_idx_A
     weights_TK = weights_TK.index_put((route.token_idx_A, slot_A), route.gate_A)  # NOTE: out of place: a gradient
@@ -48,6 +48,9 @@ class SwappedGate(nn.Module):
             if self.router.gate.bias is not None and getattr(native, "bias", None) is not None:
                 self.router.gate.bias.copy_(native.bias)  # gpt-oss's router bias term
         self.num_experts, self.dim = num_experts, dim
+        # the id the block's experts skip: E for most families; a block that maps ids past E to
+        # identity experts (LongCat's) sets its own, or every empty slot costs a row of expert 0
+        self.empty_id = num_experts
         # exactly k experts per token, token-major, whatever the batch: the ids and weights go to the
         # family's experts as views, with no padded slot for them to mask
         self.fixed_k = not (cfg.capacity_factor > 0 or self.router.selection.variable_k or self.router.zero_experts)
@@ -64,7 +67,7 @@ class SwappedGate(nn.Module):
             ids_TK = route.expert_idx_A.view(x_TD.shape[0], self.router.top_k)
             weights_TK = route.gate_A.view(x_TD.shape[0], self.router.top_k)
         else:
-            ids_TK, weights_TK = padded(route, x_TD.shape[0], self.num_experts)
+            ids_TK, weights_TK = padded(route, x_TD.shape[0], self.empty_id)
         return route.scores_TE, weights_TK.to(x_TD.dtype), ids_TK
 
 

@@ -6,8 +6,10 @@ experts scaling the token's own input. Each layer is two attention and dense-FFN
 the MoE block as a shortcut beside them; multi-head latent attention.
 
 Any harness router swaps in; one with zero experts (the `longcat` preset) hands the block their
-mass as one more slot at id n, which the block takes as an identity expert (an empty slot there
-weighs 0). Sizing: the routed experts have the proxy's expert width, the two dense FFNs of a layer
+mass as one more slot, which the block takes as an identity expert. Every slot a swapped router
+leaves empty, and that identity slot, carry the id n + Z: the block sends an id past n to the
+expert (id - n) * n / Z with weight 0, which for n + Z is n, the id its experts skip; any other id
+there (n, say) costs a row of expert 0 per slot. Sizing: the routed experts have the proxy's expert width, the two dense FFNs of a layer
 the width of a shared expert (base.shared_width), Z = the longcat preset's 4, scaled by 6.0 as
 LongCat-Flash's released config.
 """
@@ -26,16 +28,16 @@ ZERO = 4  # its zero-computation experts here: the longcat preset's zc_experts (
 
 class IdentitySlot(nn.Module):
     """A swapped router with zero experts in LongCat's block: its FFN assignments, and their
-    identity mass as one slot at id n, which the block returns the token by."""
+    identity mass as one slot at the empty id, which the block returns the token by."""
 
-    def __init__(self, gate: SwappedGate, num_experts: int):
+    def __init__(self, gate: SwappedGate):
         super().__init__()
-        self.gate, self.num_experts = gate, num_experts
+        self.gate = gate
 
     def forward(self, hidden):
         scores, weights_TK, ids_TK = self.gate(hidden)
         identity_T = self.gate.last_route.identity_T
-        slot = torch.full_like(ids_TK[:, :1], self.num_experts)
+        slot = torch.full_like(ids_TK[:, :1], self.gate.empty_id)
         return scores, torch.cat([weights_TK, identity_T[:, None].to(weights_TK.dtype)], 1), torch.cat([ids_TK, slot], 1)
 
 
@@ -49,8 +51,10 @@ class LongcatFlash(Family):
 
     @classmethod
     def gate_in_block(cls, gate, model):
-        zero = isinstance(gate, SwappedGate) and gate.router.zero_experts
-        return IdentitySlot(gate, model.num_experts) if zero else gate
+        if not isinstance(gate, SwappedGate):
+            return gate
+        gate.empty_id = model.num_experts + ZERO  # NOTE: maps to the experts' skipped id n (docstring)
+        return IdentitySlot(gate) if gate.router.zero_experts else gate
 
     @classmethod
     def hf_config(cls, model) -> dict:
