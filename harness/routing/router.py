@@ -46,6 +46,9 @@ class RouterOutput:
     dispatch_E: torch.Tensor | None = None  # [E] long: assignments each expert computes (counts_E less drops)
     identity_T: torch.Tensor | None = None  # [T]: each token's gate on zero-computation experts (None: none)
     logits_TE: torch.Tensor | None = None  # [T, E] float32: the gate's logits z, before the score function
+    # ([T, k] expert ids over E + Z, [T, k] gates): a fixed-k route's choices before the zero-computation
+    # experts were split off (ids from E on), for a block that takes them as its own router hands them
+    slots_TK: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def gates(scores_TE, token_idx_A, expert_idx_A, cfg: RouterConfig) -> torch.Tensor:
@@ -122,7 +125,9 @@ class Router(nn.Module):
         scores_TE = SCORE_FUNCS[cfg.score_func](logits_TE)
         token_idx_A, expert_idx_A, mask_TE = self._route(logits_TE, scores_TE, token_ids)
         gate_A = gates(scores_TE, token_idx_A, expert_idx_A, cfg)
-        identity_T = None
+        identity_T = slots_TK = None
+        if self.zero_experts and not (self.selection.variable_k or cfg.capacity_factor > 0):
+            slots_TK = (expert_idx_A.view(x_TD.shape[0], self.top_k), gate_A.view(x_TD.shape[0], self.top_k))
         if self.zero_experts:  # NOTE: the gates were normalised over every chosen expert, zero ones included
             token_idx_A, expert_idx_A, gate_A, identity_T = split_zero(token_idx_A, expert_idx_A, gate_A,
                                                                        self.num_experts, x_TD.shape[0])
@@ -144,7 +149,7 @@ class Router(nn.Module):
         # NOTE: without drops, the mask counts: a static shape, so torch.compile does not break there
         dispatch_E = counts_E.long() if num_dropped is None else torch.bincount(expert_idx_A, minlength=self.num_experts)
         return RouterOutput(token_idx_A, expert_idx_A, gate_A, counts_E, scores_TE, aux, num_dropped, dispatch_E,
-                            identity_T, logits_TE)
+                            identity_T, logits_TE, slots_TK)
 
     def _route(self, logits_TE: torch.Tensor, scores_TE: torch.Tensor, token_ids: torch.Tensor | None = None):
         """Which experts each token goes to: the bias made ready (from the first batch; by a controller

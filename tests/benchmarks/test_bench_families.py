@@ -75,8 +75,8 @@ def block_of(family: str, router: str, device) -> tuple[nn.Module, nn.Module, to
 
 
 @pytest.mark.benchmark(group="family_block")
-@pytest.mark.parametrize("family", FAMILIES.names())
 @pytest.mark.parametrize("router", ["native", "harness"])
+@pytest.mark.parametrize("family", FAMILIES.names())  # NOTE: a family's two sides timed one after the other
 def test_family_moe_block(benchmark, device, family, router):
     block, _, x = block_of(family, router, device)
     step = fwd_bwd(Outputs(block), x)
@@ -88,8 +88,8 @@ def test_family_moe_block(benchmark, device, family, router):
 
 
 @pytest.mark.benchmark(group="family_gate")
-@pytest.mark.parametrize("family", FAMILIES.names())
 @pytest.mark.parametrize("router", ["native", "harness"])
+@pytest.mark.parametrize("family", FAMILIES.names())  # NOTE: a family's two sides timed one after the other
 def test_family_gate_share(benchmark, device, family, router):
     _, gate, x = block_of(family, router, device)
     out = benchmark(fwd_bwd(Outputs(gate), x.reshape(-1, x.shape[-1])))

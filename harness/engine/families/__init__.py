@@ -73,11 +73,12 @@ class FamilyLM(nn.Module):
                 gate.router.float64_logits = family.routes_in_model_dtype
                 gate.router.float32_inputs = family.routes_from_float32
             setattr(block, family.gate_name, family.gate_in_block(gate, model_cfg))
-            if not keep and not gate.fixed_k and hasattr(block.experts, "_is_expert_parallel"):
+            if not keep and not (gate.fixed_k or gate.zero_slots) and hasattr(block.experts, "_is_expert_parallel"):
                 # NOTE: transformers' fast expert paths (grouped_mm, batched_mm) leave a slot with no
                 # expert (id n) uninitialised unless this flag is on; it turns on only their masking of
                 # such slots (its expert parallelism sets it for the same reason), which a swapped
-                # router's variable k needs. A fixed-k router pads nothing: the masking would cost
+                # router's variable k needs. A fixed-k router pads nothing (zero experts' choices
+                # included, which the block maps itself): the masking would cost
                 # 10-20 % of the block (a copy and two masked fills per call, in a profile)
                 block.experts._is_expert_parallel = True
             experts_in_autocast_dtype(block.experts)

@@ -54,6 +54,10 @@ class SwappedGate(nn.Module):
         # exactly k experts per token, token-major, whatever the batch: the ids and weights go to the
         # family's experts as views, with no padded slot for them to mask
         self.fixed_k = not (cfg.capacity_factor > 0 or self.router.selection.variable_k or self.router.zero_experts)
+        # exactly k choices per token over the FFN and zero-computation experts: handed over as [T, k]
+        # with the zero experts' ids (E + z), as the family's own router does (LongCat's block takes them)
+        self.zero_slots = bool(self.router.zero_experts) and not (cfg.capacity_factor > 0
+                                                                  or self.router.selection.variable_k)
         self.seq_len: int | None = None  # the batch's sequence length (the family passes [T, D] tokens)
         self.token_ids: torch.Tensor | None = None  # the batch's token ids [B, L], for a rule that routes by them
         self.last_route: RouterOutput | None = None
@@ -66,6 +70,8 @@ class SwappedGate(nn.Module):
         if self.fixed_k:  # NOTE: a view fails loudly if a route ever breaks the promise
             ids_TK = route.expert_idx_A.view(x_TD.shape[0], self.router.top_k)
             weights_TK = route.gate_A.view(x_TD.shape[0], self.router.top_k)
+        elif self.zero_slots:
+            ids_TK, weights_TK = route.slots_TK
         else:
             ids_TK, weights_TK = padded(route, x_TD.shape[0], self.empty_id)
         return route.scores_TE, weights_TK.to(x_TD.dtype), ids_TK

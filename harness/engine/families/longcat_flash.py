@@ -5,11 +5,13 @@ the gates the chosen scores times routed_scaling_factor, not renormalised, the m
 experts scaling the token's own input. Each layer is two attention and dense-FFN sublayers with
 the MoE block as a shortcut beside them; multi-head latent attention.
 
-Any harness router swaps in; one with zero experts (the `longcat` preset) hands the block their
-mass as one more slot, which the block takes as an identity expert. Every slot a swapped router
-leaves empty, and that identity slot, carry the id n + Z: the block sends an id past n to the
-expert (id - n) * n / Z with weight 0, which for n + Z is n, the id its experts skip; any other id
-there (n, say) costs a row of expert 0 per slot. Sizing: the routed experts have the proxy's expert width, the two dense FFNs of a layer
+Any harness router swaps in. One with zero experts and exactly k choices (the `longcat` preset)
+hands the block its [T, k] choices with the zero experts' ids n + z, as LongCat's own router does:
+the block sums their gates as the token's identity mass and sends each such slot to expert
+z * n / Z with weight 0 (a row of compute, as in the untouched model). One whose count varies
+hands the mass as one more slot. Every slot a swapped router leaves empty, and that identity slot,
+carry the id n + Z, which the block maps to n, the id its experts skip; any other id there (n,
+say) would cost a row of expert 0 per slot. Sizing: the routed experts have the proxy's expert width, the two dense FFNs of a layer
 the width of a shared expert (base.shared_width), Z = the longcat preset's 4, scaled by 6.0 as
 LongCat-Flash's released config.
 """
@@ -54,7 +56,7 @@ class LongcatFlash(Family):
         if not isinstance(gate, SwappedGate):
             return gate
         gate.empty_id = model.num_experts + ZERO  # NOTE: maps to the experts' skipped id n (docstring)
-        return IdentitySlot(gate) if gate.router.zero_experts else gate
+        return IdentitySlot(gate) if gate.router.zero_experts and not gate.zero_slots else gate
 
     @classmethod
     def hf_config(cls, model) -> dict:
