@@ -35,13 +35,14 @@ def round_to_tiles(biased_TE: torch.Tensor, mask_TE: torch.Tensor, tile: int, mo
     """[T, E] bool: each expert's top-k tokens, then its next best, up to its rounded count."""
     num_tokens = biased_TE.shape[0]
     target_E = rounded_counts(mask_TE.sum(0), tile, mode, num_tokens)
-    # NOTE: rank each column by (chosen first, then score): two stable sorts, the score's first
-    by_score = biased_TE.argsort(dim=0, descending=True, stable=True)
-    chosen_first = (~mask_TE.gather(0, by_score)).long().argsort(dim=0, stable=True)
-    order_TE = by_score.gather(0, chosen_first)  # row r: each expert's r-th token
-    rank_TE = torch.empty_like(order_TE).scatter_(0, order_TE, torch.arange(
-        num_tokens, device=biased_TE.device)[:, None].expand_as(order_TE))
-    return rank_TE < target_E
+    # NOTE: each expert's tokens ranked by (chosen first, then score, then index): one stable sort by
+    # score over contiguous rows, then the chosen placed before the rest by two running counts (a
+    # second stable sort by "chosen" gave the same order at twice the time)
+    by_score_ET = biased_TE.T.contiguous().argsort(dim=1, descending=True, stable=True)
+    chosen_ET = mask_TE.T.gather(1, by_score_ET)  # in score order
+    chosen_before_ET = chosen_ET.cumsum(1)
+    place_ET = torch.where(chosen_ET, chosen_before_ET - 1, chosen_before_ET[:, -1:] + (~chosen_ET).cumsum(1) - 1)
+    return torch.zeros_like(chosen_ET).scatter_(1, by_score_ET, place_ET < target_E[:, None]).T
 
 
 @register_selection("token_rounding")
