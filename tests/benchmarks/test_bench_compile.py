@@ -11,12 +11,12 @@ import torch
 from harness.engine.compile import WARMUP_STEPS
 from harness.suites.keys import resolve
 from harness.engine.train import Trainer, corpus_for
-from tests.benchmarks.conftest import sync, tag
+from tests.benchmarks.conftest import PROFILES, op_profile, profile_note, sync, tag
 
 
 @pytest.mark.benchmark(group="compile")
-@pytest.mark.parametrize("size", ["tiny", "small", "base"])
 @pytest.mark.parametrize("mode", ["eager", "compiled"])
+@pytest.mark.parametrize("size", ["tiny", "small", "base"])  # NOTE: a size's two sides timed one after the other
 def test_train_step_compiled_against_eager(benchmark, device, size, mode):
     cfg = resolve({"size": size, "router": "loss_free", "train.device": device.type,
                    "train.compile": mode == "compiled"})
@@ -31,7 +31,11 @@ def test_train_step_compiled_against_eager(benchmark, device, size, mode):
     for _ in range(WARMUP_STEPS + 1):  # NOTE: compiles (or warms the allocator) outside the timing
         step()
     loss = benchmark.pedantic(step, rounds=10 if size == "base" else 20, warmup_rounds=1)
-    tag(benchmark, f"train_step_{size}[{mode}]", vs=f"train_step_{size}[eager]" if mode == "compiled" else None,
-        target=1.0 if mode == "compiled" else None,
-        note=f"{trainer.tokens_per_step} tokens per step")
+    key, eager = f"train_step_{size}[{mode}]", f"train_step_{size}[eager]"
+    profile = op_profile(step, calls=1 if size == "base" else 5)  # NOTE: after the timed rounds
+    note = f"{trainer.tokens_per_step} tokens per step"
+    if mode == "compiled" and eager in PROFILES:
+        note += "; " + profile_note(profile, PROFILES[eager], "eager")
+    tag(benchmark, key, vs=eager if mode == "compiled" else None, target=1.0 if mode == "compiled" else None,
+        profile=profile, note=note)
     assert torch.isfinite(loss)
