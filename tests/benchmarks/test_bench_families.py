@@ -21,7 +21,7 @@ from harness.suites.keys import resolve
 from harness.engine.families import FAMILIES, FamilyLM, sparse_blocks, transformers_module
 from harness.engine.model import model_config
 from harness.engine.train import Trainer, corpus_for
-from tests.benchmarks.conftest import fwd_bwd, tag
+from tests.benchmarks.conftest import fwd_bwd, paired_ratio, tag
 
 pytest.importorskip("transformers", reason="install the transformers extra: pip install -e '.[transformers]'")
 
@@ -81,9 +81,13 @@ def test_family_moe_block(benchmark, device, family, router):
     block, _, x = block_of(family, router, device)
     step = fwd_bwd(Outputs(block), x)
     out = benchmark(step)
+    # NOTE: the goal's ratio from the two blocks timed in alternation (paired_ratio), not from two
+    # medians a minute apart: on a shared VM that ratio moved by up to 0.2 between sessions
+    paired = paired_ratio(step, fwd_bwd(Outputs(block_of(family, "native", device)[0]), x)) \
+        if router == "harness" else {}
     tag(benchmark, f"moe_block@{family}[{router}]",
         vs=f"moe_block@{family}[native]" if router == "harness" else None,
-        target=BLOCK_GOAL if router == "harness" else None, profile=step)
+        target=BLOCK_GOAL if router == "harness" else None, profile=step, **paired)
     assert torch.isfinite(out).all()
 
 
