@@ -18,7 +18,7 @@ from harness.engine.model import MoETransformer
 from harness.engine.moe import DenseFFN, MoELayer
 from harness.routing import Router, get_router_config, router_names
 from harness.engine.train import build_optimizer
-from tests.benchmarks.conftest import PROFILES, fwd_bwd, op_profile, profile_note, sync, tag
+from tests.benchmarks.conftest import PROFILES, fwd_bwd, op_profile, paired_ratio, profile_note, sync, tag
 
 TOKENS, DIM, HIDDEN, EXPERTS, TOP_K = 4096, 256, 512, 16, 2
 
@@ -127,11 +127,13 @@ def test_scaling_experts(benchmark, device, experts, bandwidth):
     PROFILES[f"E={experts}"] = profile = op_profile(fwd_bwd(layer, x))
     note = (f"{moved / 1e6:.0f} MB at {bandwidth / 1e9:.1f} GB/s: bound {bound_ms:.1f} ms, "
             f"time {benchmark.stats['median'] * 1e3 / bound_ms:.2f}x the bound")
+    paired = {}
     if experts != 8 and "E=8" in PROFILES:
         note += "; " + profile_note(profile, PROFILES["E=8"], "E=8", f"{TOKENS * TOP_K // experts} rows per expert")
+        paired = paired_ratio(fwd_bwd(layer, x), fwd_bwd(moe_layer(device, 8), x), pairs=9)
     tag(benchmark, f"moe_layer@E={experts}", vs="moe_layer@E=8" if experts != 8 else None,
         target=1.5 if experts != 8 else None, bytes_moved=moved, bandwidth_gb_s=bandwidth / 1e9,
-        bound_ms=bound_ms, profile=profile, note=note)
+        bound_ms=bound_ms, profile=profile, note=note, **paired)
     check_layer(out, x)
 
 
@@ -144,17 +146,17 @@ def test_scaling_tokens(benchmark, device, tokens, kind):
     out = benchmark(fwd_bwd(module, x))
     info = {}
     if kind == "moe":  # NOTE: the reason for the ratio, measured: both sides profiled after the timed rounds
-        mine, dense = op_profile(fwd_bwd(module, x)), op_profile(fwd_bwd(DenseFFN(DIM, TOP_K * HIDDEN).to(device), x))
-        info = {"profile": mine, "profile_vs": dense,
+        dense_step = fwd_bwd(DenseFFN(DIM, TOP_K * HIDDEN).to(device), x)
+        mine, dense = op_profile(fwd_bwd(module, x)), op_profile(dense_step)
+        info = {"profile": mine, "profile_vs": dense, **paired_ratio(fwd_bwd(module, x), dense_step),
                 "note": profile_note(mine, dense, "the dense FFN", f"{tokens * TOP_K // EXPERTS} rows per expert")}
     tag(benchmark, f"{kind}@T={tokens}", vs=f"dense@T={tokens}" if kind == "moe" else None,
         target=1.2 if kind == "moe" else None, **info)
     check_layer(out, x)
 
 
-@pytest.mark.benchmark(group="train_step")
-@pytest.mark.parametrize("ffn", ["dense", "moe"])
-def test_train_step_small(benchmark, device, ffn):
+def small_step(device, ffn: str):
+    """One training step of the `small` model (forward, backward, AdamW, balancing update) as a closure."""
     cfg = resolve({"size": "small", "router": "loss_free", "model.ffn": ffn, "train.device": device.type})
     torch.manual_seed(0)
     model = MoETransformer(cfg.model, cfg.router_cfg).to(device)
@@ -174,12 +176,20 @@ def test_train_step_small(benchmark, device, ffn):
         sync(device)
         return loss
 
+    return step
+
+
+@pytest.mark.benchmark(group="train_step")
+@pytest.mark.parametrize("ffn", ["dense", "moe"])
+def test_train_step_small(benchmark, device, ffn):
+    step = small_step(device, ffn)
     loss = benchmark(step)
     profile = op_profile(step)
     PROFILES[f"train_step_small[{ffn}]"] = profile
     info = {"profile": profile}
     if ffn == "moe" and "train_step_small[dense]" in PROFILES:
         info["note"] = profile_note(profile, PROFILES["train_step_small[dense]"], "the dense model")
+        info.update(paired_ratio(step, small_step(device, "dense")))
     tag(benchmark, f"train_step_small[{ffn}]", vs="train_step_small[dense]" if ffn == "moe" else None,
         target=1.25 if ffn == "moe" else None, **info)
     assert torch.isfinite(loss)
