@@ -106,3 +106,33 @@ def test_a_page_that_no_study_makes_is_caught(copy, capsys):
     assert main(["reference", "check", "--root", str(copy)]) == 1
     assert "old_study_cpu.md: made by no reference page from shipped data" in capsys.readouterr().out
 
+
+
+def test_every_benchmark_that_misses_its_goal_says_why_from_a_measurement():
+    """A "misses" row of the benchmark page carries its measured reason (a roofline, a profile, or for
+    whole runs the threads they kept and the spread of their rounds)."""
+    from harness.analysis.reference.bench import Session, full_table
+
+    rows = pd.read_parquet(ROOT / "results" / "reference" / "data" / "bench" / "benchmarks.parquet")
+    table = full_table(Session(rows))
+    misses = table[table[""] == "misses"]
+    assert not misses[~misses["note"].str.contains("profile|bound|rounds spread", regex=True)]["benchmark"].tolist()
+
+
+def test_a_ratio_timed_in_alternating_pairs_is_the_one_the_page_prints_and_says_so():
+    """A family block's goal ratio is the median of its alternating pairs, not the two medians' ratio,
+    and its note says which it is and what the medians gave."""
+    import json
+
+    from harness.analysis.reference.bench import Session, full_table
+
+    rows = pd.DataFrame([
+        {"key": "block[native]", "vs": None, "target": None, "note": "", "median": 0.100, "info": "{}"},
+        {"key": "block[harness]", "vs": "block[native]", "target": 1.05, "note": "profile, ms per call: ...",
+         "median": 0.120, "info": json.dumps({"paired_ratio": 1.01, "pairs": 15})}])
+    session = Session(rows)
+    assert session.ratio("block[harness]") == pytest.approx(1.01)
+    assert session.ratio("block[harness]", "block[native]") == pytest.approx(1.01)
+    row = full_table(session).set_index("benchmark").loc["block[harness]"]
+    assert row["ratio"] == "1.010" and row[""] == "meets"
+    assert row["note"].startswith("ratio: median of 15 alternating pairs (the medians' ratio 1.200); profile")

@@ -81,6 +81,20 @@ def paired_note(s: Session, key: str) -> str:
     return (f"ratio: median of {info['pairs']} alternating pairs (the medians' ratio {s.ms(key) / s.ms(vs):.3f}); ")
 
 
+def rounds_note(s: Session, key: str) -> str:
+    """A whole-run benchmark's measured reason: the threads each run kept, and how far its rounds
+    (and its comparator's) spread, the noise its ratio sits in."""
+    info, row = s.info(key), s.rows.loc[key]
+    if "min_threads" not in info:
+        return ""
+    spread = f"rounds spread {row['max'] / row['min']:.2f}x (max / min of {int(row['rounds'])})"
+    vs = row["vs"]
+    if isinstance(vs, str) and vs in s:
+        theirs = s.rows.loc[vs]
+        spread += f", {vs}'s {theirs['max'] / theirs['min']:.2f}x"
+    return f"fewest threads in each run {info['min_threads']}; {spread}"
+
+
 def full_table(s: Session) -> pd.DataFrame:
     rows = []
     for key, row in s.rows.iterrows():
@@ -88,7 +102,7 @@ def full_table(s: Session) -> pd.DataFrame:
         target = row["target"] if pd.notna(row["target"]) else None
         rows.append({"benchmark": key, "median ms": f"{s.ms(key):,.2f}", "compared with": row["vs"] or "",
                      "ratio": "" if math.isnan(r) else f"{r:.3f}", "target": "" if target is None else f"<= {target:g}",
-                     "": verdict(r, target), "note": paired_note(s, key) + (row["note"] or bound_note(s, key))})
+                     "": verdict(r, target), "note": paired_note(s, key) + (row["note"] or bound_note(s, key) or rounds_note(s, key))})
     return pd.DataFrame(rows).fillna("")
 
 

@@ -29,7 +29,9 @@ def compile_rows(s: Session) -> pd.DataFrame:
                      "eager tokens/s": f"{tokens / s.ms(eager) * 1e3:,.0f}" if tokens else "",
                      "compiled tokens/s": f"{tokens / s.ms(compiled) * 1e3:,.0f}" if tokens else "",
                      "compiled / eager tokens/s": f"{1 / ratio:.2f}",
-                     "goal (>= 1)": verdict(ratio, 1.0)})
+                     "goal (>= 1)": verdict(ratio, 1.0),
+                     "ratio from": (f"{s.info(compiled)['pairs']} alternating pairs" if "paired_ratio" in s.info(compiled)
+                                    else "the two medians")})
     return pd.DataFrame(rows)
 
 
@@ -44,7 +46,9 @@ def bench_compile(data: dict[str, Data]) -> Built:
         f"`python -m pytest tests/benchmarks/test_bench_compile.py -o addopts=\"\" --benchmark-only "
         f"--benchmark-json=...`: {s.header()}. One optimizer step of the trainer (forward, backward, clip, AdamW, "
         "the balancing update) with `router = \"loss_free\"`, each size's default batch, timed after the compiled "
-        "run's warm-up steps; every ratio divides two medians of this session, the one `bench_cpu.md` shows. Data: "
+        "run's warm-up steps, from the session `bench_cpu.md` shows. The ratio comes from steps timed in "
+        "alternation where the row says so (a shared machine's slow phases then slow both sides alike; the medians "
+        "beside it were timed a minute apart), else from the two medians. Data: "
         "`data/bench/`; this page: `moe-harness reference build bench_compile`.",
         md_table(rows, index=False) if len(rows) else "(not in this session)",
         ("Compiled is faster than eager at every size here. `train.compile` still defaults to false: a compiled "
